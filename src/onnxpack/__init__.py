@@ -1,0 +1,17 @@
+"""onnxpack: a PyTorch text classifier in, a verified, self-describing ONNX package out."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .errors import OnnxpackError, PackageError, ParityError
+from .package import Manifest, Package
+
+__all__ = ["__version__", "load", "Manifest", "OnnxpackError", "Package", "PackageError", "ParityError"]
+
+
+def load(package_dir, provider: str | None = None, **kwargs):
+    """A Predictor for a package directory: `onnxpack.load(path).predict(["text"])`."""
+    from .runtime import Predictor
+
+    return Predictor(package_dir, provider=provider, **kwargs)

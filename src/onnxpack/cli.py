@@ -1,0 +1,240 @@
+"""The `onnxpack` command: one short command per stage. The only module that prints.
+
+Stage modules are imported inside each command so `onnxpack --help`, `providers`
+and `predict` start fast and never import torch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+from typer.core import TyperGroup
+
+from .errors import OnnxpackError, ParityError
+
+console = Console(stderr=True)
+stdout = Console()
+
+
+class _Group(TyperGroup):
+    """Turns a user error into one line on stderr and exit code 1; bugs keep their traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except OnnxpackError as e:
+            click.echo(f"error: {e}", err=True)
+            raise typer.Exit(1) from None
+
+
+app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train a text classifier, export it to a verified ONNX package, and run it.")
+
+
+@app.callback()
+def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show debug logs.")] = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(console=console, show_path=False, show_time=False)])
+    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "torch", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _train_limit(value: str | None) -> float | int | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        raise OnnxpackError(f"--limit-train-batches takes a number of batches or a fraction, got {value!r}") from None
+    return int(number) if number.is_integer() and number > 1 else number
+
+
+@app.command()
+def train(
+    out: Annotated[Path, typer.Option("--out", help="Run folder to create (best.ckpt, hf/, metrics.json).")],
+    data: Annotated[Optional[str], typer.Option(help="Folder of TSV/CSV files, or glue/cola (online).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Hugging Face name or local folder.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs (early stopping may end sooner).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Rows per training batch.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
+    max_length: Annotated[Optional[int], typer.Option(help="Truncate texts to this many tokens.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    limit_train_batches: Annotated[Optional[str], typer.Option(help="Batches per epoch: a count, or a fraction.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="YAML file of training settings; flags override it.")] = None,
+    force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+) -> None:
+    """Fine-tune a classifier with Lightning; keeps the best checkpoint by validation loss."""
+    from .train import TrainConfig, fit
+
+    flags = dict(data=data, model=model, epochs=epochs, batch_size=batch_size, lr=lr, max_length=max_length,
+                 seed=seed, limit_train_batches=_train_limit(limit_train_batches))
+    if config:
+        train_config = TrainConfig.from_yaml(config, **flags)
+    else:
+        train_config = TrainConfig(**{k: v for k, v in flags.items() if v is not None})
+    result = fit(train_config, out, force=force)
+    _print_metrics(result.metrics)
+    console.print(f"checkpoint: [bold]{result.checkpoint}[/]")
+
+
+def _print_metrics(metrics: dict[str, float]) -> None:
+    table = Table(title="best checkpoint (validation)")
+    for key in ("val_mcc", "val_acc", "val_f1", "val_loss", "best_epoch", "train_seconds"):
+        table.add_column(key)
+    table.add_row(*(f"{metrics.get(k):.4f}" if isinstance(metrics.get(k), float) else str(metrics.get(k))
+                    for k in ("val_mcc", "val_acc", "val_f1", "val_loss", "best_epoch", "train_seconds")))
+    console.print(table)
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="best.ckpt from `train`, or a Hugging Face model folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Package folder to create.")],
+    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 18,
+    exporter: Annotated[str, typer.Option(help="torchscript, dynamo or lightning (LightningModule.to_onnx).")] = "torchscript",
+    name: Annotated[Optional[str], typer.Option(help="Model name in the manifest (default: OUT's name).")] = None,
+    force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+) -> None:
+    """Export to ONNX, check against PyTorch on batches of 1, 3 and 17, write the package."""
+    from .export import ExportConfig, export as export_package
+
+    package = export_package(checkpoint, out, ExportConfig(exporter=exporter, opset=opset, name=name), force=force)
+    m = package.manifest
+    console.print(f"package: [bold]{package.root}[/] (opset {m.opset}, {m.exporter}, labels {m.labels}, "
+                  f"self-check max |diff| {m.parity['max_abs_diff']:.1e})")
+
+
+@app.command()
+def verify(
+    package: Annotated[Path, typer.Argument(help="Package folder.")],
+    data: Annotated[Optional[str], typer.Option(help="Folder with the validation files (default: the usual places).")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Source checkpoint (default: the one in the manifest).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the report here as JSON.")] = None,
+    atol: Annotated[float, typer.Option(help="Maximum allowed |logit difference|.")] = 1e-4,
+    min_agreement: Annotated[float, typer.Option(help="Minimum share of identical labels.")] = 1.0,
+    provider: Annotated[Optional[str], typer.Option(help="ONNX Runtime execution provider.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Rows per batch.")] = 64,
+) -> None:
+    """Run PyTorch and ONNX Runtime on every validation row and compare."""
+    from rich.progress import Progress
+
+    from .verify import VerifyConfig, verify as verify_package
+
+    config = VerifyConfig(atol=atol, min_agreement=min_agreement, batch_size=batch_size, provider=provider)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("verifying", total=None)
+        try:
+            report = verify_package(package, data, checkpoint, config, json_out,
+                                    progress=lambda n: progress.advance(task, n))
+        except ParityError as e:
+            if e.report is not None:
+                _print_parity(e.report)
+            raise
+    _print_parity(report)
+
+
+def _print_parity(report) -> None:
+    table = Table(title=f"parity on {report.n} validation rows ({report.provider})")
+    for col in ("max_abs_diff", "max_rel_diff", "agreement", "torch mcc", "onnx mcc", "torch acc", "onnx acc"):
+        table.add_column(col)
+    table.add_row(f"{report.max_abs_diff:.2e}", f"{report.max_rel_diff:.2e}", f"{report.agreement:.4f}",
+                  f"{report.torch['mcc']:.4f}", f"{report.onnx['mcc']:.4f}", f"{report.torch['acc']:.4f}",
+                  f"{report.onnx['acc']:.4f}")
+    console.print(table)
+    console.print("[green]passed[/]" if report.passed else f"[red]failed[/]: {'; '.join(report.failures)}")
+
+
+@app.command()
+def predict(
+    package: Annotated[Path, typer.Argument(help="Package folder.")],
+    texts: Annotated[Optional[list[str]], typer.Argument(help="Texts; none: read --file or stdin, a text per line.")] = None,
+    file: Annotated[Optional[Path], typer.Option("--file", help="Read texts from this file, one per line.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write JSON lines here instead of stdout.")] = None,
+    provider: Annotated[Optional[str], typer.Option(help="ONNX Runtime execution provider.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Texts per model call.")] = 32,
+) -> None:
+    """Print one JSON object per text: text, label, score and the score of every label."""
+    from .package import atomic_write_text
+    from .runtime import Predictor
+
+    if texts and file:
+        raise OnnxpackError("give texts as arguments or --file, not both")
+    if file:
+        try:
+            texts = [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise OnnxpackError(f"cannot read {file}: {e}", hint="pass a UTF-8 text file, one text per line") from None
+    elif not texts:
+        if sys.stdin is None or sys.stdin.isatty():
+            raise OnnxpackError("no texts to predict", hint="pass TEXT arguments, --file FILE, or pipe lines on stdin")
+        texts = [line for line in sys.stdin.read().splitlines() if line.strip()]
+    with Predictor(package, provider=provider) as predictor:
+        lines = [json.dumps(r, ensure_ascii=False) for r in predictor.predict(texts, batch_size=batch_size)]
+    if out:
+        atomic_write_text(out, "\n".join(lines) + "\n")
+    else:
+        for line in lines:
+            stdout.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def providers(json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False) -> None:
+    """List ONNX Runtime's execution providers: all it knows, and those available here."""
+    from .runtime import all_providers, available_providers
+
+    known, available = all_providers(), available_providers()
+    if json_out:
+        stdout.print(json.dumps({"all": known, "available": available}), markup=False, highlight=False)
+        return
+    table = Table(title="ONNX Runtime execution providers")
+    table.add_column("provider")
+    table.add_column("available")
+    for name in known:
+        table.add_row(name, "yes" if name in available else "")
+    stdout.print(table)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the run and the package.")] = Path("onnxpack-demo"),
+    data: Annotated[Optional[str], typer.Option(help="CoLA folder (default: the usual places).")] = None,
+    full: Annotated[bool, typer.Option(help="Train with the full default settings (the quality bar, ~15 min).")] = False,
+    force: Annotated[bool, typer.Option(help="Replace OUT's run and package if they exist.")] = False,
+) -> None:
+    """Train -> export -> verify -> predict on the built-in defaults, then print a summary."""
+    from .export import export as export_package
+    from .runtime import Predictor
+    from .train import TrainConfig, fit
+    from .verify import verify as verify_package
+
+    # A short run by default so the first command finishes in minutes on 2 cores.
+    config = TrainConfig(data=data) if full else TrainConfig(data=data, epochs=1, limit_train_batches=80)
+    console.rule("1/4 train")
+    result = fit(config, out / "run", force=force)
+    _print_metrics(result.metrics)
+    console.rule("2/4 export")
+    package = export_package(result.checkpoint, out / "package", force=force)
+    console.rule("3/4 verify")
+    report = verify_package(package.root, data)
+    _print_parity(report)
+    console.rule("4/4 predict")
+    examples = ["The boy is sitting on a bench.", "The book was by john written.", "Him saw she yesterday."]
+    with Predictor(package.root) as predictor:
+        for r in predictor.predict(examples):
+            console.print(f"  {r['label']:>12} {r['score']:.3f}  {r['text']}")
+    console.print(f"\nMCC torch {report.torch['mcc']:.4f} / onnx {report.onnx['mcc']:.4f}, "
+                  f"max |diff| {report.max_abs_diff:.1e}, agreement {report.agreement:.4f} on {report.n} rows")
+    console.print(f"package: [bold]{package.root}[/]  try: onnxpack predict {package.root} \"Some sentence.\"")
+
+
+def main() -> None:
+    app()

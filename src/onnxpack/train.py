@@ -1,0 +1,131 @@
+"""Fine-tune a text classifier with Lightning; writes best.ckpt, hf/, train_config.json, metrics.json."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger
+
+from .data import TextClassificationDataModule, load_splits
+from .errors import OnnxpackError
+from .model import COLA_LABELS, DEFAULT_MODEL, HF_DIR, TRAIN_CONFIG, TextClassifier, build_model, load_tokenizer
+from .package import atomic_dir, atomic_write_text, check_target
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "best.ckpt"
+METRICS = "metrics.json"
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    data: str | None = None  # folder of TSV/CSV files or "glue/cola"; None looks in the usual places
+    model: str = DEFAULT_MODEL  # hub name or local folder; the default is bundled (offline)
+    labels: tuple[str, ...] = COLA_LABELS  # index = label id in the data
+    epochs: int = 6
+    batch_size: int = 32
+    lr: float = 1e-4  # peak, after linear warm-up; then linear decay to 0
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_length: int = 128  # longer texts are truncated (CoLA's longest is ~50 tokens)
+    seed: int = 42
+    patience: int = 2  # epochs without a better val_loss before stopping early
+    limit_train_batches: float | int = 1.0  # a fraction of the epoch, or a number of batches
+    threads: int | None = None  # torch intra-op threads; None leaves torch's default
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
+        """Values from a YAML file, then any non-None overrides (the command-line flags)."""
+        path = Path(path)
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise OnnxpackError(f"cannot read config {path}: {str(e).splitlines()[0]}",
+                                hint="pass a YAML file of TrainConfig fields") from None
+        if not isinstance(values, dict):
+            raise OnnxpackError(f"config {path} is not a mapping of TrainConfig fields")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise OnnxpackError(f"config {path} has unknown keys {unknown}; known: {', '.join(sorted(known))}")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "max_length"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise OnnxpackError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not self.lr > 0:
+            raise OnnxpackError(f"lr must be positive, got {self.lr!r}")
+        if not self.limit_train_batches > 0:
+            raise OnnxpackError(f"limit_train_batches must be positive, got {self.limit_train_batches!r}")
+        if len(self.labels) < 2:
+            raise OnnxpackError(f"labels must name at least two classes, got {list(self.labels)}")
+
+
+@dataclasses.dataclass
+class TrainResult:
+    run_dir: str
+    checkpoint: str
+    metrics: dict[str, float]
+
+
+def fit(config: TrainConfig, run_dir: str | Path, force: bool = False) -> TrainResult:
+    """Train, keep the best checkpoint by validation loss, and write the run folder atomically."""
+    config.validate()
+    run_dir = Path(run_dir)
+    check_target(run_dir, force)
+    splits = load_splits(config.data)
+    if max(splits.train.labels + splits.validation.labels) >= len(config.labels):
+        raise OnnxpackError(f"the data has label ids beyond the {len(config.labels)} labels {list(config.labels)}")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    tokenizer = load_tokenizer(config.model)
+    model = build_model(config.model, config.labels)
+    module = TextClassifier(model, lr=config.lr, weight_decay=config.weight_decay, warmup_ratio=config.warmup_ratio)
+    datamodule = TextClassificationDataModule(splits, tokenizer, config.batch_size, config.max_length, config.seed)
+
+    with atomic_dir(run_dir, force=force) as tmp:
+        checkpoint = ModelCheckpoint(dirpath=tmp, filename=Path(CHECKPOINT).stem, monitor="val_loss", mode="min",
+                                     save_top_k=1, save_weights_only=True, enable_version_counter=False)
+        trainer = L.Trainer(
+            max_epochs=config.epochs, limit_train_batches=config.limit_train_batches, accelerator="cpu",
+            deterministic=True, logger=CSVLogger(tmp, name="logs", version=""), default_root_dir=tmp,
+            callbacks=[checkpoint, EarlyStopping(monitor="val_loss", mode="min", patience=config.patience),
+                       TQDMProgressBar()],
+            num_sanity_val_steps=0, enable_model_summary=False,
+        )
+        # from_pretrained leaves the model in eval mode and Lightning keeps submodule modes:
+        # without this, dropout would stay off for the whole training.
+        module.train()
+        started = time.perf_counter()
+        trainer.fit(module, datamodule=datamodule)
+        seconds = time.perf_counter() - started
+        # Re-score the best checkpoint so metrics.json describes the file we keep.
+        best = TextClassifier.load_from_checkpoint(checkpoint.best_model_path, model=model, weights_only=True)
+        scores = trainer.validate(best, datamodule=datamodule, verbose=False)[0]
+        best.model.save_pretrained(tmp / HF_DIR)
+        tokenizer.save_pretrained(tmp / HF_DIR)
+        metrics = {k: float(v) for k, v in scores.items()}
+        metrics.update(train_seconds=round(seconds, 1), epochs_run=trainer.current_epoch,
+                       best_epoch=_best_epoch(checkpoint), n_train=len(splits.train),
+                       n_validation=len(splits.validation))
+        atomic_write_text(tmp / METRICS, json.dumps(metrics, indent=2) + "\n")
+        train_config = dataclasses.asdict(config) | {"data_source": splits.source}
+        atomic_write_text(tmp / TRAIN_CONFIG, json.dumps(train_config, indent=2) + "\n")
+    return TrainResult(run_dir=str(run_dir), checkpoint=str(run_dir / CHECKPOINT), metrics=metrics)
+
+
+def _best_epoch(checkpoint: ModelCheckpoint) -> int | None:
+    ckpt = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
+    return ckpt.get("epoch")

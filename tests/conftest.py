@@ -1,0 +1,95 @@
+"""Shared fixtures: a tiny randomly initialised BERT, a small slice of real CoLA, and one
+trained + exported package that every test reuses (built once per test session)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+COLA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cola"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def cola_dir() -> Path:
+    if not (COLA / "train.tsv").is_file():
+        pytest.skip(f"CoLA not found at {COLA}")
+    return COLA
+
+
+def write_tsv(path: Path, rows: list[tuple[str, int]]) -> Path:
+    path.write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in rows), encoding="utf-8")
+    return path
+
+
+def read_rows(path: Path, limit: int) -> list[tuple[str, int]]:
+    lines = path.read_text(encoding="utf-8").splitlines()[1:limit + 1]
+    return [(text, int(label)) for text, label in (line.split("\t") for line in lines)]
+
+
+@pytest.fixture(scope="session")
+def small_cola(tmp_path_factory) -> Path:
+    """A few hundred real CoLA rows in the shipped layout (train + the two dev files)."""
+    src = cola_dir()
+    out = tmp_path_factory.mktemp("cola")
+    write_tsv(out / "train.tsv", read_rows(src / "train.tsv", 256))
+    write_tsv(out / "in_domain_dev.tsv", read_rows(src / "in_domain_dev.tsv", 40))
+    write_tsv(out / "out_of_domain_dev.tsv", read_rows(src / "out_of_domain_dev.tsv", 24))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, small_cola) -> Path:
+    """A 2-layer, hidden-32 BERT with a WordPiece vocabulary learnt from the CoLA slice."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    out = tmp_path_factory.mktemp("tiny-bert")
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    texts = [t for t, _ in read_rows(small_cola / "train.tsv", 256)]
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=400, special_tokens=special))
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+                                                       special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    fast = BertTokenizerFast(tokenizer_object=tok, model_max_length=64)
+    fast.save_pretrained(out)
+    config = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, num_labels=2,
+                        id2label={0: "unacceptable", 1: "acceptable"}, label2id={"unacceptable": 0, "acceptable": 1})
+    import torch
+
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, tiny_model_dir, small_cola) -> Path:
+    """A short real Lightning run of the tiny model on the CoLA slice."""
+    from onnxpack.train import TrainConfig, fit
+
+    out = tmp_path_factory.mktemp("run") / "run"
+    fit(TrainConfig(data=str(small_cola), model=str(tiny_model_dir), epochs=2, batch_size=32, lr=1e-3,
+                    max_length=64), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def package_dir(tmp_path_factory, trained_run) -> Path:
+    from onnxpack.export import export
+
+    out = tmp_path_factory.mktemp("pkg") / "tiny-cola"
+    export(trained_run / "best.ckpt", out)
+    return out
+
+
+@pytest.fixture()
+def package_copy(tmp_path, package_dir) -> Path:
+    """A private copy for tests that change or damage the package."""
+    return Path(shutil.copytree(package_dir, tmp_path / package_dir.name))
