@@ -101,8 +101,9 @@ class TextClassifier(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         # No weight decay on biases and LayerNorm weights, as in BERT's recipe.
         decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            (no_decay if p.ndim < 2 else decay).append(p)
+        for p in self.model.parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim < 2 else decay).append(p)
         optimizer = torch.optim.AdamW([
             {"params": decay, "weight_decay": self.hparams.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
