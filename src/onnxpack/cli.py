@@ -208,9 +208,11 @@ def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder for the run and the package.")] = Path("onnxpack-demo"),
     data: Annotated[Optional[str], typer.Option(help="CoLA folder (default: the usual places).")] = None,
     full: Annotated[bool, typer.Option(help="Train with the full default settings (the quality bar, ~15 min).")] = False,
-    force: Annotated[bool, typer.Option(help="Replace OUT's run and package if they exist.")] = False,
 ) -> None:
-    """Train -> export -> verify -> predict on the built-in defaults, then print a summary."""
+    """Train -> export -> verify -> predict on the built-in defaults, then print a summary.
+
+    Replaces OUT/run and OUT/package from an earlier demo, so the command can be rerun as is.
+    """
     from .export import export as export_package
     from .runtime import Predictor
     from .train import TrainConfig, fit
@@ -219,10 +221,10 @@ def demo(
     # A short run by default so the first command finishes in minutes on 2 cores.
     config = TrainConfig(data=data) if full else TrainConfig(data=data, epochs=1, limit_train_batches=80)
     console.rule("1/4 train")
-    result = fit(config, out / "run", force=force)
+    result = fit(config, out / "run", force=True)
     _print_metrics(result.metrics)
     console.rule("2/4 export")
-    package = export_package(result.checkpoint, out / "package", force=force)
+    package = export_package(result.checkpoint, out / "package", force=True)
     console.rule("3/4 verify")
     report = verify_package(package.root, data)
     _print_parity(report)
