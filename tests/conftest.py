@@ -14,6 +14,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def pytest_configure(config) -> None:
+    # pytest-timeout (the test extra) defines the timeout marker; keep --strict-markers happy without it.
+    if not config.pluginmanager.hasplugin("timeout"):
+        config.addinivalue_line("markers", "timeout(seconds): per-test time limit (needs pytest-timeout)")
+
+
 def cola_dir() -> Path:
     if not (COLA / "train.tsv").is_file():
         pytest.skip(f"CoLA not found at {COLA}")

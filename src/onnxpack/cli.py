@@ -44,18 +44,25 @@ app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty
 def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show debug logs.")] = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
                         handlers=[RichHandler(console=console, show_path=False, show_time=False)])
-    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "torch", "transformers"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _quiet_lightning() -> None:
+    """Lightning sets up its own INFO handler on import (GPU/TPU lines, tips); keep warnings only."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.WARNING)
+        logger.handlers.clear()
 
 
 def _train_limit(value: str | None) -> float | int | None:
+    """Lightning's convention: a whole number counts batches, a decimal is a fraction of the epoch."""
     if value is None:
         return None
     try:
-        number = float(value)
+        return float(value) if "." in value else int(value)
     except ValueError:
-        raise OnnxpackError(f"--limit-train-batches takes a number of batches or a fraction, got {value!r}") from None
-    return int(number) if number.is_integer() and number > 1 else number
+        raise OnnxpackError(f"--limit-train-batches takes a number of batches (60) or a fraction (0.25), "
+                            f"got {value!r}") from None
 
 
 @app.command()
@@ -68,13 +75,14 @@ def train(
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
     max_length: Annotated[Optional[int], typer.Option(help="Truncate texts to this many tokens.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
-    limit_train_batches: Annotated[Optional[str], typer.Option(help="Batches per epoch: a count, or a fraction.")] = None,
+    limit_train_batches: Annotated[Optional[str], typer.Option(help="Batches per epoch: a count (60) or a fraction (0.25).")] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML file of training settings; flags override it.")] = None,
     force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Fine-tune a classifier with Lightning; keeps the best checkpoint by validation loss."""
     from .train import TrainConfig, fit
 
+    _quiet_lightning()
     flags = dict(data=data, model=model, epochs=epochs, batch_size=batch_size, lr=lr, max_length=max_length,
                  seed=seed, limit_train_batches=_train_limit(limit_train_batches))
     if config:
@@ -102,12 +110,13 @@ def export(
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 18,
     exporter: Annotated[str, typer.Option(help="torchscript, dynamo or lightning (LightningModule.to_onnx).")] = "torchscript",
     name: Annotated[Optional[str], typer.Option(help="Model name in the manifest (default: OUT's name).")] = None,
+    max_length: Annotated[Optional[int], typer.Option(help="Token limit (default: the training max_length).")] = None,
     force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Export to ONNX, check against PyTorch on batches of 1, 3 and 17, write the package."""
     from .export import ExportConfig, export as export_package
 
-    package = export_package(checkpoint, out, ExportConfig(exporter=exporter, opset=opset, name=name), force=force)
+    package = export_package(checkpoint, out, ExportConfig(exporter=exporter, opset=opset, name=name, max_length=max_length), force=force)
     m = package.manifest
     console.print(f"package: [bold]{package.root}[/] (opset {m.opset}, {m.exporter}, labels {m.labels}, "
                   f"self-check max |diff| {m.parity['max_abs_diff']:.1e})")
@@ -130,7 +139,7 @@ def verify(
     from .verify import VerifyConfig, verify as verify_package
 
     config = VerifyConfig(atol=atol, min_agreement=min_agreement, batch_size=batch_size, provider=provider)
-    with Progress(console=console, transient=True) as progress:
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
         task = progress.add_task("verifying", total=None)
         try:
             report = verify_package(package, data, checkpoint, config, json_out,
@@ -218,6 +227,7 @@ def demo(
     from .train import TrainConfig, fit
     from .verify import verify as verify_package
 
+    _quiet_lightning()
     # A short run by default so the first command finishes in minutes on 2 cores.
     config = TrainConfig(data=data) if full else TrainConfig(data=data, epochs=1, limit_train_batches=80)
     console.rule("1/4 train")

@@ -22,7 +22,7 @@ import torch
 
 from . import __version__
 from ._registry import Registry
-from .errors import ParityError
+from .errors import OnnxpackError, ParityError
 from .model import TextClassifier, load_checkpoint
 from .package import Manifest, Package, TensorSpec, atomic_dir, check_target, hash_files, now, sha256_file
 from .package import write_manifest
@@ -68,14 +68,20 @@ class ExportConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """How one architecture is exported: which inputs its forward takes."""
+    """How one architecture is exported."""
 
     inputs: tuple[str, ...] = INPUT_NAMES
+    # Position ids RoBERTa starts at pad_token_id + 1, so it fits 2 fewer tokens than it has positions.
+    position_offset: int = 0
+
+    def max_tokens(self, config: Any) -> int:
+        return config.max_position_embeddings - self.position_offset
 
 
 ARCHITECTURES: Registry[ModelSpec] = Registry("model type")
-for _model_type in ("bert", "distilbert", "roberta"):
-    ARCHITECTURES.register(_model_type)(ModelSpec())
+ARCHITECTURES.register("bert")(ModelSpec())
+ARCHITECTURES.register("distilbert")(ModelSpec())
+ARCHITECTURES.register("roberta")(ModelSpec(position_offset=2))
 
 Exporter = Callable[[torch.nn.Module, tuple[torch.Tensor, ...], Path, int], None]
 EXPORTERS: Registry[Exporter] = Registry("exporter")
@@ -127,12 +133,16 @@ def export(checkpoint: str | Path, out: str | Path, config: ExportConfig | None 
     out = Path(out)
     check_target(out, force)
     model, tokenizer, source = load_checkpoint(checkpoint)
-    ARCHITECTURES.get(model.config.model_type)
+    spec = ARCHITECTURES.get(model.config.model_type)
+    limit = spec.max_tokens(model.config)
+    if config.max_length is not None and not 1 < config.max_length <= limit:
+        raise OnnxpackError(f"max_length {config.max_length} does not fit the model: it takes 2 to {limit} tokens",
+                            hint=f"pass --max-length {limit} or less")
     # Eager attention exports as plain MatMul/Softmax, a pattern ORT's attention fusion recognises.
     model.set_attn_implementation("eager")
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    max_length = config.max_length or source["train_config"].get("max_length") \
-        or min(tokenizer.model_max_length, model.config.max_position_embeddings)
+    max_length = min(config.max_length or source["train_config"].get("max_length") or tokenizer.model_max_length,
+                     limit)
     wrapper = LogitsModel(model).eval()
 
     with atomic_dir(out, force=force) as tmp:

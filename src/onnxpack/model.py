@@ -40,14 +40,23 @@ def resolve_model_source(name_or_path: str) -> str:
     return name_or_path
 
 
-def build_model(name_or_path: str, labels: tuple[str, ...] | list[str] = COLA_LABELS) -> PreTrainedModel:
-    """A pretrained encoder with a fresh classification head for `labels`."""
+# Config fields that hold dropout rates, across the supported architectures.
+DROPOUT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
+
+
+def build_model(name_or_path: str, labels: tuple[str, ...] | list[str] = COLA_LABELS,
+                dropout: float | None = None) -> PreTrainedModel:
+    """A pretrained encoder with a fresh classification head for `labels`; `dropout` overrides the config's."""
     source = resolve_model_source(name_or_path)
     try:
-        return AutoModelForSequenceClassification.from_pretrained(
-            source, num_labels=len(labels), id2label=dict(enumerate(labels)),
-            label2id={label: i for i, label in enumerate(labels)})
-    except OSError as e:
+        config = AutoConfig.from_pretrained(source, num_labels=len(labels), id2label=dict(enumerate(labels)),
+                                            label2id={label: i for i, label in enumerate(labels)})
+        if dropout is not None:
+            for field in DROPOUT_FIELDS:
+                if hasattr(config, field):
+                    setattr(config, field, dropout)
+        return AutoModelForSequenceClassification.from_pretrained(source, config=config, ignore_mismatched_sizes=True)
+    except (OSError, ValueError) as e:
         raise CheckpointError(f"cannot load model {name_or_path!r}: {str(e).splitlines()[0]}",
                               hint="pass a local Hugging Face folder, or a hub name when online") from None
 

@@ -122,7 +122,9 @@ class Predictor:
         """Indices of `texts` grouped into batches of similar length (longest first)."""
         if batch_size < 1:
             raise OnnxpackError(f"batch size must be a positive integer, got {batch_size}")
-        lengths = [len(e.ids) for e in self.tokenizer.encode_batch(list(texts))] if len(texts) > batch_size else []
+        # The tokenizer pads; the mask's sum is each text's own length.
+        lengths = [sum(e.attention_mask) for e in self.tokenizer.encode_batch(list(texts))] \
+            if len(texts) > batch_size else []
         order = sorted(range(len(texts)), key=lengths.__getitem__, reverse=True) if lengths else list(range(len(texts)))
         return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 

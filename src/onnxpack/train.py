@@ -36,7 +36,8 @@ class TrainConfig:
     lr: float = 1e-4  # peak, after linear warm-up; then linear decay to 0
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
-    freeze_embeddings: bool = True  # word embeddings stay fixed: a third fewer weights to update per step
+    dropout: float | None = 0.0  # overrides the model's dropout; None keeps its own (0.1 for MiniLM)
+    freeze_embeddings: bool = False  # True keeps word embeddings fixed: a third fewer weights to update
     max_length: int = 128  # longer texts are truncated (CoLA's longest is ~50 tokens)
     seed: int = 42
     patience: int = 2  # epochs without a better val_loss before stopping early
@@ -92,7 +93,7 @@ def fit(config: TrainConfig, run_dir: str | Path, force: bool = False) -> TrainR
         torch.set_num_threads(config.threads)
     L.seed_everything(config.seed, workers=True, verbose=False)
     tokenizer = load_tokenizer(config.model)
-    model = build_model(config.model, config.labels)
+    model = build_model(config.model, config.labels, config.dropout)
     if config.freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
     module = TextClassifier(model, lr=config.lr, weight_decay=config.weight_decay, warmup_ratio=config.warmup_ratio)

@@ -1,0 +1,218 @@
+"""cli.py through Typer's CliRunner: exit codes, JSON output, and exactly one `error: ...` line on stderr."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from onnxpack.cli import app
+
+COMMANDS = ("train", "export", "verify", "predict", "providers", "demo")
+
+
+@pytest.fixture()
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def _one_error_line(result) -> str:
+    """The whole of stderr for a user error: one line, `error: ...`, and nothing on stdout."""
+    assert result.exit_code == 1, (result.exit_code, result.output, result.exception)
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+# --- help ---------------------------------------------------------------------------------------------------
+
+def test_app_help(runner):
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in COMMANDS:
+        assert command in result.stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_command_help(runner, command):
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage: " in result.stdout and command in result.stdout
+
+
+def test_no_args_shows_help(runner):
+    result = runner.invoke(app, [])
+    assert "Usage: " in result.output and "Commands" in result.output
+    assert "error:" not in result.output
+
+
+# --- providers ----------------------------------------------------------------------------------------------
+
+def test_providers_json(runner):
+    result = runner.invoke(app, ["providers", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert "CPUExecutionProvider" in data["available"]
+    assert set(data["available"]) <= set(data["all"])
+
+
+def test_providers_table(runner):
+    result = runner.invoke(app, ["providers"])
+    assert result.exit_code == 0 and "CPUExecutionProvider" in result.stdout
+
+
+# --- predict ------------------------------------------------------------------------------------------------
+
+def test_predict_texts(runner, package_dir):
+    texts = ["the cat sat on the mat", "him saw she", "go"]
+    result = runner.invoke(app, ["predict", str(package_dir), *texts, "--batch-size", "2"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3
+    rows = [json.loads(line) for line in lines]
+    assert [r["text"] for r in rows] == texts
+    for r in rows:
+        assert r["label"] in ("unacceptable", "acceptable")
+        assert sum(r["scores"].values()) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_predict_long_text_stays_on_one_line(runner, package_dir):
+    text = "the cat sat on the mat and " * 20 + "slept"
+    result = runner.invoke(app, ["predict", str(package_dir), text])
+    assert result.exit_code == 0, result.output
+    (line,) = result.stdout.splitlines()
+    assert json.loads(line)["text"] == text
+
+
+def test_predict_stdin(runner, package_dir):
+    result = runner.invoke(app, ["predict", str(package_dir)], input="first text\n\nsecond text\n")
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["text"] for line in result.stdout.splitlines()] == ["first text", "second text"]
+
+
+def test_predict_file_and_out(runner, package_dir, tmp_path):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("one text\n\n  \nanother one\n", encoding="utf-8")
+    out = tmp_path / "out" / "predictions.jsonl"
+    result = runner.invoke(app, ["predict", str(package_dir), "--file", str(texts), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["text"] for r in rows] == ["one text", "another one"]
+
+
+def test_predict_empty_stdin(runner, package_dir):
+    result = runner.invoke(app, ["predict", str(package_dir)], input="")
+    assert _one_error_line(result).startswith("error: no texts to predict")
+
+
+def test_predict_not_a_package(runner, tmp_path):
+    result = runner.invoke(app, ["predict", str(tmp_path), "hello"])
+    line = _one_error_line(result)
+    assert line == (f"error: {tmp_path} is not a package: it has no manifest.json "
+                    "(hint: pass the folder `onnxpack export` wrote)")
+
+
+def test_predict_texts_and_file(runner, package_dir, tmp_path):
+    texts = tmp_path / "t.txt"
+    texts.write_text("a\n", encoding="utf-8")
+    result = runner.invoke(app, ["predict", str(package_dir), "hello", "--file", str(texts)])
+    assert _one_error_line(result) == "error: give texts as arguments or --file, not both"
+
+
+def test_predict_missing_file(runner, package_dir, tmp_path):
+    result = runner.invoke(app, ["predict", str(package_dir), "--file", str(tmp_path / "none.txt")])
+    assert _one_error_line(result).startswith(f"error: cannot read {tmp_path / 'none.txt'}")
+
+
+def test_predict_unknown_provider(runner, package_dir):
+    result = runner.invoke(app, ["predict", str(package_dir), "hi", "--provider", "warp"])
+    assert _one_error_line(result).startswith("error: unknown execution provider 'warp'; available: ")
+
+
+# --- verify -------------------------------------------------------------------------------------------------
+
+def test_verify_json(runner, package_copy, small_cola, tmp_path):
+    out = tmp_path / "parity.json"
+    result = runner.invoke(app, ["verify", str(package_copy), "--data", str(small_cola), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["passed"] is True and report["n"] == 64 and report["agreement"] == 1.0
+    assert report["max_abs_diff"] <= 1e-4
+    assert "passed" in result.stderr and "parity on 64 validation rows" in result.stderr
+
+
+def test_verify_failure_exits_1_after_the_table(runner, package_copy, small_cola, tmp_path):
+    out = tmp_path / "parity.json"
+    result = runner.invoke(app, ["verify", str(package_copy), "--data", str(small_cola), "--json", str(out),
+                                 "--atol", "-1"])
+    assert result.exit_code == 1
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith(f"error: {package_copy} fails verification on 64 rows: max_abs_diff ")
+    assert "failed" in result.stderr  # the table and verdict come before the error line
+    assert json.loads(out.read_text())["passed"] is False
+
+
+def test_verify_missing_checkpoint_exit_code(runner, package_copy, small_cola, tmp_path):
+    result = runner.invoke(app, ["verify", str(package_copy), "--data", str(small_cola),
+                                 "--checkpoint", str(tmp_path / "gone.ckpt")])
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.splitlines()[-1].startswith("error: the package's source checkpoint ")
+
+
+def test_verify_missing_checkpoint(runner, package_copy, small_cola, tmp_path):
+    result = runner.invoke(app, ["verify", str(package_copy), "--data", str(small_cola),
+                                 "--checkpoint", str(tmp_path / "gone.ckpt")])
+    assert "is not there" in _one_error_line(result)
+
+
+# --- export / train -----------------------------------------------------------------------------------------
+
+def test_export_unknown_exporter(runner, trained_run, tmp_path):
+    result = runner.invoke(app, ["export", str(trained_run / "best.ckpt"), "--out", str(tmp_path / "pkg"),
+                                 "--exporter", "nope"])
+    assert _one_error_line(result) == "error: unknown exporter 'nope'; known: dynamo, lightning, torchscript"
+    assert not (tmp_path / "pkg").exists()
+
+
+def test_export_existing_out(runner, trained_run, tmp_path):
+    (tmp_path / "pkg").mkdir()
+    result = runner.invoke(app, ["export", str(trained_run / "best.ckpt"), "--out", str(tmp_path / "pkg")])
+    assert _one_error_line(result).startswith(f"error: {tmp_path / 'pkg'} already exists (hint: ")
+
+
+def test_export_ok(runner, trained_run, tmp_path):
+    out = tmp_path / "pkg"
+    result = runner.invoke(app, ["export", str(trained_run / "best.ckpt"), "--out", str(out), "--name", "cli"])
+    assert result.exit_code == 0, result.output
+    assert (out / "manifest.json").is_file()
+    assert json.loads((out / "manifest.json").read_text())["name"] == "cli"
+    assert f"package: {out}" in result.stderr
+
+
+def test_train_missing_data(runner, tmp_path):
+    result = runner.invoke(app, ["train", "--out", str(tmp_path / "run"), "--data", str(tmp_path / "no-data")])
+    assert _one_error_line(result).startswith(f"error: data path {tmp_path / 'no-data'} is not a directory")
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_bad_limit(runner, tmp_path):
+    result = runner.invoke(app, ["train", "--out", str(tmp_path / "run"), "--limit-train-batches", "lots"])
+    assert _one_error_line(result) == ("error: --limit-train-batches takes a number of batches (60) or a fraction (0.25), "
+                                       "got 'lots'")
+
+
+def test_train_config_unknown_key(runner, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("epochz: 1\n", encoding="utf-8")
+    result = runner.invoke(app, ["train", "--out", str(tmp_path / "run"), "--config", str(config)])
+    assert "unknown keys ['epochz']" in _one_error_line(result)
+
+
+def test_train_invalid_epochs(runner, tmp_path):
+    result = runner.invoke(app, ["train", "--out", str(tmp_path / "run"), "--epochs", "0"])
+    assert _one_error_line(result) == "error: epochs must be a positive integer, got 0"

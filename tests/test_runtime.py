@@ -1,0 +1,195 @@
+"""runtime.py: the Predictor (texts in, labels out, with ONNX Runtime only) and provider selection."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import onnxpack
+from onnxpack.errors import OnnxpackError, PackageError
+from onnxpack.package import TOKENIZER, Package
+from onnxpack.runtime import Predictor, available_providers, resolve_providers, softmax
+
+TEXTS = [
+    "the book was written by john",
+    "go",
+    "the professor who the students that the dean hired admired resigned after the long and tiring meeting",
+    "him saw she",
+    "what did you wonder whether mary bought at the store yesterday",
+]
+
+
+@pytest.fixture(scope="module")
+def predictor(package_dir):
+    with Predictor(package_dir) as p:
+        yield p
+
+
+def test_predict_results(predictor):
+    results = predictor.predict(TEXTS[:2])
+    assert [r["text"] for r in results] == TEXTS[:2]
+    for r in results:
+        assert r["label"] in predictor.labels == ["unacceptable", "acceptable"]
+        assert set(r["scores"]) == set(predictor.labels)
+        assert sum(r["scores"].values()) == pytest.approx(1.0, abs=1e-6)
+        assert r["score"] == max(r["scores"].values()) == r["scores"][r["label"]]
+    assert len(predictor.latencies_ms) >= 1 and all(ms > 0 for ms in predictor.latencies_ms)
+
+
+def test_batching_preserves_order_and_logits(predictor):
+    batches = predictor.batches(TEXTS, 2)
+    assert [len(b) for b in batches] == [2, 2, 1]
+    assert sorted(i for b in batches for i in b) == list(range(len(TEXTS)))
+    together = predictor.predict_logits(TEXTS, batch_size=2)
+    alone = np.concatenate([predictor.predict_logits([t]) for t in TEXTS])
+    np.testing.assert_allclose(together, alone, atol=1e-5, rtol=0)
+    assert [r["text"] for r in predictor.predict(TEXTS, batch_size=2)] == TEXTS
+
+
+def test_batches_group_texts_by_length(predictor):
+    true_lengths = [len(predictor.tokenizer.encode(t).ids) for t in TEXTS]  # one text: no padding
+    longest_first = sorted(range(len(TEXTS)), key=true_lengths.__getitem__, reverse=True)
+    assert longest_first[0] == 2
+    assert [i for b in predictor.batches(TEXTS, 2) for i in b] == longest_first
+
+
+def test_predict_matches_torch(predictor, trained_run):
+    import torch
+
+    from onnxpack.model import load_checkpoint
+
+    model, tokenizer, _ = load_checkpoint(trained_run / "best.ckpt")
+    enc = tokenizer(TEXTS, padding=True, return_tensors="pt", return_token_type_ids=False)
+    with torch.no_grad():
+        expected = model(**enc).logits.numpy()
+    np.testing.assert_allclose(predictor.predict_logits(TEXTS), expected, atol=1e-4, rtol=0)
+
+
+def test_long_text_is_truncated(predictor):
+    long_text = " ".join(["the cat sat on the mat"] * 60)  # far past the 64 position embeddings
+    assert predictor.encode([long_text])["input_ids"].shape == (1, predictor.max_length)
+    (result,) = predictor.predict([long_text])
+    assert result["label"] in predictor.labels
+
+
+def test_encode_pads_to_the_longest_in_batch(predictor):
+    feed = predictor.encode(["go", TEXTS[2]])
+    assert list(feed) == ["input_ids", "attention_mask"]
+    assert feed["input_ids"].dtype == np.int64 and feed["attention_mask"].dtype == np.int64
+    width = feed["input_ids"].shape[1]
+    assert int(feed["attention_mask"][1].sum()) == width  # the long text fills the batch
+    short = int(feed["attention_mask"][0].sum())
+    assert short < width and (feed["input_ids"][0, short:] == predictor.package.manifest.pad_token_id).all()
+
+
+def test_unicode_text(predictor):
+    (result,) = predictor.predict(["naïve café — ünïcödé 🙂"])
+    assert result["text"] == "naïve café — ünïcödé 🙂"
+
+
+@pytest.mark.parametrize(("texts", "match"), [
+    ([], "no texts to predict"),
+    ([""], "text 0 is empty"),
+    (["fine", "   "], "text 1 is empty"),
+    (["fine", None], "text 1 is NoneType, not a string"),
+    ([3], "text 0 is int, not a string"),
+    ("a single string", "got a single string"),
+])
+def test_bad_inputs(predictor, texts, match):
+    with pytest.raises(OnnxpackError, match=match):
+        predictor.predict(texts)
+
+
+def test_bad_batch_size(predictor):
+    with pytest.raises(OnnxpackError, match="batch size must be a positive integer, got 0"):
+        predictor.predict(["go"], batch_size=0)
+
+
+def test_softmax_is_stable():
+    probs = softmax(np.array([[1000.0, 0.0], [0.0, 0.0]]))
+    assert np.isfinite(probs).all()
+    np.testing.assert_allclose(probs, [[1.0, 0.0], [0.5, 0.5]], atol=1e-12)
+
+
+# --- providers ----------------------------------------------------------------------------------------------
+
+def test_resolve_providers_cpu():
+    assert resolve_providers("cpu") == ["CPUExecutionProvider"]
+    assert resolve_providers("CPU") == ["CPUExecutionProvider"]
+    assert resolve_providers("CPUExecutionProvider") == ["CPUExecutionProvider"]
+
+
+def test_resolve_providers_default():
+    providers = resolve_providers(None)
+    assert providers[-1] == "CPUExecutionProvider" and set(providers) <= set(available_providers())
+
+
+def test_unknown_provider_lists_available():
+    with pytest.raises(OnnxpackError) as info:
+        resolve_providers("warp-drive")
+    assert str(info.value).startswith(f"unknown execution provider 'warp-drive'; available: "
+                                      f"{', '.join(available_providers())}")
+    assert "CPUExecutionProvider" in str(info.value)
+
+
+def test_unavailable_provider_lists_available():
+    if "CUDAExecutionProvider" in available_providers():
+        pytest.skip("this ONNX Runtime build has CUDA")
+    with pytest.raises(OnnxpackError) as info:
+        resolve_providers("cuda")
+    message = str(info.value)
+    assert "execution provider CUDAExecutionProvider is not available" in message
+    assert f"available: {', '.join(available_providers())}" in message
+
+
+def test_predictor_with_unavailable_provider_fails_cleanly(package_dir):
+    if "CUDAExecutionProvider" in available_providers():
+        pytest.skip("this ONNX Runtime build has CUDA")
+    with pytest.raises(OnnxpackError, match="not available"):
+        Predictor(package_dir, provider="cuda")
+
+
+# --- loading ------------------------------------------------------------------------------------------------
+
+def test_load_context_manager(package_dir):
+    with onnxpack.load(package_dir, provider="cpu", threads=1) as p:
+        assert isinstance(p, Predictor)
+        assert p.providers == ["CPUExecutionProvider"]
+        assert p.predict(["go"])[0]["label"] in p.labels
+    with pytest.raises(OnnxpackError, match="closed"):
+        p.predict(["go"])
+
+
+def test_predictor_from_package_object(package_dir):
+    package = Package.open(package_dir)
+    with Predictor(package) as p:
+        assert p.package is package and p.max_length == 64
+
+
+def test_predictor_refuses_altered_package(package_copy):
+    with open(package_copy / TOKENIZER, "ab") as f:
+        f.write(b"\n")
+    with pytest.raises(PackageError, match="altered"):
+        Predictor(package_copy)
+
+
+def test_predictor_refuses_non_package(tmp_path):
+    with pytest.raises(PackageError, match="is not a package"):
+        onnxpack.load(tmp_path)
+
+
+def test_runtime_does_not_import_torch():
+    code = "import onnxpack, onnxpack.runtime, onnxpack.package, sys; assert 'torch' not in sys.modules, 'torch'"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def test_predicting_does_not_import_torch(package_dir):
+    code = ("import onnxpack, sys; p = onnxpack.load(sys.argv[1]); p.predict(['go', 'the cat sat']); "
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch side imported'")
+    result = subprocess.run([sys.executable, "-c", code, str(package_dir)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
