@@ -31,7 +31,7 @@ class TrainConfig:
     data: str | None = None  # folder of TSV/CSV files or "glue/cola"; None looks in the usual places
     model: str = DEFAULT_MODEL  # hub name or local folder; the default is bundled (offline)
     labels: tuple[str, ...] = COLA_LABELS  # index = label id in the data
-    epochs: int = 4
+    epochs: int = 5
     batch_size: int = 32
     lr: float = 1e-4  # peak, after linear warm-up; then linear decay to 0
     warmup_ratio: float = 0.1
