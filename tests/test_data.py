@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -71,31 +72,16 @@ def test_bad_label_names_file_and_line(tmp_path):
     assert str(info.value).startswith(f"{path}:4 has label '2'; labels must be 0 or 1")
 
 
-def test_too_few_fields(tmp_path):
+@pytest.mark.parametrize(("content", "message"), [
+    ("sentence\tlabel\nno label here\n", "{path}:2 has 1 fields, expected 2"),
+    ("sentence,label\nhello,1\n", "has columns"),  # a CSV saved as .tsv
+    ("", "{path} is empty"),
+    ("sentence\tlabel\n", "has a header but no rows"),
+])
+def test_malformed_table(tmp_path, content, message):
     path = tmp_path / "t.tsv"
-    path.write_text("sentence\tlabel\nno label here\n", encoding="utf-8")
-    with pytest.raises(DataError, match=rf"{path}:2 has 1 fields, expected 2"):
-        read_table(path)
-
-
-def test_csv_read_as_tsv_is_explained(tmp_path):
-    path = tmp_path / "t.tsv"
-    path.write_text("sentence,label\nhello,1\n", encoding="utf-8")
-    with pytest.raises(DataError, match="has columns"):
-        read_table(path)
-
-
-def test_empty_file(tmp_path):
-    path = tmp_path / "t.tsv"
-    path.write_text("", encoding="utf-8")
-    with pytest.raises(DataError, match=rf"{path} is empty"):
-        read_table(path)
-
-
-def test_header_only(tmp_path):
-    path = tmp_path / "t.tsv"
-    path.write_text("sentence\tlabel\n", encoding="utf-8")
-    with pytest.raises(DataError, match="has a header but no rows"):
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(DataError, match=re.escape(message.format(path=path))):
         read_table(path)
 
 

@@ -105,21 +105,14 @@ def test_wrong_format_version(package_copy, version):
         Package.open(package_copy)
 
 
-def test_invalid_json_manifest(package_copy):
-    (package_copy / MANIFEST).write_text('{"format_version": 1, ', encoding="utf-8")
-    with pytest.raises(PackageError, match="is not valid JSON"):
-        Package.open(package_copy)
-
-
-def test_non_utf8_manifest(package_copy):
-    (package_copy / MANIFEST).write_bytes(b"\xff\xfe{}")
-    with pytest.raises(PackageError, match="is not valid JSON"):
-        Package.open(package_copy)
-
-
-def test_manifest_not_an_object(package_copy):
-    (package_copy / MANIFEST).write_text("[1, 2]", encoding="utf-8")
-    with pytest.raises(PackageError, match="is not a JSON object"):
+@pytest.mark.parametrize(("content", "message"), [
+    (b'{"format_version": 1, ', "is not valid JSON"),
+    (b"\xff\xfe{}", "is not valid JSON"),
+    (b"[1, 2]", "is not a JSON object"),
+])
+def test_unreadable_manifest(package_copy, content, message):
+    (package_copy / MANIFEST).write_bytes(content)
+    with pytest.raises(PackageError, match=message):
         Package.open(package_copy)
 
 
