@@ -153,7 +153,6 @@ def export(checkpoint: str | Path, out: str | Path, config: ExportConfig | None 
         _stamp_metadata(tmp / MODEL, labels, max_length)
         self_check_diff = _self_check(wrapper, tokenizer, tmp / MODEL, max_length, config.atol)
         tokenizer.save_pretrained(tmp)
-        _drop_unneeded_tokenizer_files(tmp)
         proto = onnx.load(str(tmp / MODEL), load_external_data=False)
         manifest = Manifest(
             name=config.name or out.name, labels=labels, max_length=int(max_length),
@@ -219,12 +218,6 @@ def _tensor_spec(value: onnx.ValueInfoProto) -> TensorSpec:
 
 def _default_opset(proto: onnx.ModelProto) -> int:
     return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
-
-
-def _drop_unneeded_tokenizer_files(root: Path) -> None:
-    # The runtime reads tokenizer.json; the rest of save_pretrained's files stay for transformers users.
-    for name in ("chat_template.jinja",):
-        (root / name).unlink(missing_ok=True)
 
 
 def _source_sha256(path: Path) -> str:

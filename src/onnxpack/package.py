@@ -26,8 +26,6 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 MODEL = "model.onnx"
 TOKENIZER = "tokenizer.json"
-# Files save_pretrained writes beside tokenizer.json; copied when present.
-TOKENIZER_EXTRAS = ("tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 TASK = "text-classification"
 
 
