@@ -170,6 +170,7 @@ def predict(
     out: Annotated[Optional[Path], typer.Option("--out", help="Write JSON lines here instead of stdout.")] = None,
     provider: Annotated[Optional[str], typer.Option(help="ONNX Runtime execution provider.")] = None,
     batch_size: Annotated[int, typer.Option(help="Texts per model call.")] = 32,
+    variant: Annotated[Optional[str], typer.Option(help="fp32, optimized, int8, ... (default: the fastest accepted).")] = None,
 ) -> None:
     """Print one JSON object per text: text, label, score and the score of every label."""
     from .package import atomic_write_text
@@ -186,13 +187,124 @@ def predict(
         if sys.stdin is None or sys.stdin.isatty():
             raise OnnxpackError("no texts to predict", hint="pass TEXT arguments, --file FILE, or pipe lines on stdin")
         texts = [line for line in sys.stdin.read().splitlines() if line.strip()]
-    with Predictor(package, provider=provider) as predictor:
+    with Predictor(package, provider=provider, variant=variant) as predictor:
         lines = [json.dumps(r, ensure_ascii=False) for r in predictor.predict(texts, batch_size=batch_size)]
     if out:
         atomic_write_text(out, "\n".join(lines) + "\n")
     else:
         for line in lines:
             stdout.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _csv_list(value: str, option: str) -> list[str]:
+    items = [item.strip() for item in value.split(",") if item.strip()]
+    if not items:
+        raise OnnxpackError(f"{option} is empty", hint=f"pass a comma-separated list, e.g. {option} a,b")
+    return items
+
+
+@app.command()
+def optimize(
+    package: Annotated[Path, typer.Argument(help="Package folder; variants are added to it.")],
+    data: Annotated[Optional[str], typer.Option(help="Validation data for the accuracy gate (default: the usual places).")] = None,
+    max_mcc_drop: Annotated[float, typer.Option(help="Reject a variant whose MCC is lower than fp32's by more.")] = 0.01,
+    per_channel: Annotated[bool, typer.Option(help="int8: one weight scale per output channel.")] = False,
+    variants: Annotated[str, typer.Option(help="Comma-separated: optimized, int8, fp16 (GPU only).")] = "optimized,int8,fp16",
+    provider: Annotated[Optional[str], typer.Option(help="ONNX Runtime execution provider for the gate.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Rows per batch in the validation runs.")] = 32,
+) -> None:
+    """Add faster variants to a package, each accepted only if its validation MCC holds."""
+    from .optimize import OptimizeConfig, optimize as optimize_package
+    from .package import Package
+
+    config = OptimizeConfig(variants=tuple(_csv_list(variants, "--variants")), max_mcc_drop=max_mcc_drop,
+                            per_channel=per_channel, data=data, provider=provider, batch_size=batch_size)
+    with console.status("optimizing") as status:
+        results = optimize_package(package, config, progress=lambda message: status.update(message))
+    table = Table(title=f"variants of {package} on {results[0].figures['n']} validation rows")
+    for col in ("variant", "status", "mcc", "mcc drop", "agreement", "max |diff|", "rows/s"):
+        table.add_column(col)
+    for r in results:
+        f = r.figures
+        status_text = "[green]accepted[/]" if r.accepted else f"[red]{'skipped' if not f else 'rejected'}[/]"
+        table.add_row(r.variant, status_text, *(f"{f[k]:.4f}" if k in f else "" for k in ("mcc", "mcc_drop", "agreement")),
+                      f"{f['max_abs_diff']:.1e}" if "max_abs_diff" in f else "", f"{f['items_per_s']:.0f}" if f else "")
+    console.print(table)
+    for r in results:
+        if r.reason:
+            console.print(f"{r.variant}: {r.reason}")
+    console.print(f"default variant: [bold]{Package.open(package).default_variant()}[/] (the fastest accepted)")
+
+
+def _positive_ints(value: str, option: str) -> tuple[int, ...]:
+    items = _csv_list(value, option)
+    try:
+        numbers = tuple(int(item) for item in items)
+    except ValueError:
+        numbers = ()
+    if not numbers or any(n < 1 for n in numbers):
+        raise OnnxpackError(f"{option} takes positive integers separated by commas, got {value!r}",
+                            hint=f"e.g. {option} 1,8,32")
+    return numbers
+
+
+@app.command()
+def bench(
+    package: Annotated[Path, typer.Argument(help="Package folder.")],
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8,32",
+    seq_lens: Annotated[str, typer.Option(help="Comma-separated sequence lengths (tokens).")] = "16,64",
+    threads: Annotated[int, typer.Option(help="Threads for every engine.")] = 2,
+    variants: Annotated[Optional[str], typer.Option(help="Comma-separated variants (default: all in the package).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the results here as JSON.")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Write the plot here (PNG).")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Validation data for the end-to-end rows.")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="PyTorch weights (default: the package's source).")] = None,
+    with_torch: Annotated[bool, typer.Option("--torch/--no-torch", help="Include PyTorch eager rows.")] = True,
+    torch_compile: Annotated[bool, typer.Option("--compile/--no-compile", help="Include torch.compile rows where it works.")] = True,
+    rounds: Annotated[int, typer.Option(help="Timed blocks per engine.")] = 3,
+) -> None:
+    """Time PyTorch and every ONNX Runtime variant side by side; writes report.html into the package."""
+    import tempfile
+
+    from .bench import BenchConfig, bench as run_bench, plot as plot_bench
+    from .package import Package, atomic_write_text
+    from .report import write_report
+
+    config = BenchConfig(batch_sizes=_positive_ints(batch_sizes, "--batch-sizes"),
+                         seq_lens=_positive_ints(seq_lens, "--seq-lens"), threads=threads, rounds=rounds,
+                         variants=tuple(_csv_list(variants, "--variants")) if variants else None,
+                         torch=with_torch, compile=torch_compile, data=data, checkpoint=str(checkpoint) if checkpoint else None)
+    _quiet_lightning()
+    with console.status("benchmarking") as status:
+        report = run_bench(package, config, progress=lambda message: status.update(f"benchmarking: {message}"))
+    _print_bench(report)
+    if json_out:
+        atomic_write_text(json_out, json.dumps(report, indent=2) + "\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        png = plot or Path(tmp) / "bench.png"
+        plot_bench(report, png)
+        card = write_report(Package.open(package), report, png)
+    console.print(f"model card: [bold]{card}[/]" + (f"; plot: [bold]{plot}[/]" if plot else ""))
+
+
+def _print_bench(report: dict) -> None:
+    m = report["machine"]
+    table = Table(title=f"p50 latency, {m['threads']} threads; ceilings fp32 {m['fp32_matmul_gflops']} GFLOP/s, "
+                        f"int8 {m['int8_matmul_gops']} GOP/s")
+    for col in ("engine", "variant", "batch", "tokens", "p50 ms", "p99 ms", "items/s", "GFLOP/s", "of ceiling"):
+        table.add_column(col)
+    for r in report["results"]:
+        table.add_row(r["engine"], r["variant"], str(r["batch_size"]), str(r["seq_len"]), f"{r['p50_ms']:.2f}",
+                      f"{r['p99_ms']:.2f}", f"{r['items_per_s']:.0f}", f"{r['gflops']:.0f}",
+                      f"{r['ceiling_fraction']:.0%}")
+    stdout.print(table)
+    stdout.print("speed-ups over PyTorch eager: " + ", ".join(f"{k} {v}×" for k, v in report["speedups"].items()))
+    if report.get("dataset"):
+        d = report["dataset"]
+        stdout.print(f"validation set ({d['n']} texts): " + ", ".join(f"{k} {v}/s" for k, v in d["items_per_s"].items())
+                     + f"; best vs seed {d['best_vs_seed']}×, {d['best_fraction_of_int8_limit']:.0%} of the int8 limit")
+    for note in report.get("notes", []):
+        console.print(f"note: {note}")
 
 
 @app.command()

@@ -161,7 +161,7 @@ def export(checkpoint: str | Path, out: str | Path, config: ExportConfig | None 
             opset=_default_opset(proto), ir_version=proto.ir_version, exporter=config.exporter,
             model_type=model.config.model_type, pad_token_id=int(tokenizer.pad_token_id),
             source={"path": source["path"], "kind": source["kind"], "sha256": _source_sha256(Path(source["path"]))},
-            libraries=_library_versions(), files=hash_files(tmp),
+            libraries=_library_versions(), files=hash_files(tmp), architecture=_architecture(model.config),
             history=[{"step": "export", "exporter": config.exporter, "opset": config.opset, "at": now()}],
             parity={"check": "export self-check", "batch_sizes": list(CHECK_BATCH_SIZES),
                     "max_abs_diff": self_check_diff, "atol": config.atol, "at": now()},
@@ -214,6 +214,12 @@ def _tensor_spec(value: onnx.ValueInfoProto) -> TensorSpec:
     tensor = value.type.tensor_type
     dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
     return TensorSpec(name=value.name, dtype=dtype, dims=[d.dim_param or d.dim_value for d in tensor.shape.dim])
+
+
+def _architecture(config: Any) -> dict[str, int]:
+    # DistilBERT names these differently; attribute_map makes both spellings work.
+    return {"num_heads": config.num_attention_heads, "hidden_size": config.hidden_size,
+            "num_layers": config.num_hidden_layers, "vocab_size": config.vocab_size}
 
 
 def _default_opset(proto: onnx.ModelProto) -> int:

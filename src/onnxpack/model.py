@@ -74,7 +74,7 @@ class TextClassifier(L.LightningModule):
     """Wraps the Hugging Face model; forward(input_ids, attention_mask) -> logits."""
 
     def __init__(self, model: PreTrainedModel, lr: float = 1e-4, weight_decay: float = 0.01,
-                 warmup_ratio: float = 0.1) -> None:
+                 warmup_ratio: float = 0.1, label_smoothing: float = 0.0) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
         self.model = model
@@ -92,7 +92,7 @@ class TextClassifier(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self(batch["input_ids"], batch["attention_mask"])
-        loss = torch.nn.functional.cross_entropy(logits, batch["labels"])
+        loss = torch.nn.functional.cross_entropy(logits, batch["labels"], label_smoothing=self.hparams.label_smoothing)
         self.log("train_loss", loss, prog_bar=True, batch_size=len(logits))
         return loss
 

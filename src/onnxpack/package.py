@@ -25,7 +25,9 @@ from .errors import PackageError
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 MODEL = "model.onnx"
+FP32 = "fp32"  # the variant name of MODEL, the exported graph every package has
 TOKENIZER = "tokenizer.json"
+REPORT = "report.html"  # the model card `bench` writes
 TASK = "text-classification"
 
 
@@ -57,6 +59,10 @@ class Manifest:
     files: dict[str, str] = dataclasses.field(default_factory=dict)  # file name -> sha256
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     parity: dict[str, Any] | None = None
+    # {"num_heads", "hidden_size", "num_layers", "vocab_size"}: what graph optimizers need to know
+    architecture: dict[str, int] = dataclasses.field(default_factory=dict)
+    # Accepted variants by name ("fp32" is model.onnx): {"file", "mcc", "mcc_drop", "agreement", "items_per_s", ...}
+    variants: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     task: str = TASK
     format_version: int = FORMAT_VERSION
     onnxpack_version: str = ""
@@ -134,6 +140,27 @@ class Package:
     def model_path(self) -> Path:
         return self.root / MODEL
 
+    def variant_names(self) -> list[str]:
+        """fp32 first, then the variants `optimize` accepted."""
+        return [FP32] + [name for name in self.manifest.variants if name != FP32]
+
+    def default_variant(self, providers: list[str] | None = None) -> str:
+        """The fastest accepted variant as `optimize` measured it, among those gated on one of
+        `providers` (None: any); fp32 before any optimization."""
+        timed = {name: v["items_per_s"] for name, v in self.manifest.variants.items()
+                 if v.get("items_per_s") and (providers is None or v.get("provider") in providers)}
+        return max(timed, key=timed.get) if timed else FP32
+
+    def variant_path(self, variant: str | None = None) -> Path:
+        """The .onnx file of a variant (None: the default one)."""
+        variant = variant or self.default_variant()
+        if variant == FP32:
+            return self.model_path
+        if variant not in self.manifest.variants:
+            raise PackageError(f"package {self.root} has no variant {variant!r}; it has {', '.join(self.variant_names())}",
+                               hint="run `onnxpack optimize` to add variants, or pick one it has")
+        return self.root / self.manifest.variants[variant]["file"]
+
     @property
     def tokenizer_path(self) -> Path:
         return self.root / TOKENIZER
@@ -151,6 +178,10 @@ class Package:
 def write_manifest(root: Path, manifest: Manifest) -> None:
     text = json.dumps(manifest.to_dict(), indent=2, sort_keys=False) + "\n"
     atomic_write_text(root / MANIFEST, text)
+
+
+def variant_file(variant: str) -> str:
+    return f"model.{variant}.onnx"
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -10,6 +10,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -75,8 +76,12 @@ class Predictor:
     """
 
     def __init__(self, package_dir: str | os.PathLike[str] | Package, provider: str | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, variant: str | None = None, model_file: Path | None = None) -> None:
+        """`variant` picks one of the package's graphs (default: the fastest accepted one);
+        `model_file` runs another .onnx with the package's tokenizer (`optimize` gates candidates so)."""
         self.package = package_dir if isinstance(package_dir, Package) else Package.open(package_dir)
+        self.providers = resolve_providers(provider)
+        self.variant = variant or self.package.default_variant(available_providers())
         manifest = self.package.manifest
         self.labels = list(manifest.labels)
         self.max_length = manifest.max_length
@@ -85,8 +90,8 @@ class Predictor:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        self.providers = resolve_providers(provider)
-        self.session = ort.InferenceSession(str(self.package.model_path), options, providers=self.providers)
+        path = model_file or self.package.variant_path(self.variant)
+        self.session = ort.InferenceSession(str(path), options, providers=self.providers)
         self.tokenizer = Tokenizer.from_file(str(self.package.tokenizer_path))
         self.tokenizer.enable_truncation(self.max_length)
         pad_token = self.tokenizer.id_to_token(manifest.pad_token_id)

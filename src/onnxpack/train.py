@@ -15,7 +15,8 @@ import yaml
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
-from .data import TextClassificationDataModule, load_splits
+from .data import load_splits
+from .datamodule import TextClassificationDataModule
 from .errors import OnnxpackError
 from .model import COLA_LABELS, DEFAULT_MODEL, HF_DIR, TRAIN_CONFIG, TextClassifier, build_model, load_tokenizer
 from .package import atomic_dir, atomic_write_text, check_target
@@ -36,11 +37,13 @@ class TrainConfig:
     lr: float = 1e-4  # peak, after linear warm-up; then linear decay to 0
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
+    label_smoothing: float = 0.0  # training loss only; val_loss stays plain cross-entropy
     dropout: float | None = 0.0  # overrides the model's dropout; None keeps its own (0.1 for MiniLM)
     freeze_embeddings: bool = False  # True keeps word embeddings fixed: a third fewer weights to update
     max_length: int = 128  # longer texts are truncated (CoLA's longest is ~50 tokens)
     seed: int = 42
-    patience: int = 2  # epochs without a better val_loss before stopping early
+    val_checks_per_epoch: int = 1  # validations (and checkpoint candidates) per epoch
+    patience: int = 2  # validations without a better val_loss before stopping early
     limit_train_batches: float | int = 1.0  # a fraction of the epoch, or a number of batches
     threads: int | None = None  # torch intra-op threads; None leaves torch's default
 
@@ -63,7 +66,7 @@ class TrainConfig:
         return cls(**values)
 
     def validate(self) -> None:
-        for name in ("epochs", "batch_size", "max_length"):
+        for name in ("epochs", "batch_size", "max_length", "val_checks_per_epoch"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise OnnxpackError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if not self.lr > 0:
@@ -96,7 +99,8 @@ def fit(config: TrainConfig, run_dir: str | Path, force: bool = False) -> TrainR
     model = build_model(config.model, config.labels, config.dropout)
     if config.freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
-    module = TextClassifier(model, lr=config.lr, weight_decay=config.weight_decay, warmup_ratio=config.warmup_ratio)
+    module = TextClassifier(model, lr=config.lr, weight_decay=config.weight_decay, warmup_ratio=config.warmup_ratio,
+                            label_smoothing=config.label_smoothing)
     datamodule = TextClassificationDataModule(splits, tokenizer, config.batch_size, config.max_length, config.seed)
 
     with atomic_dir(run_dir, force=force) as tmp:
@@ -104,6 +108,7 @@ def fit(config: TrainConfig, run_dir: str | Path, force: bool = False) -> TrainR
                                      save_top_k=1, save_weights_only=True, enable_version_counter=False)
         trainer = L.Trainer(
             max_epochs=config.epochs, limit_train_batches=config.limit_train_batches, accelerator="cpu",
+            val_check_interval=1 / config.val_checks_per_epoch,
             logger=CSVLogger(tmp, name="logs", version=""), default_root_dir=tmp,
             callbacks=[checkpoint, EarlyStopping(monitor="val_loss", mode="min", patience=config.patience),
                        TQDMProgressBar()],

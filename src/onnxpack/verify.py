@@ -10,12 +10,12 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from torchmetrics.functional import accuracy, matthews_corrcoef
 
 from .data import load_splits
+from .metrics import scores
 from .errors import CheckpointError, ParityError
 from .model import load_checkpoint
-from .package import atomic_write_text, now
+from .package import FP32, atomic_write_text, now
 from .runtime import Predictor
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,7 @@ class VerifyConfig:
     min_agreement: float = 1.0  # fail when the share of identical predicted labels is below this
     batch_size: int = 64
     provider: str | None = None  # ONNX Runtime execution provider; None: the default
+    variant: str = FP32  # the exported graph; optimized variants are gated by `optimize` instead
 
 
 @dataclasses.dataclass
@@ -60,7 +61,7 @@ def verify(package_dir: str | Path, data: str | None = None, checkpoint: str | P
     then raises one ParityError naming every failed check.
     """
     config = config or VerifyConfig()
-    predictor = Predictor(package_dir, provider=config.provider)
+    predictor = Predictor(package_dir, provider=config.provider, variant=config.variant)
     package = predictor.package
     checkpoint = checkpoint or package.manifest.source.get("path")
     if not checkpoint or not Path(checkpoint).exists():
@@ -86,20 +87,15 @@ def verify(package_dir: str | Path, data: str | None = None, checkpoint: str | P
             progress(len(batch))
 
     diff = np.abs(onnx_logits - torch_logits)
-    y = torch.tensor(labels)
+    y = np.array(labels)
     torch_pred, onnx_pred = torch_logits.argmax(-1), onnx_logits.argmax(-1)
     num_classes = len(predictor.labels)
-
-    def scores(pred: np.ndarray) -> dict[str, float]:
-        p = torch.from_numpy(pred)
-        task = "binary" if num_classes == 2 else "multiclass"
-        return {"mcc": float(matthews_corrcoef(p, y, task=task, num_classes=num_classes)),
-                "acc": float(accuracy(p, y, task=task, num_classes=num_classes))}
 
     report = ParityReport(
         n=len(texts), max_abs_diff=float(diff.max()),
         max_rel_diff=float((diff / np.maximum(np.abs(torch_logits), 1e-3)).max()),
-        agreement=float((torch_pred == onnx_pred).mean()), torch=scores(torch_pred), onnx=scores(onnx_pred),
+        agreement=float((torch_pred == onnx_pred).mean()),
+        torch=scores(torch_pred, y, num_classes), onnx=scores(onnx_pred, y, num_classes),
         tokenizer_mismatches=int(mismatches), atol=config.atol, min_agreement=config.min_agreement,
         passed=True, failures=[], provider=predictor.providers[0], checkpoint=str(checkpoint),
         data=validation.source, at=now())

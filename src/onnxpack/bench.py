@@ -1,0 +1,374 @@
+"""ONNX Runtime against PyTorch, side by side in one process, with this machine's ceilings.
+
+Every engine runs in its own block (pause, warm-up, repeats) and blocks come in rounds:
+PyTorch's and ONNX Runtime's thread pools keep spinning for a while after a call and
+would slow whichever engine ran next if calls were interleaved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from .data import load_splits
+from .errors import DataError, OnnxpackError
+from .inspect import node_flops
+from .package import FP32, Package, now
+from .runtime import Predictor
+
+SEED_MAX_LENGTH = 128  # the seed project padded every sentence to this
+
+
+@dataclasses.dataclass
+class BenchConfig:
+    batch_sizes: tuple[int, ...] = (1, 8, 32)
+    seq_lens: tuple[int, ...] = (16, 64)
+    threads: int = 2
+    rounds: int = 3  # blocks per engine; latencies pool over rounds
+    block_seconds: float = 0.4  # each block repeats until this much time has passed...
+    min_repeats: int = 5  # ...and at least this many times
+    pause_seconds: float = 0.3  # between blocks, for the other engine's threads to go idle
+    torch: bool = True  # PyTorch eager rows (needs torch and the package's source checkpoint)
+    compile: bool = True  # torch.compile rows, where it works here
+    checkpoint: str | None = None  # PyTorch weights; None: the package's source
+    data: str | None = None  # validation texts for the end-to-end rows; None: the usual places
+    variants: tuple[str, ...] | None = None  # None: every variant in the package
+
+    def validate(self) -> None:
+        for name in ("batch_sizes", "seq_lens"):
+            values = getattr(self, name)
+            if not values or not all(isinstance(v, int) and v > 0 for v in values):
+                raise OnnxpackError(f"--{name.replace('_', '-')} must be positive integers, got {list(values)}")
+        if not isinstance(self.threads, int) or self.threads < 1:
+            raise OnnxpackError(f"--threads must be a positive integer, got {self.threads!r}")
+
+
+Runner = Callable[[], Any]
+
+
+def time_blocks(engines: dict[str, Runner], config: BenchConfig) -> dict[str, list[float]]:
+    """Seconds per call for each engine, from `rounds` rounds of one block per engine."""
+    samples: dict[str, list[float]] = {name: [] for name in engines}
+    for _ in range(config.rounds):
+        for name, run in engines.items():
+            time.sleep(config.pause_seconds)
+            run()
+            run()  # warm-up: first calls allocate and pick kernels
+            block: list[float] = []
+            started = time.perf_counter()
+            while len(block) < config.min_repeats or time.perf_counter() - started < config.block_seconds:
+                t = time.perf_counter()
+                run()
+                block.append(time.perf_counter() - t)
+            samples[name] += block
+    return samples
+
+
+def latency_row(engine: str, variant: str, batch: int, seq: int, seconds: list[float],
+                flops: int | None) -> dict[str, Any]:
+    ms = np.array(seconds) * 1000
+    p50 = float(np.percentile(ms, 50))
+    row = {"engine": engine, "variant": variant, "batch_size": batch, "seq_len": seq,
+           "p50_ms": round(p50, 4), "p90_ms": round(float(np.percentile(ms, 90)), 4),
+           "p99_ms": round(float(np.percentile(ms, 99)), 4), "items_per_s": round(batch / p50 * 1000, 1),
+           "repeats": len(ms)}
+    if flops:
+        row["gflops"] = _sig(flops / p50 / 1e6)
+    return row
+
+
+def _sig(x: float) -> float:
+    """Four significant digits: enough for a ratio, readable in JSON."""
+    return float(f"{x:.4g}")
+
+
+def matmul_ceilings(threads: int, config: BenchConfig) -> dict[str, float]:
+    """This machine's fp32 and dynamic-int8 MatMul speed through ONNX Runtime, at a BERT-like shape."""
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    m, k, n = 2048, 384, 1536  # tokens x hidden x FFN width of a small BERT
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array((rng.standard_normal((k, n)) * 0.05).astype(np.float32), "W")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "matmul",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32, int8 = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(model, str(fp32))
+        quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8)
+        sessions = {name: ort.InferenceSession(str(path), _session_options(threads), providers=["CPUExecutionProvider"])
+                    for name, path in (("fp32", fp32), ("int8", int8))}
+        engines = {name: (lambda s=s: s.run(None, {"x": x})) for name, s in sessions.items()}
+        samples = time_blocks(engines, config)
+    flops = 2 * m * k * n
+    return {"fp32_matmul_gflops": round(flops / statistics.median(samples["fp32"]) / 1e9, 1),
+            "int8_matmul_gops": round(flops / statistics.median(samples["int8"]) / 1e9, 1),
+            "matmul_shape": [m, k, n]}
+
+
+def _session_options(threads: int) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return options
+
+
+def machine_info(threads: int) -> dict[str, Any]:
+    info = {"platform": platform.platform(), "processor": _cpu_name(), "cpu_count": os.cpu_count(),
+            "threads": threads, "python": platform.python_version(), "onnxruntime": ort.__version__,
+            "providers": ort.get_available_providers()}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def synthetic_feed(batch: int, seq: int, vocab_size: int) -> dict[str, np.ndarray]:
+    """Token ids of a full batch with no padding: every row is `seq` real tokens (their values do not
+    change the time; the low ids, where vocabularies keep special tokens, are left out)."""
+    rng = np.random.default_rng(batch * 1000 + seq)
+    ids = rng.integers(vocab_size // 10, vocab_size, (batch, seq)).astype(np.int64)
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+
+
+def _torch_engines(package: Package, config: BenchConfig, notes: list[str]) -> dict[str, Any]:
+    """{"torch": model, "torch-compile": compiled model} for the engines that work here."""
+    if not config.torch:
+        return {}
+    try:
+        import torch
+    except ImportError:
+        notes.append("PyTorch rows skipped: torch is not installed")
+        return {}
+    from .model import load_checkpoint
+
+    checkpoint = config.checkpoint or package.manifest.source.get("path")
+    if not checkpoint or not Path(checkpoint).exists():
+        raise OnnxpackError(f"the PyTorch baseline needs the package's source checkpoint; {checkpoint} is not there",
+                            hint="pass --checkpoint PATH, or --no-torch to benchmark ONNX Runtime only")
+    torch.set_num_threads(config.threads)
+    model, _, _ = load_checkpoint(checkpoint)
+    engines = {"torch": model}
+    if config.compile:
+        try:
+            compiled = torch.compile(model, dynamic=False)
+            feed = synthetic_feed(1, 8, package.manifest.architecture.get("vocab_size", 30522))
+            with torch.inference_mode():
+                compiled(**{k: torch.from_numpy(v) for k, v in feed.items()})
+            engines["torch-compile"] = compiled
+        except Exception as e:  # noqa: BLE001 -- any compiler failure just drops the optional row
+            notes.append(f"torch.compile rows skipped: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+    return engines
+
+
+def bench(package_dir: str | Path, config: BenchConfig | None = None,
+          progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Latency and throughput per (engine, variant, batch, sequence), ceilings, speed-ups, end-to-end rows."""
+    config = config or BenchConfig()
+    config.validate()
+    step = progress or (lambda message: None)
+    package = Package.open(package_dir)
+    variants = list(config.variants or package.variant_names())
+    for name in variants:
+        package.variant_path(name)  # an unknown variant fails here, before any timing
+    notes: list[str] = []
+    torch_models = _torch_engines(package, config, notes)
+    sessions = {name: ort.InferenceSession(str(package.variant_path(name)), _session_options(config.threads),
+                                           providers=["CPUExecutionProvider"]) for name in variants}
+    input_names = {name: {i.name for i in s.get_inputs()} for name, s in sessions.items()}
+    vocab = package.manifest.architecture.get("vocab_size", 30522)
+
+    step("machine ceilings")
+    machine = machine_info(config.threads) | matmul_ceilings(config.threads, config)
+    fp32_graph = onnx.load(str(package.model_path), load_external_data=False)
+    results = []
+    for seq in config.seq_lens:
+        for batch in config.batch_sizes:
+            step(f"batch {batch} x {seq} tokens")
+            flops = sum(node_flops(fp32_graph, batch, seq).values())
+            feed = synthetic_feed(batch, seq, vocab)
+            engines: dict[str, Runner] = {}
+            for name, model in torch_models.items():
+                engines[f"{name}/{FP32}"] = _torch_runner(model, feed)
+            for name, session in sessions.items():
+                engines[f"onnxruntime/{name}"] = (lambda s=session, f={k: v for k, v in feed.items()
+                                                                       if k in input_names[name]}: s.run(None, f))
+            for key, seconds in time_blocks(engines, config).items():
+                engine, variant = key.split("/")
+                results.append(latency_row(engine, variant, batch, seq, seconds, flops))
+    for row in results:
+        ceiling = machine["int8_matmul_gops"] if "int8" in row["variant"] else machine["fp32_matmul_gflops"]
+        row["ceiling_fraction"] = _sig(row["gflops"] / ceiling)
+
+    step("tokenizer")
+    tokenizer_rows = _tokenizer_rows(package, config)
+    step("end-to-end on the validation set")
+    dataset = _dataset_rows(package, variants, config, machine, fp32_graph, notes)
+    return {"package": str(package.root), "at": now(), "machine": machine,
+            "config": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("checkpoint", "data")},
+            "results": results, "tokenizer": tokenizer_rows, "dataset": dataset,
+            "speedups": speedups(results), "notes": notes}
+
+
+def _torch_runner(model: Any, feed: dict[str, np.ndarray]) -> Runner:
+    import torch
+
+    tensors = {k: torch.from_numpy(v) for k, v in feed.items()}
+
+    def run() -> Any:
+        with torch.inference_mode():
+            return model(**tensors)
+
+    return run
+
+
+def _tokenizer_rows(package: Package, config: BenchConfig) -> list[dict[str, Any]]:
+    """Tokenization alone, per batch size, on CoLA-like sentences."""
+    with Predictor(package, variant=FP32, threads=config.threads) as predictor:
+        sentence = "The ideas that the professor proposed were rejected by the committee."
+        rows = []
+        for batch in config.batch_sizes:
+            texts = [sentence] * batch
+            seconds = time_blocks({"tokenizer": lambda t=texts: predictor.encode(t)}, config)["tokenizer"]
+            rows.append(latency_row("tokenizer", "-", batch, len(predictor.encode(texts[:1])["input_ids"][0]),
+                                    seconds, None))
+    return rows
+
+
+def _dataset_rows(package: Package, variants: list[str], config: BenchConfig, machine: dict[str, Any],
+                  fp32_graph: onnx.ModelProto, notes: list[str]) -> dict[str, Any] | None:
+    """The whole validation set, text in to label out: the seed's way against ours."""
+    try:
+        texts = load_splits(config.data, need_train=False).validation.texts
+    except DataError as e:
+        notes.append(f"end-to-end rows skipped: {e}")
+        return None
+    rows = {}
+    with Predictor(package, variant=FP32, threads=config.threads) as seed:
+        # The seed project: one sentence per call, every one padded to 128 tokens (or the model's limit).
+        seed.tokenizer.enable_padding(pad_id=package.manifest.pad_token_id,
+                                      length=min(SEED_MAX_LENGTH, package.manifest.max_length),
+                                      pad_token=seed.tokenizer.id_to_token(package.manifest.pad_token_id))
+        sample = texts[:50]  # 128-token calls are slow; 50 of them give a stable rate
+        seed.predict_logits(sample[:3], batch_size=1)
+        started = time.perf_counter()
+        seed.predict_logits(sample, batch_size=1)
+        rows["seed_fp32_one_by_one_pad128"] = len(sample) / (time.perf_counter() - started)
+    with Predictor(package, variant=FP32, threads=config.threads) as fp32:
+        lengths = [sum(e.attention_mask) for e in fp32.tokenizer.encode_batch(texts)]
+    total_flops = sum(_flops_for_lengths(fp32_graph, lengths).values())
+    for name in variants:
+        with Predictor(package, variant=name, threads=config.threads) as ours:
+            ours.predict(texts[:64], batch_size=32)
+            time.sleep(config.pause_seconds)
+            started = time.perf_counter()
+            ours.predict(texts, batch_size=32)
+            rows[f"{name}_batched_sorted_dynamic"] = len(texts) / (time.perf_counter() - started)
+    best = max((k for k in rows if k.endswith("_dynamic")), key=rows.get)
+    ideal_seconds = total_flops / (machine["int8_matmul_gops"] * 1e9)
+    return {"n": len(texts), "tokens": sum(lengths), "model_gflop": round(total_flops / 1e9, 1),
+            "items_per_s": {k: round(v, 1) for k, v in rows.items()}, "best": best,
+            "best_vs_seed": round(rows[best] / rows["seed_fp32_one_by_one_pad128"], 1),
+            "best_fraction_of_int8_limit": round(ideal_seconds / (len(texts) / rows[best]), 3)}
+
+
+def _flops_for_lengths(graph: onnx.ModelProto, lengths: list[int]) -> dict[int, int]:
+    """Total FLOPs of one sentence per length, times how many sentences have it."""
+    counts: dict[int, int] = {}
+    for n in lengths:
+        counts[n] = counts.get(n, 0) + 1
+    return {n: sum(node_flops(graph, 1, n).values()) * c for n, c in counts.items()}
+
+
+def speedups(results: list[dict[str, Any]]) -> dict[str, float]:
+    """p50 of PyTorch eager ÷ p50 of each ONNX Runtime variant, per batch x sequence; plus the best."""
+    out: dict[str, float] = {}
+    by_shape: dict[tuple[int, int], dict[str, float]] = {}
+    for r in results:
+        by_shape.setdefault((r["batch_size"], r["seq_len"]), {})[f"{r['engine']}/{r['variant']}"] = r["p50_ms"]
+    for (batch, seq), p50 in sorted(by_shape.items()):
+        base = p50.get(f"torch/{FP32}")
+        if not base:
+            continue
+        ort_rows = {k.split("/")[1]: v for k, v in p50.items() if k.startswith("onnxruntime/")}
+        for variant, ms in ort_rows.items():
+            out[f"{variant}_vs_torch@b{batch}s{seq}"] = round(base / ms, 2)
+        best = min(ort_rows, key=ort_rows.get)
+        out[f"best_vs_torch@b{batch}s{seq}"] = round(base / ort_rows[best], 2)
+    return out
+
+
+def plot(report: dict[str, Any], path: str | Path) -> None:
+    """Latency, speed-up over PyTorch, and share of the MatMul ceiling; one PNG, written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = [r for r in report["results"]]
+    seqs = sorted({r["seq_len"] for r in results})
+    batches = sorted({r["batch_size"] for r in results})
+    engines = sorted({f"{r['engine']}/{r['variant']}" for r in results}, key=lambda k: (not k.startswith("torch"), k))
+    fig, axes = plt.subplots(len(seqs), 3, figsize=(16, 4.2 * len(seqs)), squeeze=False)
+    width = 0.8 / len(engines)
+    for row, seq in enumerate(seqs):
+        p50 = {(f"{r['engine']}/{r['variant']}", r["batch_size"]): r for r in results if r["seq_len"] == seq}
+        x = np.arange(len(batches))
+        for i, engine in enumerate(engines):
+            cells = [p50.get((engine, b)) for b in batches]
+            base = [p50.get((f"torch/{FP32}", b)) for b in batches]
+            offset = x + (i - (len(engines) - 1) / 2) * width
+            axes[row][0].bar(offset, [c["p50_ms"] if c else 0 for c in cells], width, label=engine)
+            axes[row][1].bar(offset, [b["p50_ms"] / c["p50_ms"] if c and b else 0 for c, b in zip(cells, base)], width,
+                             label=engine)
+            axes[row][2].bar(offset, [c.get("ceiling_fraction", 0) * 100 if c else 0 for c in cells], width,
+                             label=engine)
+        for col, (title, ylabel) in enumerate((("p50 latency", "ms (log)"), ("speed-up over PyTorch eager", "×"),
+                                               ("share of this machine's MatMul ceiling", "%"))):
+            ax = axes[row][col]
+            ax.set_title(f"{title}, {seq} tokens")
+            ax.set_xticks(x, [f"batch {b}" for b in batches])
+            ax.set_ylabel(ylabel)
+            ax.grid(axis="y", alpha=0.3)
+        axes[row][0].set_yscale("log")
+        axes[row][1].axhline(1, color="black", linewidth=0.8)
+        axes[row][2].axhline(100, color="black", linewidth=0.8)
+    axes[0][0].legend(fontsize=8)
+    machine = report["machine"]
+    fig.suptitle(f"{Path(report['package']).name}: {machine['processor']}, {machine['threads']} threads; ceilings "
+                 f"fp32 {machine['fp32_matmul_gflops']} GFLOP/s, int8 {machine['int8_matmul_gops']} GOP/s")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.tmp-", suffix=".png",
+                                     delete=False) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp.name, path)

@@ -1,0 +1,222 @@
+"""The optimization ladder: faster variants of model.onnx, each gated on the whole validation set.
+
+    fp32       the exported graph (always there)
+    optimized  ONNX Runtime's transformer fusions (Attention, SkipLayerNormalization, BiasGelu, ...)
+    int8       dynamic int8 quantization of the optimized graph
+    fp16       half precision of the optimized graph, on a GPU only
+
+A candidate is built in a temp folder, run on every validation row, and joins the
+package only if its MCC is within `max_mcc_drop` of fp32's. No torch here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+
+from ._registry import Registry
+from .data import load_splits
+from .errors import OnnxpackError
+from .metrics import scores
+from .package import FP32, MODEL, Package, now, sha256_file, variant_file
+from .runtime import Predictor, available_providers
+
+log = logging.getLogger(__name__)
+
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
+@dataclasses.dataclass
+class OptimizeConfig:
+    variants: tuple[str, ...] = ("optimized", "int8", "fp16")
+    max_mcc_drop: float = 0.01  # reject a variant whose validation MCC is lower than fp32's by more
+    per_channel: bool = False  # int8: one scale per output channel instead of per tensor
+    data: str | None = None  # validation data for the gate; None looks in the usual places
+    batch_size: int = 32
+    provider: str | None = None
+    threads: int | None = None
+
+    def validate(self) -> None:
+        if not 0 <= self.max_mcc_drop <= 1:
+            raise OnnxpackError(f"--max-mcc-drop must be between 0 and 1, got {self.max_mcc_drop}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise OnnxpackError(f"batch size must be a positive integer, got {self.batch_size!r}")
+        if not self.variants:
+            raise OnnxpackError("no variants asked for", hint=f"pick from {', '.join(VARIANTS.keys())}")
+        for name in self.variants:
+            VARIANTS.get(name)  # unknown names fail here, before any work
+
+
+@dataclasses.dataclass(frozen=True)
+class VariantSpec:
+    """How a variant is built: from which graph, and whether it needs a GPU to be worth having."""
+
+    build: Callable[[Package, Path, Path, OptimizeConfig], dict[str, Any]]  # (package, base, out, config) -> info
+    base: str  # the variant whose graph it starts from
+    needs_gpu: bool = False
+
+
+VARIANTS: Registry[VariantSpec] = Registry("variant")
+
+
+def _transformer_optimizer(package: Package, path: Path) -> Any:
+    from onnxruntime.transformers import optimizer
+
+    m = package.manifest
+    # RoBERTa and DistilBERT share BERT's encoder pattern; ORT's "bert" fusions cover them.
+    model_type = m.model_type if m.model_type in optimizer.MODEL_TYPES else "bert"
+    # opt_level=0: only the fusions, no hardware-specific rewrites, so the file runs on any machine.
+    return optimizer.optimize_model(str(path), model_type=model_type, num_heads=m.architecture.get("num_heads", 0),
+                                    hidden_size=m.architecture.get("hidden_size", 0), opt_level=0)
+
+
+def _build_optimized(package: Package, base: Path, out: Path, config: OptimizeConfig) -> dict[str, Any]:
+    model = _transformer_optimizer(package, base)
+    model.save_model_to_file(str(out))
+    fusions = {op: n for op, n in model.get_fused_operator_statistics().items() if n}
+    return {"fusions": fusions}
+
+
+def _build_int8(package: Package, base: Path, out: Path, config: OptimizeConfig) -> dict[str, Any]:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # Weights to int8 once; activations are quantized per call (no calibration data needed).
+    # ONNX shape inference cannot type the outputs of the fused contrib ops: they are float.
+    quantize_dynamic(base, out, weight_type=QuantType.QInt8, per_channel=config.per_channel,
+                     extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
+    return {"per_channel": config.per_channel, "weight_type": "QInt8"}
+
+
+def _build_fp16(package: Package, base: Path, out: Path, config: OptimizeConfig) -> dict[str, Any]:
+    model = _transformer_optimizer(package, base)
+    model.convert_float_to_float16(keep_io_types=True)  # inputs stay int64, logits stay float32
+    model.save_model_to_file(str(out))
+    return {"keep_io_types": True}
+
+
+VARIANTS.register("optimized")(VariantSpec(_build_optimized, base=FP32))
+VARIANTS.register("int8")(VariantSpec(_build_int8, base="optimized"))
+VARIANTS.register("fp16")(VariantSpec(_build_fp16, base=FP32, needs_gpu=True))
+
+
+@dataclasses.dataclass
+class GateResult:
+    """One variant on the whole validation set, against fp32."""
+
+    variant: str
+    accepted: bool
+    reason: str  # why it was rejected or skipped; "" when accepted
+    figures: dict[str, Any]  # mcc, acc, mcc_drop, agreement, max_abs_diff, items_per_s, ...
+
+
+def optimize(package_dir: str | Path, config: OptimizeConfig | None = None,
+             progress: Callable[[str], None] | None = None) -> list[GateResult]:
+    """Build, gate and add the asked-for variants; returns every result, accepted or not.
+
+    The package changes only at the end, one file at a time, manifest last; a failure
+    before that leaves it exactly as it was.
+    """
+    config = config or OptimizeConfig()
+    config.validate()
+    package = Package.open(package_dir)
+    validation = load_splits(config.data, need_train=False).validation
+    labels = np.array(validation.labels)
+    if labels.max() >= len(package.manifest.labels):
+        raise OnnxpackError(f"the validation data has label ids beyond the package's labels {package.manifest.labels}")
+    gpu = [p for p in GPU_PROVIDERS if p in available_providers()]
+    step = progress or (lambda message: None)
+
+    results: list[GateResult] = []
+    with tempfile.TemporaryDirectory(prefix=".optimize-", dir=package.root) as tmp:
+        step("fp32: validation run")
+        fp32_logits, fp32_figures = _gate_run(package, None, validation.texts, labels, config)
+        built: dict[str, Path] = {FP32: package.model_path}
+        accepted: dict[str, dict[str, Any]] = {}
+
+        def build(name: str) -> Path:
+            if name not in built:
+                spec = VARIANTS.get(name)
+                base = build(spec.base)
+                path = Path(tmp) / variant_file(name)
+                step(f"{name}: building from {spec.base}")
+                started = time.perf_counter()
+                info = spec.build(package, base, path, config)
+                built[name] = path
+                accepted[name] = {"file": variant_file(name), "built_from": spec.base, **info,
+                                  "build_seconds": round(time.perf_counter() - started, 1)}
+            return built[name]
+
+        for name in config.variants:
+            if VARIANTS.get(name).needs_gpu and not gpu:
+                results.append(GateResult(name, False, "skipped: needs a GPU execution provider "
+                                          f"({', '.join(GPU_PROVIDERS)}); this machine has none", {}))
+                continue
+            path = build(name)
+            step(f"{name}: validation run")
+            logits, figures = _gate_run(package, path, validation.texts, labels,
+                                        dataclasses.replace(config, provider=gpu[0] if VARIANTS.get(name).needs_gpu
+                                                            else config.provider))
+            figures |= {"mcc_drop": fp32_figures["mcc"] - figures["mcc"],
+                        "agreement": float((logits.argmax(-1) == fp32_logits.argmax(-1)).mean()),
+                        "max_abs_diff": float(np.abs(logits - fp32_logits).max())}
+            if figures["mcc_drop"] > config.max_mcc_drop:
+                reason = f"MCC {figures['mcc']:.4f} is {figures['mcc_drop']:.4f} below fp32's > {config.max_mcc_drop}"
+                results.append(GateResult(name, False, reason, figures))
+            else:
+                results.append(GateResult(name, True, "", figures))
+                accepted[name] |= figures
+
+        keep = [r.variant for r in results if r.accepted]  # in ladder order
+        if keep:
+            _add_variants(package, {name: built[name] for name in keep}, {name: accepted[name] for name in keep},
+                          fp32_figures, results, config)
+    return [GateResult(FP32, True, "", fp32_figures)] + results
+
+
+def _gate_run(package: Package, model_file: Path | None, texts: list[str], labels: np.ndarray,
+              config: OptimizeConfig) -> tuple[np.ndarray, dict[str, Any]]:
+    """Logits for every row, scores, and the throughput of a length-sorted batched pass."""
+    with Predictor(package, provider=config.provider, threads=config.threads, variant=FP32,
+                   model_file=model_file) as predictor:
+        predictor.predict_logits(texts[:config.batch_size], config.batch_size)  # warm-up: allocations, kernels
+        started = time.perf_counter()
+        logits = predictor.predict_logits(texts, config.batch_size)
+        seconds = time.perf_counter() - started
+        provider = predictor.providers[0]
+    figures = {"n": len(texts), **scores(logits.argmax(-1), labels, len(package.manifest.labels)),
+               "items_per_s": round(len(texts) / seconds, 1), "provider": provider,
+               "batch_size": config.batch_size, "at": now()}
+    return logits, figures
+
+
+def _add_variants(package: Package, files: dict[str, Path], entries: dict[str, dict[str, Any]],
+                  fp32_figures: dict[str, Any], results: list[GateResult], config: OptimizeConfig) -> None:
+    """Move accepted files in, then rewrite the manifest once (it never names a file not yet complete)."""
+    m = package.manifest
+    hashes = dict(m.files)
+    for name, path in files.items():
+        size = os.path.getsize(path)
+        entries[name] |= {"bytes": size, "ops": _op_histogram(path)}
+        hashes[variant_file(name)] = sha256_file(path)
+        os.replace(path, package.root / variant_file(name))
+    variants = {FP32: {"file": MODEL, **fp32_figures, "bytes": os.path.getsize(package.model_path)},
+                **{k: v for k, v in m.variants.items() if k != FP32}, **entries}
+    history = m.history + [{"step": "optimize", "at": now(), "max_mcc_drop": config.max_mcc_drop,
+                            "accepted": list(files),
+                            "rejected": {r.variant: r.reason for r in results if not r.accepted}}]
+    package.update_manifest(files=hashes, variants=variants, history=history)
+
+
+def _op_histogram(path: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(path), load_external_data=False).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))

@@ -1,0 +1,150 @@
+"""optimize.py: variants built, gated on validation data, added to the package; rejects leave no trace."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxpack.errors import OnnxpackError, PackageError
+from onnxpack.optimize import VARIANTS, OptimizeConfig, VariantSpec, optimize
+from conftest import write_tsv
+from onnxpack.package import FP32, MANIFEST, MODEL, Package, hash_files, variant_file
+from onnxpack.runtime import Predictor
+
+TEXTS = ["the cat sat on the mat", "him saw she", "what did you wonder whether mary bought"]
+
+
+@pytest.fixture(scope="module")
+def optimized(tmp_path_factory, package_dir, small_cola):
+    root = Path(shutil.copytree(package_dir, tmp_path_factory.mktemp("opt") / package_dir.name))
+    results = optimize(root, OptimizeConfig(data=str(small_cola), max_mcc_drop=1.0))
+    return root, results
+
+
+def test_variants_join_the_package(optimized):
+    root, results = optimized
+    by_name = {r.variant: r for r in results}
+    assert by_name[FP32].accepted and by_name["optimized"].accepted and by_name["int8"].accepted
+    package = Package.open(root)  # every new file is hashed in the manifest
+    assert package.variant_names() == [FP32, "optimized", "int8"]
+    for name in ("optimized", "int8"):
+        entry = package.manifest.variants[name]
+        assert (root / entry["file"]).is_file() and entry["file"] in package.manifest.files
+        assert entry["n"] == 64  # the whole (small) validation set
+        assert 0 <= entry["agreement"] <= 1 and entry["mcc_drop"] == pytest.approx(
+            package.manifest.variants[FP32]["mcc"] - entry["mcc"])
+    assert package.manifest.history[-1]["step"] == "optimize"
+    assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_optimized_graph_has_fused_attention(optimized):
+    root, _ = optimized
+    entry = Package.open(root).manifest.variants["optimized"]
+    # The export uses eager attention so ORT's fusion recognises it: one Attention per layer (2 here).
+    assert entry["fusions"].get("Attention") == 2 and entry["fusions"].get("SkipLayerNormalization")
+    ops = {n.op_type for n in onnx.load(str(root / entry["file"])).graph.node}
+    assert "Attention" in ops and "Softmax" not in ops
+
+
+def test_int8_is_quantized_from_the_optimized_graph(optimized):
+    root, _ = optimized
+    entry = Package.open(root).manifest.variants["int8"]
+    assert entry["built_from"] == "optimized"
+    assert {"QAttention", "MatMulInteger", "DynamicQuantizeMatMul"} & set(entry["ops"])
+    assert entry["bytes"] < Package.open(root).manifest.variants[FP32]["bytes"]
+
+
+def test_fp16_skipped_on_cpu(optimized):
+    _, results = optimized
+    fp16 = next(r for r in results if r.variant == "fp16")
+    assert not fp16.accepted and "GPU" in fp16.reason
+
+
+def test_predictor_picks_the_fastest_accepted_variant(optimized):
+    root, _ = optimized
+    package = Package.open(root)
+    speeds = {name: v["items_per_s"] for name, v in package.manifest.variants.items()}
+    assert package.default_variant() == max(speeds, key=speeds.get)
+    with Predictor(root) as default, Predictor(root, variant=FP32) as fp32, Predictor(root, variant="int8") as int8:
+        assert default.variant == package.default_variant()
+        a, b = fp32.predict_logits(TEXTS), int8.predict_logits(TEXTS)
+        assert a.shape == b.shape and not np.array_equal(a, b)  # really a different graph
+        assert np.abs(a - b).max() < 0.5
+
+
+def test_unknown_variant_is_a_clear_error(optimized):
+    with pytest.raises(PackageError, match="no variant 'fp8'; it has fp32, optimized, int8"):
+        Predictor(optimized[0], variant="fp8")
+
+
+def _flipped(package, base, out, config):
+    """A deliberately wrong variant: the fp32 graph with its logits negated (labels swapped)."""
+    model = onnx.load(str(base))
+    logits = model.graph.output[0].name
+    for node in model.graph.node:
+        node.output[:] = [f"{o}_raw" if o == logits else o for o in node.output]
+    model.graph.node.append(onnx.helper.make_node("Neg", [f"{logits}_raw"], [logits]))
+    onnx.save(model, str(out))
+    return {}
+
+
+def _balanced_package_and_data(root: Path, small_cola: Path, out: Path) -> Path:
+    """Shift the package's classifier bias so fp32 predicts both labels, and label the validation
+    texts with fp32's own predictions: fp32 then scores MCC 1, and a worse variant has room to drop."""
+    from onnxpack.data import load_splits
+
+    texts = load_splits(str(small_cola), need_train=False).validation.texts
+    with Predictor(root, variant=FP32) as predictor:
+        margin = np.diff(predictor.predict_logits(texts), axis=-1)[:, 0]
+    model = onnx.load(str(root / MODEL))
+    bias = next(t for t in model.graph.initializer if "classifier" in t.name and "bias" in t.name)
+    values = onnx.numpy_helper.to_array(bias).copy()
+    values[1] -= np.median(margin)
+    bias.CopyFrom(onnx.numpy_helper.from_array(values, bias.name))
+    onnx.save(model, str(root / MODEL))
+    Package.open(root, check_files=False).update_manifest(files=hash_files(root))
+    with Predictor(root, variant=FP32) as predictor:
+        labels = predictor.predict_logits(texts).argmax(-1)
+    assert 0 < labels.mean() < 1
+    out.mkdir()
+    write_tsv(out / "dev.tsv", list(zip(texts, labels.tolist())))
+    return out
+
+
+def test_a_variant_that_loses_accuracy_is_rejected_and_not_written(package_copy, small_cola, tmp_path, monkeypatch):
+    data = _balanced_package_and_data(package_copy, small_cola, tmp_path / "data")
+    monkeypatch.setitem(VARIANTS._items, "flipped", VariantSpec(_flipped, base=FP32))
+    before = {p.name: p.read_bytes() for p in package_copy.iterdir()}
+    results = optimize(package_copy, OptimizeConfig(variants=("flipped",), data=str(data)))
+    assert results[0].figures["mcc"] == pytest.approx(1.0)
+    flipped = next(r for r in results if r.variant == "flipped")
+    assert not flipped.accepted and "below fp32" in flipped.reason
+    assert flipped.figures["agreement"] == 0.0 and flipped.figures["mcc"] == pytest.approx(-1.0)
+    assert {p.name: p.read_bytes() for p in package_copy.iterdir()} == before  # untouched
+
+
+@pytest.mark.parametrize("config, message", [
+    (OptimizeConfig(max_mcc_drop=1.5), "between 0 and 1"),
+    (OptimizeConfig(max_mcc_drop=-0.1), "between 0 and 1"),
+    (OptimizeConfig(variants=("int4",)), "unknown variant 'int4'; known: fp16, int8, optimized"),
+    (OptimizeConfig(batch_size=0), "positive integer"),
+])
+def test_bad_options_leave_the_package_as_it_was(package_copy, small_cola, config, message):
+    before = (package_copy / MANIFEST).read_text()
+    with pytest.raises(OnnxpackError, match=message):
+        optimize(package_copy, OptimizeConfig(**{**config.__dict__, "data": str(small_cola)}))
+    assert (package_copy / MANIFEST).read_text() == before
+
+
+def test_no_validation_data(package_copy, tmp_path, monkeypatch):
+    monkeypatch.setenv("ONNXPACK_DATA", str(tmp_path / "nowhere"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OnnxpackError, match="validation"):
+        optimize(package_copy, OptimizeConfig(data=str(tmp_path / "empty")))
+    assert json.loads((package_copy / MANIFEST).read_text())["variants"] == {}
+    assert not list(package_copy.glob(variant_file("*")))
