@@ -42,8 +42,11 @@ app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty
 
 @app.callback()
 def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show debug logs.")] = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+    # Our own INFO lines; other libraries' only from WARNING up (ONNX Runtime's quantizer logs
+    # every tensor at INFO) unless --verbose.
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(message)s",
                         handlers=[RichHandler(console=console, show_path=False, show_time=False)])
+    logging.getLogger("onnxpack").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def _quiet_lightning() -> None:

@@ -90,8 +90,16 @@ def _build_int8(package: Package, base: Path, out: Path, config: OptimizeConfig)
 
     # Weights to int8 once; activations are quantized per call (no calibration data needed).
     # ONNX shape inference cannot type the outputs of the fused contrib ops: they are float.
-    quantize_dynamic(base, out, weight_type=QuantType.QInt8, per_channel=config.per_channel,
-                     extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
+    # The quantizer logs on the root logger: a line per tensor, and advice to pre-process that
+    # does not apply to an already fused graph. Errors still show.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(base, out, weight_type=QuantType.QInt8, per_channel=config.per_channel,
+                         extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
+    finally:
+        root.setLevel(level)
     return {"per_channel": config.per_channel, "weight_type": "QInt8"}
 
 
