@@ -148,3 +148,14 @@ def test_no_validation_data(package_copy, tmp_path, monkeypatch):
         optimize(package_copy, OptimizeConfig(data=str(tmp_path / "empty")))
     assert json.loads((package_copy / MANIFEST).read_text())["variants"] == {}
     assert not list(package_copy.glob(variant_file("*")))
+
+
+def test_int8_alone_per_channel(package_copy, small_cola):
+    results = optimize(package_copy, OptimizeConfig(variants=("int8",), per_channel=True, data=str(small_cola),
+                                                    max_mcc_drop=1.0))
+    assert [r.variant for r in results] == [FP32, "int8"] and results[1].accepted
+    package = Package.open(package_copy)
+    # its base graph was built and gated but not asked for, so it is not added
+    assert package.variant_names() == [FP32, "int8"]
+    entry = package.manifest.variants["int8"]
+    assert entry["per_channel"] is True and entry["built_from"] == "optimized"

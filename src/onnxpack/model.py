@@ -74,7 +74,7 @@ class TextClassifier(L.LightningModule):
     """Wraps the Hugging Face model; forward(input_ids, attention_mask) -> logits."""
 
     def __init__(self, model: PreTrainedModel, lr: float = 1e-4, weight_decay: float = 0.01,
-                 warmup_ratio: float = 0.1, label_smoothing: float = 0.0) -> None:
+                 warmup_ratio: float = 0.1, label_smoothing: float = 0.0, head_lr_scale: float = 1.0) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
         self.model = model
@@ -108,18 +108,24 @@ class TextClassifier(L.LightningModule):
         self.val_metrics.reset()
 
     def configure_optimizers(self) -> dict[str, Any]:
-        # No weight decay on biases and LayerNorm weights, as in BERT's recipe.
-        decay, no_decay = [], []
-        for p in self.model.parameters():
+        # No weight decay on biases and LayerNorm weights, as in BERT's recipe. The head (pooler and
+        # classifier, new or never trained for this task) may learn faster than the pretrained encoder.
+        groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+        for name, p in self.model.named_parameters():
             if p.requires_grad:
-                (no_decay if p.ndim < 2 else decay).append(p)
+                groups.setdefault((_is_head(name), p.ndim >= 2), []).append(p)
         optimizer = torch.optim.AdamW([
-            {"params": decay, "weight_decay": self.hparams.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
+            {"params": params, "weight_decay": self.hparams.weight_decay if decay else 0.0,
+             "lr": self.hparams.lr * (self.hparams.head_lr_scale if head else 1.0)}
+            for (head, decay), params in sorted(groups.items())
         ], lr=self.hparams.lr)
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = get_linear_schedule_with_warmup(optimizer, int(total * self.hparams.warmup_ratio), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _is_head(parameter_name: str) -> bool:
+    return any(part in parameter_name for part in ("classifier", "pooler"))
 
 
 def load_checkpoint(path: str | Path) -> tuple[PreTrainedModel, Any, dict[str, Any]]:

@@ -35,6 +35,7 @@ class TrainConfig:
     epochs: int = 5
     batch_size: int = 32
     lr: float = 1e-4  # peak, after linear warm-up; then linear decay to 0
+    head_lr_scale: float = 1.0  # the pooler and classifier learn at lr x this
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     label_smoothing: float = 0.0  # training loss only; val_loss stays plain cross-entropy
@@ -100,7 +101,7 @@ def fit(config: TrainConfig, run_dir: str | Path, force: bool = False) -> TrainR
     if config.freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
     module = TextClassifier(model, lr=config.lr, weight_decay=config.weight_decay, warmup_ratio=config.warmup_ratio,
-                            label_smoothing=config.label_smoothing)
+                            label_smoothing=config.label_smoothing, head_lr_scale=config.head_lr_scale)
     datamodule = TextClassificationDataModule(splits, tokenizer, config.batch_size, config.max_length, config.seed)
 
     with atomic_dir(run_dir, force=force) as tmp:
