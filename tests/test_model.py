@@ -104,6 +104,21 @@ def test_text_classifier_forward(tiny_model_dir):
     assert set(module.val_metrics.keys(keep_base=False)) >= {"val_mcc", "val_acc", "val_f1"}
 
 
+def test_optimizer_groups_head_learning_rate_and_decay(tiny_model_dir):
+    module = TextClassifier(build_model(str(tiny_model_dir)), lr=1e-4, weight_decay=0.01, head_lr_scale=10)
+    module.trainer = type("FakeTrainer", (), {"estimated_stepping_batches": 100})()  # all the schedule reads
+    optimizer = module.configure_optimizers()["optimizer"]
+    names = {id(p): n for n, p in module.model.named_parameters()}
+    for group in optimizer.param_groups:
+        group_names = [names[id(p)] for p in group["params"]]
+        head = {("classifier" in n or "pooler" in n) for n in group_names}
+        assert len(head) == 1  # a group is all head or all encoder
+        assert group["initial_lr"] == pytest.approx(1e-3 if head.pop() else 1e-4)
+        decay = {p.ndim >= 2 for p in group["params"]}
+        assert decay == {group["weight_decay"] > 0}  # no decay on biases and LayerNorm weights
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(names)
+
+
 # --- load_checkpoint ----------------------------------------------------------------------------------------
 
 def test_load_checkpoint_ckpt_and_hf_folder_agree(trained_run, tiny_model_dir):

@@ -182,7 +182,10 @@ def test_predictor_refuses_non_package(tmp_path):
 
 
 def test_runtime_does_not_import_torch():
-    code = "import onnxpack, onnxpack.runtime, onnxpack.package, sys; assert 'torch' not in sys.modules, 'torch'"
+    modules = ("runtime", "package", "data", "optimize", "bench", "report", "inspect", "graph", "profile", "view",
+               "serve")
+    code = (f"import onnxpack, sys; import {', '.join('onnxpack.' + m for m in modules)}; "
+            "assert 'torch' not in sys.modules and 'lightning' not in sys.modules, 'torch side imported'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
 

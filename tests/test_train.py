@@ -10,7 +10,7 @@ import torch
 
 import onnxpack.model
 from onnxpack.errors import DataError, OnnxpackError, PackageError
-from onnxpack.train import CHECKPOINT, METRICS, TrainConfig, fit
+from onnxpack.train import CHECKPOINT, METRICS, TrainConfig, _class_weights, fit
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -112,10 +112,24 @@ def test_from_yaml_missing_file(tmp_path):
     ({"lr": 0.0}, "lr must be positive"),
     ({"limit_train_batches": 0}, "limit_train_batches must be positive"),
     ({"labels": ("only",)}, "labels must name at least two classes"),
+    ({"label_smoothing": 1.0}, r"label_smoothing must be in \[0, 1\)"),
+    ({"class_balance": -1}, "class_balance must be >= 0"),
+    ({"head_lr_scale": 0}, "head_lr_scale > 0"),
+    ({"val_checks_per_epoch": 0}, "val_checks_per_epoch must be a positive integer"),
 ])
 def test_validate_rejects(changes, match):
     with pytest.raises(OnnxpackError, match=match):
         TrainConfig(**changes).validate()
+
+
+def test_class_weights():
+    labels = [0] * 30 + [1] * 70
+    assert _class_weights(labels, 2, 0.0) is None
+    balanced = _class_weights(labels, 2, 1.0)
+    assert balanced[0] * 30 == pytest.approx(balanced[1] * 70, rel=1e-5)  # each class weighs the same in total
+    assert balanced[0] * 30 + balanced[1] * 70 == pytest.approx(100, rel=1e-5)  # average row weight 1
+    half = _class_weights(labels, 2, 0.5)
+    assert 1 < half[0] / half[1] < balanced[0] / balanced[1]
 
 
 def test_validate_accepts_defaults():

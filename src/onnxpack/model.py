@@ -74,7 +74,8 @@ class TextClassifier(L.LightningModule):
     """Wraps the Hugging Face model; forward(input_ids, attention_mask) -> logits."""
 
     def __init__(self, model: PreTrainedModel, lr: float = 1e-4, weight_decay: float = 0.01,
-                 warmup_ratio: float = 0.1, label_smoothing: float = 0.0, head_lr_scale: float = 1.0) -> None:
+                 warmup_ratio: float = 0.1, label_smoothing: float = 0.0, head_lr_scale: float = 1.0,
+                 class_weights: list[float] | None = None) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
         self.model = model
@@ -86,19 +87,23 @@ class TextClassifier(L.LightningModule):
             "f1": torchmetrics.F1Score(task=task, num_classes=num_labels),
         })
         self.val_metrics = metrics.clone(prefix="val_")
+        # A buffer, so the weights follow the module across devices and into checkpoints.
+        self.register_buffer("class_weights", torch.tensor(class_weights) if class_weights else None, persistent=False)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self(batch["input_ids"], batch["attention_mask"])
-        loss = torch.nn.functional.cross_entropy(logits, batch["labels"], label_smoothing=self.hparams.label_smoothing)
+        loss = torch.nn.functional.cross_entropy(logits, batch["labels"], weight=self.class_weights,
+                                                 label_smoothing=self.hparams.label_smoothing)
         self.log("train_loss", loss, prog_bar=True, batch_size=len(logits))
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         logits = self(batch["input_ids"], batch["attention_mask"])
-        loss = torch.nn.functional.cross_entropy(logits, batch["labels"])
+        # The training objective without smoothing: the loss checkpoints are chosen by.
+        loss = torch.nn.functional.cross_entropy(logits, batch["labels"], weight=self.class_weights)
         preds = logits.argmax(-1)
         self.val_metrics.update(preds, batch["labels"])
         self.log("val_loss", loss, prog_bar=True, batch_size=len(logits))
