@@ -99,3 +99,73 @@ def package_dir(tmp_path_factory, trained_run) -> Path:
 def package_copy(tmp_path, package_dir) -> Path:
     """A private copy for tests that change or damage the package."""
     return Path(shutil.copytree(package_dir, tmp_path / package_dir.name))
+
+
+class Browser:
+    """Headless Chromium (through Selenium and chromedriver) showing files served on 127.0.0.1,
+    with every network request and console message it made recorded."""
+
+    def __init__(self, driver) -> None:
+        self.driver = driver
+        self._server = None
+
+    def open(self, path: Path) -> str:
+        """Serve `path`'s folder from a loopback port, load the page, and return its URL."""
+        import functools
+        import http.server
+        import threading
+
+        class Quiet(http.server.SimpleHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+        self.close_server()
+        self._server = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 0), functools.partial(Quiet, directory=str(path.parent)))
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{self._server.server_port}/{path.name}"
+        self.driver.get_log("performance")  # forget the previous page's events
+        self.driver.get_log("browser")
+        self.driver.get(url)
+        return url
+
+    def requests(self) -> list[str]:
+        """URLs requested since the page was opened."""
+        import json
+
+        events = (json.loads(e["message"])["message"] for e in self.driver.get_log("performance"))
+        return [e["params"]["request"]["url"] for e in events if e["method"] == "Network.requestWillBeSent"]
+
+    def console(self) -> list[dict]:
+        """Console messages (and uncaught errors) since the page was opened."""
+        return self.driver.get_log("browser")
+
+    def close_server(self) -> None:
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium for the session; skipped, with the reason shown, where it is not installed."""
+    binary, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not binary or not chromedriver:
+        pytest.skip("needs Chromium and chromedriver: apt-get install chromium chromium-driver (.ci/run does)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                "--window-size=1400,900", "--disable-background-networking", "--disable-component-update",
+                # No host name resolves except loopback, so a page that tried to reach out could not.
+                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(chromedriver))
+    session = Browser(driver)
+    yield session
+    session.close_server()
+    driver.quit()

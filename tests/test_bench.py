@@ -113,3 +113,10 @@ def test_cli_bench(optimized_package, small_cola, tmp_path):
     assert json.loads(out.read_text())["results"] and (tmp_path / "b.png").is_file()
     bad = CliRunner().invoke(app, ["bench", str(optimized_package), "--batch-sizes", "1,x"])
     assert bad.exit_code == 1 and "--batch-sizes takes positive integers" in bad.output
+
+
+@pytest.mark.slow
+def test_torch_compile_rows(optimized_package):
+    report = bench(optimized_package, BenchConfig(batch_sizes=(2,), seq_lens=(8,), **{**FAST, "compile": True}))
+    engines = {r["engine"] for r in report["results"]}
+    assert "torch-compile" in engines or any("torch.compile" in n for n in report["notes"])

@@ -199,6 +199,30 @@ def predict(
             stdout.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
+@app.command()
+def serve(
+    package: Annotated[Path, typer.Argument(help="Package folder.")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    max_batch: Annotated[int, typer.Option(help="Rows per model call; 1 turns micro-batching off.")] = 32,
+    max_delay_ms: Annotated[float, typer.Option(help="How long a batch waits for more rows.")] = 5.0,
+    max_concurrency: Annotated[int, typer.Option(help="Requests answered at once; more wait in a queue.")] = 64,
+    max_queue: Annotated[int, typer.Option(help="Requests waiting beyond that; more get 503 + Retry-After.")] = 256,
+    provider: Annotated[Optional[str], typer.Option(help="ONNX Runtime execution provider.")] = None,
+    variant: Annotated[Optional[str], typer.Option(help="fp32, optimized, int8, ... (default: the fastest accepted).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime intra-op threads (default: ONNX Runtime's).")] = None,
+    access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
+) -> None:
+    """Serve the package over HTTP: /predict, the Open Inference Protocol (KServe V2), /metrics and a web page."""
+    from .serve import ServeConfig, create_app, run
+
+    config = ServeConfig(max_batch=max_batch, max_delay_ms=max_delay_ms, max_concurrency=max_concurrency,
+                         max_queue=max_queue, provider=provider, variant=variant, threads=threads)
+    server = create_app(package, config)
+    console.print(f"serving {package} on [bold]http://{host}:{port}/[/] (Ctrl-C or SIGTERM to stop)")
+    run(server, host=host, port=port, access_log=access_log)
+
+
 def _csv_list(value: str, option: str) -> list[str]:
     items = [item.strip() for item in value.split(",") if item.strip()]
     if not items:
@@ -263,7 +287,7 @@ def bench(
     data: Annotated[Optional[str], typer.Option(help="Validation data for the end-to-end rows.")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(help="PyTorch weights (default: the package's source).")] = None,
     with_torch: Annotated[bool, typer.Option("--torch/--no-torch", help="Include PyTorch eager rows.")] = True,
-    torch_compile: Annotated[bool, typer.Option("--compile/--no-compile", help="Include torch.compile rows where it works.")] = True,
+    torch_compile: Annotated[bool, typer.Option("--compile/--no-compile", help="Add torch.compile rows (compiles each shape: ~1 min each on 2 cores).")] = False,
     rounds: Annotated[int, typer.Option(help="Timed blocks per engine.")] = 3,
 ) -> None:
     """Time PyTorch and every ONNX Runtime variant side by side; writes report.html into the package."""
@@ -308,6 +332,164 @@ def _print_bench(report: dict) -> None:
                      + f"; best vs seed {d['best_vs_seed']}×, {d['best_fraction_of_int8_limit']:.0%} of the int8 limit")
     for note in report.get("notes", []):
         console.print(f"note: {note}")
+
+
+@app.command()
+def inspect(
+    path: Annotated[Path, typer.Argument(help="Package folder or .onnx file.")],
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the whole report here as JSON.")] = None,
+    batch: Annotated[int, typer.Option(help="Batch size for the compute figures.")] = 1,
+    seq: Annotated[Optional[int], typer.Option(help="Tokens per row for the compute figures (default: max length).")] = None,
+    variant: Annotated[Optional[str], typer.Option(help="Which graph of a package (default: fp32).")] = None,
+) -> None:
+    """Report what a model is: identity, inputs/outputs, ops, weights, MACs, and whether it checks and loads."""
+    from .inspect import summarize
+    from .package import atomic_write_text
+
+    report = summarize(path, variant=variant, batch=batch, seq=seq)
+    _print_inspect(report)
+    if json_out:
+        atomic_write_text(json_out, json.dumps(report, indent=2) + "\n")
+
+
+def _print_inspect(r: dict) -> None:
+    ident, contract, structure, weights, compute, validity = (
+        r[k] for k in ("identity", "contract", "structure", "weights", "compute", "validity"))
+    source = r["source"]
+    table = Table(title=f"{source['file']}" + (f" (variant {source['variant']})" if source["variant"] else ""),
+                  show_header=False)
+    for key, value in [("sha256", ident["sha256"]), ("size", f"{ident['bytes'] / 1e6:.1f} MB"),
+                       ("IR version", ident["ir_version"]),
+                       ("opsets", ", ".join(f"{d} {v}" for d, v in ident["opsets"].items())),
+                       ("producer", ident["producer"]),
+                       *((f"metadata {k}", v) for k, v in ident["metadata_props"].items())]:
+        table.add_row(key, str(value))
+    stdout.print(table)
+    table = Table(title="contract")
+    for col in ("", "name", "dtype", "dims"):
+        table.add_column(col)
+    for side in ("inputs", "outputs"):
+        for t in contract[side]:
+            dims = "?" if t["dims"] is None else " × ".join("?" if d is None else str(d) for d in t["dims"])
+            table.add_row(side[:-1], t["name"], t["dtype"], dims)
+    stdout.print(table)
+    if contract["labels"] is not None or contract["max_length"] is not None:
+        stdout.print(f"labels {contract['labels']}, max length {contract['max_length']} (from {contract['from']})")
+    ops = ", ".join(f"{op} {n}" for op, n in structure["op_types"].items())
+    stdout.print(f"\n[bold]{structure['nodes']} nodes[/]: {ops}", highlight=False)
+    if structure["custom_domains"]:
+        stdout.print("custom domains: " + ", ".join(f"{d} ({n} nodes)" for d, n in structure["custom_domains"].items()))
+    table = Table(title=f"weights: {weights['parameters']:,} parameters in {weights['initializers']} tensors, "
+                        f"{weights['bytes'] / 1e6:.1f} MB" + (f"; {len(weights['shared'])} shared" if weights["shared"] else ""))
+    for col in ("largest tensors", "dtype", "shape", "parameters", "MB"):
+        table.add_column(col)
+    for t in weights["largest"]:
+        table.add_row(t["name"], t["dtype"], " × ".join(map(str, t["shape"])), f"{t['parameters']:,}", f"{t['bytes'] / 1e6:.2f}")
+    stdout.print(table)
+    stdout.print("by dtype: " + ", ".join(f"{d} {v['parameters']:,} ({v['bytes'] / 1e6:.1f} MB)"
+                                         for d, v in weights["by_dtype"].items()))
+    table = Table(title=f"compute at batch {compute['batch']} × {compute['seq']} tokens: "
+                        f"{compute['macs'] / 1e9:.3f} GMACs = {compute['flops'] / 1e9:.3f} GFLOPs "
+                        f"in {len(compute['nodes'])} matrix-product nodes"
+                        + (f"; {len(compute['unsized'])} could not be sized" if compute["unsized"] else ""))
+    for col in ("largest", "op", "MMACs"):
+        table.add_column(col)
+    for n in compute["nodes"][:5]:
+        table.add_row(n["name"], n["op"], f"{n['macs'] / 1e6:.1f}")
+    stdout.print(table)
+    checker, runtime = validity["checker"], validity["onnxruntime"]
+    stdout.print("\nonnx.checker (full): " + ("[green]ok[/]" if checker["ok"] else f"[red]failed[/]: {checker['error']}"))
+    stdout.print(f"ONNX Runtime {runtime['version']}: " + ("[green]loads it[/]" if runtime["loads"]
+                                                          else f"[red]cannot load it[/]: {runtime['error']}"))
+    parity = validity["parity"]
+    if parity:
+        stdout.print(f"last parity: max |diff| {parity['max_abs_diff']:.1e} on {parity.get('n', '?')} rows, "
+                     f"{'passed' if parity.get('passed', True) else 'failed'}" + (f" ({parity['at']})" if "at" in parity else ""))
+
+
+@app.command()
+def graph(
+    path: Annotated[Path, typer.Argument(help="Package folder or .onnx file.")],
+    out: Annotated[Path, typer.Option("--out", help="The HTML page to write.")],
+    png: Annotated[Optional[Path], typer.Option(help="Also write the overview as PNG here.")] = None,
+    svg: Annotated[Optional[Path], typer.Option(help="Also write the overview as SVG here.")] = None,
+    variant: Annotated[Optional[str], typer.Option(help="Which graph of a package (default: fp32).")] = None,
+    expand: Annotated[bool, typer.Option(help="Draw every node in one view instead of collapsing repeated blocks.")] = False,
+    max_nodes: Annotated[int, typer.Option(help="Refuse to lay out a view with more nodes than this.")] = 1500,
+) -> None:
+    """Draw the graph as one offline HTML page: pan, zoom, click for details, search, repeated blocks collapsed."""
+    from .graph import GraphConfig, render, to_png
+    from .inspect import load_model, resolve
+    from .package import atomic_write_bytes, atomic_write_text
+
+    source = resolve(path, variant)
+    config = GraphConfig(collapse=not expand, max_nodes=max_nodes)
+    with console.status("laying out the graph"):
+        drawing = render(load_model(source.path), source.title, config)
+        image = to_png(drawing, config.timeout_s) if png else None
+    # Everything is rendered before anything is written, so a failure leaves no partial output.
+    atomic_write_text(out, drawing.html)
+    if image:
+        atomic_write_bytes(png, image)
+    if svg:
+        atomic_write_text(svg, drawing.svg)
+    console.print(f"graph: [bold]{out}[/] ({drawing.nodes} nodes"
+                  + (f", {drawing.blocks} blocks collapsed" if drawing.blocks else "") + ")")
+
+
+@app.command()
+def profile(
+    package: Annotated[Path, typer.Argument(help="Package folder.")],
+    out: Annotated[Path, typer.Option("--out", help="The HTML page to write: the graph coloured by latency.")],
+    variant: Annotated[Optional[str], typer.Option(help="Which graph (default: fp32).")] = None,
+    batch: Annotated[int, typer.Option(help="Rows per run.")] = 1,
+    seq: Annotated[Optional[int], typer.Option(help="Tokens per row (default: the package's max length).")] = None,
+    runs: Annotated[int, typer.Option(help="Timed runs to average.")] = 20,
+    threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime intra-op threads.")] = None,
+    provider: Annotated[Optional[str], typer.Option(help="ONNX Runtime execution provider.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write every node's time here as JSON.")] = None,
+    save_graph: Annotated[Optional[Path], typer.Option(help="Write the graph that ran (.onnx) here.")] = None,
+) -> None:
+    """Profile a package with ONNX Runtime; map kernel times onto the graph that ran and draw it by latency."""
+    from .package import atomic_write_bytes, atomic_write_text
+    from .profile import ProfileConfig, draw, profile as run_profile
+
+    config = ProfileConfig(variant=variant, batch=batch, seq=seq, runs=runs, threads=threads, provider=provider)
+    with console.status("profiling"):
+        result = run_profile(package, config)
+        page = draw(result).html
+    atomic_write_text(out, page)
+    if json_out:
+        atomic_write_text(json_out, json.dumps(result.to_dict(), indent=2) + "\n")
+    if save_graph:
+        atomic_write_bytes(save_graph, result.model.SerializeToString())
+    stdout.print(result.graph, highlight=False, soft_wrap=True)
+    stdout.print(f"batch {result.batch} × {result.seq} tokens: {result.run_ms:.2f} ms per run, kernels {result.kernel_ms:.2f} ms, "
+                 f"{result.mapped_fraction:.1%} of kernel time mapped to nodes", highlight=False, soft_wrap=True)
+    table = Table(title="slowest nodes")
+    for col in ("node", "op", "ms", "share"):
+        table.add_column(col)
+    for n in result.nodes[:10]:
+        table.add_row(n.name, n.op, f"{n.ms:.3f}", f"{n.share:.1%}")
+    stdout.print(table)
+    stdout.print("by op type: " + ", ".join(f"{o['op']} {o['share']:.0%}" for o in result.by_op[:8]), highlight=False,
+                 soft_wrap=True)
+    console.print(f"profile: [bold]{out}[/]")
+
+
+@app.command()
+def view(
+    path: Annotated[Path, typer.Argument(help="Package folder or .onnx file.")],
+    variant: Annotated[Optional[str], typer.Option(help="Which graph of a package (default: fp32).")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port on 127.0.0.1 (default: a free one).")] = None,
+    browse: Annotated[bool, typer.Option(help="Open a web browser.")] = True,
+) -> None:
+    """Open the model in Netron (pip install 'onnxpack[netron]'), served on 127.0.0.1 only."""
+    from .view import view as netron_view, wait
+
+    url = netron_view(path, variant=variant, port=port, browse=browse)
+    console.print(f"Netron is showing {path} at [bold]{url}[/] (Ctrl-C stops it)")
+    wait()
 
 
 @app.command()

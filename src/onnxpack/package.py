@@ -186,12 +186,21 @@ def variant_file(variant: str) -> str:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a single file through a temp sibling and os.replace, so readers never see half of it."""
+    _atomic_write(path, text, binary=False)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """`atomic_write_text` for binary content (an image)."""
+    _atomic_write(path, data, binary=True)
+
+
+def _atomic_write(path: Path, content: str | bytes, binary: bool) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(content)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode

@@ -142,9 +142,12 @@ class Predictor:
 
     def predict(self, texts: Sequence[str], batch_size: int = 32) -> list[dict[str, Any]]:
         """One `{"text", "label", "score", "scores"}` per text, in order; scores are softmax probabilities."""
-        probs = softmax(self.predict_logits(texts, batch_size))
+        return self.results(texts, self.predict_logits(texts, batch_size))
+
+    def results(self, texts: Sequence[str], logits: np.ndarray) -> list[dict[str, Any]]:
+        """`predict`'s objects for texts whose logits are already computed (serve batches its own)."""
         results = []
-        for text, p in zip(texts, probs):
+        for text, p in zip(texts, softmax(logits)):
             best = int(p.argmax())
             results.append({"text": text, "label": self.labels[best], "score": float(p[best]),
                             "scores": {label: float(x) for label, x in zip(self.labels, p)}})

@@ -1,0 +1,534 @@
+"""serve.py: a real uvicorn server on a free loopback port, spoken to over HTTP.
+
+Most tests share one server on the default limits; those about loading, the concurrency
+cap and SIGTERM start their own (in a thread, or as `python -m onnxpack serve`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import schemathesis
+import uvicorn
+from hypothesis import HealthCheck, given, settings
+from typer.testing import CliRunner
+
+from onnxpack import serve
+from onnxpack.cli import app as cli_app
+from onnxpack.runtime import Predictor
+from onnxpack.serve import MicroBatcher, ServeConfig, create_app, length_groups
+from schemathesis.checks import positive_data_acceptance
+
+HOST = "127.0.0.1"
+ROOT = Path(__file__).resolve().parents[1]
+TEXTS = ["the book was written by john", "go", "him saw she",
+         "the professor who the students that the dean hired admired resigned after the long meeting"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def wait_until(check, timeout: float = 60.0, what: str = "condition") -> None:
+    """Poll a readiness condition (a health endpoint, a metric), never longer than `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def ready(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/v2/health/ready", timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@contextlib.contextmanager
+def running(app, wait_ready: bool = True) -> Iterator[str]:
+    """Serve `app` with uvicorn on a free loopback port in a thread; yields the base URL."""
+    sock = socket.socket()
+    sock.bind((HOST, 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    base = f"http://{HOST}:{sock.getsockname()[1]}"
+    try:
+        wait_until(lambda: server.started or not thread.is_alive(), what="uvicorn to start")
+        if wait_ready:
+            wait_until(lambda: ready(base), what="the model to load")
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+def metric(base: str, name: str, **labels: str) -> float:
+    """One sample from /metrics (0 when absent)."""
+    want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else "")
+    for line in httpx.get(f"{base}/metrics", timeout=10).text.splitlines():
+        key, _, value = line.rpartition(" ")
+        if not line.startswith("#") and _sorted_labels(key) == want:
+            return float(value)
+    return 0.0
+
+
+def _sorted_labels(key: str) -> str:
+    if "{" not in key:
+        return key
+    name, _, rest = key.partition("{")
+    return name + "{" + ",".join(sorted(rest.rstrip("}").split(","))) + "}"
+
+
+@pytest.fixture(scope="module")
+def base(package_dir) -> Iterator[str]:
+    """One server with the default limits, shared by the module."""
+    with running(create_app(package_dir)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def predictor(package_dir) -> Iterator[Predictor]:
+    with Predictor(package_dir) as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def model_name(package_dir) -> str:
+    return package_dir.name
+
+
+def post(base: str, path: str, body=None, raw: bytes | None = None, headers: dict | None = None) -> httpx.Response:
+    content = raw if raw is not None else json.dumps(body).encode()
+    return httpx.post(f"{base}{path}", content=content, timeout=30,
+                      headers={"Content-Type": "application/json", **(headers or {})})
+
+
+# ---- the endpoints ----
+
+def test_predict_answers_what_onnxpack_predict_prints(base, predictor, model_name):
+    r = post(base, "/predict", {"texts": TEXTS})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == model_name and body["truncated"] == []
+    expected = predictor.predict(TEXTS)
+    assert [p["text"] for p in body["predictions"]] == TEXTS
+    for got, want in zip(body["predictions"], expected):
+        assert got.keys() == want.keys() and got["label"] == want["label"]
+        assert got["score"] == pytest.approx(want["score"], abs=1e-5)
+        assert got["scores"] == pytest.approx(want["scores"], abs=1e-5)
+
+
+def test_long_text_is_truncated_and_said_so(base, predictor):
+    long_text = " ".join(["the cat sat on the mat"] * 60)  # far past the tiny model's 64 positions
+    r = post(base, "/predict", {"texts": ["go", long_text]})
+    assert r.status_code == 200, r.text
+    assert r.json()["truncated"] == [1]
+    assert r.json()["predictions"][1]["score"] == pytest.approx(predictor.predict([long_text])[0]["score"], abs=1e-5)
+
+
+def test_v2_health_and_metadata(base, predictor, model_name):
+    assert httpx.get(f"{base}/v2/health/live").json() == {"live": True}
+    assert httpx.get(f"{base}/v2/health/ready").json() == {"ready": True}
+    assert httpx.get(f"{base}/v2").json()["name"] == "onnxpack"
+    meta = httpx.get(f"{base}/v2/models/{model_name}").json()
+    assert meta["name"] == model_name
+    assert {(t["name"], t["datatype"]) for t in meta["inputs"]} == {
+        ("text", "BYTES"), ("input_ids", "INT64"), ("attention_mask", "INT64")}
+    assert [t["name"] for t in meta["outputs"]] == ["logits", "label", "score"]
+    assert meta["outputs"][0]["shape"] == [-1, len(predictor.labels)]
+    assert httpx.get(f"{base}/v2/models/{model_name}/ready").json() == {"ready": True}
+    for path in ("", "/ready"):
+        r = httpx.get(f"{base}/v2/models/nope{path}")
+        assert r.status_code == 404 and model_name in r.json()["error"]
+
+
+@pytest.mark.parametrize("shape,data", [([2], TEXTS[:2]), ([2, 1], [[TEXTS[0]], [TEXTS[1]]])])
+def test_v2_infer_text(base, predictor, model_name, shape, data):
+    r = post(base, f"/v2/models/{model_name}/infer",
+             {"id": "42", "inputs": [{"name": "text", "shape": shape, "datatype": "BYTES", "data": data}]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model_name"] == model_name and body["id"] == "42" and body["parameters"] == {"truncated": []}
+    outputs = {o["name"]: o for o in body["outputs"]}
+    assert outputs["logits"]["shape"] == [2, len(predictor.labels)] and outputs["logits"]["datatype"] == "FP32"
+    np.testing.assert_allclose(np.reshape(outputs["logits"]["data"], (2, -1)), predictor.predict_logits(TEXTS[:2]),
+                               atol=1e-5)
+    expected = predictor.predict(TEXTS[:2])
+    assert outputs["label"] == {"name": "label", "datatype": "BYTES", "shape": [2],
+                                "data": [e["label"] for e in expected]}
+    assert outputs["score"]["data"] == pytest.approx([e["score"] for e in expected], abs=1e-5)
+
+
+def test_v2_infer_tokens(base, predictor, model_name):
+    feed = predictor.encode(TEXTS)
+    # Extra padding columns (mask 0) must not change a row's logits.
+    ids = np.pad(feed["input_ids"], ((0, 0), (0, 3)))
+    mask = np.pad(feed["attention_mask"], ((0, 0), (0, 3)))
+    r = post(base, f"/v2/models/{model_name}/infer", {
+        "inputs": [{"name": "input_ids", "shape": list(ids.shape), "datatype": "INT64", "data": ids.tolist()},
+                   {"name": "attention_mask", "shape": list(mask.shape), "datatype": "INT64",
+                    "data": mask.ravel().tolist()}],
+        "outputs": [{"name": "logits"}]})
+    assert r.status_code == 200, r.text
+    (logits,) = r.json()["outputs"]
+    np.testing.assert_allclose(np.reshape(logits["data"], logits["shape"]), predictor.predict_logits(TEXTS), atol=1e-5)
+
+
+def test_web_page_is_self_contained(base, model_name):
+    r = httpx.get(f"{base}/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert model_name in r.text and "default-src 'self'" in r.headers["content-security-policy"]
+    assert "http://" not in r.text and "https://" not in r.text  # nothing fetched from elsewhere
+
+
+# ---- limits and bad input: always a 4xx with {"error": ...}, never a 5xx ----
+
+def _tokens(ids, mask, ids_shape=None, mask_shape=None, datatype="INT64"):
+    return {"inputs": [
+        {"name": "input_ids", "shape": ids_shape or [1, len(ids)], "datatype": datatype, "data": ids},
+        {"name": "attention_mask", "shape": mask_shape or [1, len(mask)], "datatype": "INT64", "data": mask}]}
+
+
+def _text_tensor(data, shape=None, datatype="BYTES", name="text"):
+    return {"inputs": [{"name": name, "shape": shape or [len(data)], "datatype": datatype, "data": data}]}
+
+
+BAD_PREDICT = {
+    "invalid JSON": dict(raw=b'{"texts": [}', status=400, says="invalid JSON"),
+    "invalid UTF-8": dict(raw=b'{"texts": ["\xff\xfe abc"]}', status=400, says="utf-8"),
+    "lone surrogate": dict(raw=b'{"texts": ["\\ud800 abc"]}', status=400, says="texts[0]"),
+    "empty text": dict(body={"texts": [""]}, status=400, says="texts[0]"),
+    "only spaces": dict(body={"texts": ["ok", " \t "]}, status=400, says="texts[1]: is empty or only spaces"),
+    "no texts": dict(body={"texts": []}, status=400, says="texts"),
+    "texts missing": dict(body={}, status=400, says="texts"),
+    "texts not a list": dict(body={"texts": "a sentence"}, status=400, says="texts"),
+    "a text not a string": dict(body={"texts": ["ok", 3]}, status=400, says="texts[1]"),
+    "unknown field": dict(body={"texts": ["ok"], "extra": 1}, status=400, says="extra"),
+    "too many texts": dict(body={"texts": ["a b c"] * 129}, status=400, says="at most 128"),
+    "text too long": dict(body={"texts": ["a" * 10_001]}, status=400, says="at most 10000 characters"),
+    "body over 1 MiB": dict(body={"texts": ["word " * 220_000]}, status=413, says="over 1048576 bytes"),
+    "deep nesting": dict(raw=b"[" * 100_000 + b"]" * 100_000, status=400, says="recursion"),
+    "not JSON at all": dict(raw=b"texts=hello", headers={"Content-Type": "text/plain"}, status=400, says=""),
+}
+
+
+@pytest.mark.parametrize("case", BAD_PREDICT.values(), ids=BAD_PREDICT.keys())
+def test_bad_predict_requests_get_4xx(base, case):
+    r = post(base, "/predict", case.get("body"), raw=case.get("raw"), headers=case.get("headers"))
+    assert r.status_code == case["status"], r.text
+    assert case["says"].lower() in r.json()["error"].lower()
+
+
+def test_streamed_body_over_the_limit_gets_413(base):
+    def chunks():  # no Content-Length: the server counts as the body arrives
+        for _ in range(20):
+            yield b" " * 65_536
+
+    r = httpx.post(f"{base}/predict", content=chunks(), headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 413 and "over 1048576 bytes" in r.json()["error"]
+
+
+BAD_INFER = {
+    "unknown input": dict(body=_text_tensor(["hi"], name="sentence"), says="unknown input 'sentence'; known: text"),
+    "text as INT64": dict(body=_text_tensor(["hi"], datatype="INT64"), says="must be BYTES"),
+    "text shape 2-D": dict(body=_text_tensor(["hi", "ho"], shape=[1, 2]), says="expected [n] or [n, 1]"),
+    "count differs from shape": dict(body=_text_tensor(["hi", "ho"], shape=[3]), says="2 values for shape [3]"),
+    "empty text": dict(body=_text_tensor(["hi", " "]), says="data[1]: is empty"),
+    "text not a string": dict(body=_text_tensor(["hi", 5]), says="data[1]"),
+    "text and tokens": dict(body={"inputs": _text_tensor(["hi"])["inputs"] + _tokens([2], [1])["inputs"]},
+                            says="not both"),
+    "input twice": dict(body={"inputs": _text_tensor(["a"])["inputs"] * 2}, says="given twice"),
+    "no attention_mask": dict(body={"inputs": _tokens([2], [1])["inputs"][:1]}, says="missing input 'attention_mask'"),
+    "negative id": dict(body=_tokens([2, -5], [1, 1]), says="-5, outside the vocabulary"),
+    "id past the vocabulary": dict(body=_tokens([2, 99_999_999], [1, 1]), says="outside the vocabulary"),
+    "id past int64": dict(body=_tokens([2, 2 ** 70], [1, 1]), says="outside int64"),
+    "float ids": dict(body=_tokens([2, 3.5], [1, 1]), says="must hold integers"),
+    "bool ids": dict(body=_tokens([True, 3], [1, 1]), says="must hold integers"),
+    "shape mismatch": dict(body=_tokens([2, 3, 4], [1, 1], mask_shape=[1, 2]), says="attention_mask has shape [1, 2]"),
+    "1-D ids": dict(body=_tokens([2, 3], [1, 1], ids_shape=[2]), says="expected [n, n]"),
+    "longer than the model": dict(body=_tokens([2] * 65, [1] * 65), says="1 to 64"),
+    "mask not 0/1": dict(body=_tokens([2, 3], [1, 2]), says="only 0 and 1"),
+    "ids as FP32": dict(body=_tokens([2, 3], [1, 1], datatype="FP32"), says="must be INT64"),
+    "negative shape": dict(body=_tokens([2, 3], [1, 1], ids_shape=[1, -2]), says="greater than or equal to 0"),
+    "zero rows": dict(body=_tokens([], [], ids_shape=[0, 2], mask_shape=[0, 2]), says="0 rows"),
+    "unknown output": dict(body={**_text_tensor(["hi"]), "outputs": [{"name": "probs"}]}, says="unknown output"),
+    "no inputs": dict(body={"inputs": []}, says="inputs"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INFER.values(), ids=BAD_INFER.keys())
+def test_bad_infer_requests_get_4xx(base, model_name, case):
+    r = post(base, f"/v2/models/{model_name}/infer", case["body"])
+    assert r.status_code == 400, r.text
+    assert case["says"] in r.json()["error"]
+
+
+def test_defaults_are_on():
+    config = ServeConfig()
+    assert (config.max_body_bytes, config.max_texts, config.max_chars) == (1 << 20, 128, 10_000)
+    assert config.max_batch == 32 and config.max_delay_ms == 5
+
+
+def test_openapi_declares_the_errors(base):
+    paths = httpx.get(f"{base}/openapi.json").json()["paths"]
+    assert set(paths["/predict"]["post"]["responses"]) == {"200", "400", "413", "503"}
+    assert set(paths["/v2/models/{name}/infer"]["post"]["responses"]) == {"200", "400", "404", "413", "503"}
+    assert paths["/predict"]["post"]["requestBody"]["content"]["application/json"]
+
+
+# ---- micro-batching, ordering, metrics ----
+
+def test_concurrent_requests_each_get_their_own_answers_in_order(base, predictor):
+    texts = [f"{w} {TEXTS[i % len(TEXTS)]}" for i, w in enumerate(["the", "a", "one", "some"] * 8)]
+    reference = {r["text"]: r for r in predictor.predict(texts)}
+    # 32 concurrent clients, each with 1 to 4 texts: the defaults must answer all of them.
+    requests = [texts[i:i + 1 + i % 4] for i in range(32)]
+
+    async def burst():
+        async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+            return await asyncio.gather(*(client.post("/predict", json={"texts": t}) for t in requests))
+
+    calls_before = metric(base, "onnxpack_batch_size_count")
+    responses = asyncio.run(burst())
+    assert [r.status_code for r in responses] == [200] * 32
+    for sent, r in zip(requests, responses):
+        got = r.json()["predictions"]
+        assert [p["text"] for p in got] == sent
+        assert all(p["score"] == pytest.approx(reference[p["text"]]["score"], abs=1e-5) for p in got)
+    rows = sum(len(t) for t in requests)
+    assert metric(base, "onnxpack_batch_size_count") - calls_before < rows  # rows shared model calls
+
+
+def test_batcher_gathers_rows_from_concurrent_requests(predictor):
+    metrics = serve._Metrics()
+    batcher = MicroBatcher(predictor, max_batch=8, max_delay_s=30, metrics=metrics)
+
+    async def eight_requests():
+        return await asyncio.gather(*(batcher.infer(texts=["the cat sat"]) for _ in range(8)))
+
+    try:
+        results = asyncio.run(eight_requests())
+    finally:
+        batcher.close()
+    # The batch filled up long before the 30 s delay: one model call for all eight.
+    assert metrics.registry.get_sample_value("onnxpack_batch_size_count") == 1
+    assert metrics.registry.get_sample_value("onnxpack_batch_size_sum") == 8
+    expected = predictor.predict_logits(["the cat sat"])
+    for logits, truncated in results:
+        np.testing.assert_allclose(logits, expected, atol=1e-5)
+        assert truncated == []
+
+
+def test_length_groups():
+    assert length_groups([7] * 10, call_cost=64) == [list(range(10))]
+    groups = length_groups([5] * 15 + [60], call_cost=64)
+    assert groups == [[15], list(range(15))]  # the long row alone: padding 15 rows to 60 costs more
+    lengths = [3, 40, 12, 9, 40, 2, 25, 11]
+    groups = length_groups(lengths, call_cost=8)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    assert [lengths[g[0]] for g in groups] == sorted((lengths[g[0]] for g in groups), reverse=True)
+
+
+def test_metrics_move(base):
+    before = {name: metric(base, name, **labels) for name, labels in [
+        ("onnxpack_requests_total", {"route": "/predict", "status": "200"}),
+        ("onnxpack_request_errors_total", {"route": "/predict", "status": "400"}),
+        ("onnxpack_request_latency_seconds_count", {"route": "/predict"}),
+        ("onnxpack_batch_size_count", {})]}
+    assert post(base, "/predict", {"texts": ["go"]}).status_code == 200
+    assert post(base, "/predict", {"texts": [""]}).status_code == 400
+    assert metric(base, "onnxpack_requests_total", route="/predict", status="200") == before["onnxpack_requests_total"] + 1
+    assert metric(base, "onnxpack_request_errors_total", route="/predict", status="400") == \
+        before["onnxpack_request_errors_total"] + 1
+    assert metric(base, "onnxpack_request_latency_seconds_count", route="/predict") == \
+        before["onnxpack_request_latency_seconds_count"] + 2
+    assert metric(base, "onnxpack_batch_size_count") == before["onnxpack_batch_size_count"] + 1
+    text = httpx.get(f"{base}/metrics").text
+    assert "# TYPE onnxpack_queue_depth gauge" in text and "# TYPE onnxpack_batch_size histogram" in text
+
+
+# ---- loading, the concurrency cap, shutdown ----
+
+class Gate:
+    """Holds the model's calls until opened; `entered` tells a call is waiting."""
+
+    def __init__(self, open_: bool) -> None:
+        self.entered = threading.Event()
+        self.opened = threading.Event()
+        if open_:
+            self.opened.set()
+
+    def predictor_class(self) -> type[Predictor]:
+        gate = self
+
+        class GatedPredictor(Predictor):
+            def run(self, feed):
+                gate.entered.set()
+                assert gate.opened.wait(30), "the test never opened the gate"
+                return super().run(feed)
+
+        return GatedPredictor
+
+
+def test_ready_only_after_warm_up(package_dir, monkeypatch, model_name):
+    gate = Gate(open_=False)
+    monkeypatch.setattr(serve, "Predictor", gate.predictor_class())
+    with running(create_app(package_dir), wait_ready=False) as base:
+        assert gate.entered.wait(30)  # the warm-up inference has started, and is held
+        assert httpx.get(f"{base}/v2/health/live").status_code == 200
+        for path in ("/v2/health/ready", f"/v2/models/{model_name}/ready"):
+            r = httpx.get(f"{base}{path}")
+            assert r.status_code == 503 and r.json() == {"ready": False}
+        r = post(base, "/predict", {"texts": ["go"]})
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        gate.opened.set()
+        wait_until(lambda: ready(base), what="ready after warm-up")
+        assert post(base, "/predict", {"texts": ["go"]}).status_code == 200
+
+
+def test_over_the_cap_requests_queue_then_get_503(package_dir, monkeypatch):
+    gate = Gate(open_=True)
+    monkeypatch.setattr(serve, "Predictor", gate.predictor_class())
+    config = ServeConfig(max_concurrency=1, max_queue=1)
+    with running(create_app(package_dir, config)) as base:
+        gate.opened.clear()
+        gate.entered.clear()
+
+        async def three():
+            async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+                first = asyncio.create_task(client.post("/predict", json={"texts": ["one"]}))
+                await asyncio.to_thread(gate.entered.wait, 30)  # the first is in the model
+                second = asyncio.create_task(client.post("/predict", json={"texts": ["two"]}))
+                await asyncio.to_thread(wait_until, lambda: metric(base, "onnxpack_requests_waiting") == 1)
+                third = await client.post("/predict", json={"texts": ["three"]})
+                gate.opened.set()
+                return await first, await second, third
+
+        first, second, third = asyncio.run(three())
+        assert third.status_code == 503 and third.headers["retry-after"] == "1" and "busy" in third.json()["error"]
+        assert first.status_code == second.status_code == 200
+        assert second.json()["predictions"][0]["text"] == "two"
+
+
+def test_sigterm_finishes_in_flight_requests_then_exits(package_dir):
+    port = free_port()
+    base = f"http://{HOST}:{port}"
+    # A long batching delay keeps a lone request in flight while SIGTERM arrives.
+    proc = subprocess.Popen([sys.executable, "-m", "onnxpack", "serve", str(package_dir), "--host", HOST,
+                             "--port", str(port), "--max-delay-ms", "3000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until(lambda: ready(base), what="the server to be ready")
+        with httpx.Client(base_url=base, timeout=60) as client:
+            result = {}
+            request = threading.Thread(target=lambda: result.update(r=client.post("/predict", json={"texts": ["go"]})))
+            request.start()
+            wait_until(lambda: metric(base, "onnxpack_queue_depth") == 1, what="the request to be queued")
+            proc.send_signal(signal.SIGTERM)
+            wait_until(lambda: not _accepts(port), timeout=10, what="the server to stop accepting")
+            assert request.is_alive()  # still in flight when new connections were refused
+            request.join(30)
+        assert result["r"].status_code == 200 and result["r"].json()["predictions"][0]["text"] == "go"
+        assert proc.wait(30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has shut down
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        output = proc.communicate()[0]
+    assert "Waiting for application shutdown" in output and "Finished server process" in output
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection((HOST, port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+# ---- the CLI, the web page in a browser, fuzzing ----
+
+def test_serve_cli_reports_bad_options_in_one_line(package_dir, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(cli_app, ["serve", str(tmp_path)])
+    assert result.exit_code == 1 and "is not a package" in result.output
+    result = runner.invoke(cli_app, ["serve", str(package_dir), "--max-batch", "0"])
+    assert result.exit_code == 1 and "error: --max-batch must be at least 1, got 0" in result.output
+    result = runner.invoke(cli_app, ["serve", str(package_dir), "--variant", "int4"])
+    assert result.exit_code == 1 and "no variant 'int4'" in result.output
+
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+@pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
+                    reason="needs chromium and chromedriver (apt-get install chromium chromium-driver)")
+def test_web_page_in_headless_chromium(base, predictor):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        driver.get(f"{base}/")
+        driver.find_element(By.ID, "texts").send_keys("The book was written by john.")
+        driver.find_element(By.ID, "classify").click()
+        result = WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".result"))[0]
+        expected = predictor.predict(["The book was written by john."])[0]
+        assert result.get_attribute("data-label") == expected["label"]
+        assert result.find_element(By.CSS_SELECTOR, ".label").text == expected["label"]
+        bars = result.find_elements(By.CSS_SELECTOR, ".bar")
+        assert [b.find_element(By.CSS_SELECTOR, "span").text for b in bars] == predictor.labels
+        assert "classified" in driver.find_element(By.ID, "status").text
+    finally:
+        driver.quit()
+
+
+@pytest.mark.parametrize("mode", list(schemathesis.GenerationMode))
+def test_schema_fuzzing_finds_no_5xx(base, mode):
+    """Requests generated from /openapi.json, fitting it (positive) or not (negative): never a
+    5xx, and every status, content type and body is one the schema documents."""
+    schema = schemathesis.openapi.from_url(f"{base}/openapi.json")
+
+    @given(case=schema.as_strategy(generation_mode=mode))
+    @settings(max_examples=50, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    def check(case):
+        # Schema-valid token ids may still lie outside the vocabulary: a 400 there is right.
+        case.call_and_validate(excluded_checks=[positive_data_acceptance], timeout=30)
+
+    check()
+
+
+def test_loadtest_script_runs(package_dir, small_cola, tmp_path):
+    """scripts/loadtest.py end to end, briefly: a real server, every answer checked against `onnxpack predict`."""
+    out = tmp_path / "load.json"
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "loadtest.py"), str(package_dir), "--data",
+                             str(small_cola), "--concurrency", "4", "--batching", "on", "--duration", "0.5",
+                             "--warmup", "0.2", "--json", str(out)], capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["batching"] == "on" and row["concurrency"] == 4 and row["requests"] > 0
+    assert row["errors"] == row["mismatches"] == 0
