@@ -296,23 +296,3 @@ def test_view_without_netron(runner, package_dir, monkeypatch):
     result = runner.invoke(app, ["view", str(package_dir), "--no-browse"])
     assert _one_error_line(result) == ("error: Netron is not installed (hint: pip install 'onnxpack[netron]', "
                                        "or draw an offline page with `onnxpack graph`)")
-
-
-def test_view_serves_on_loopback(runner, package_dir, monkeypatch):
-    calls = []
-
-    class FakeNetron:
-        @staticmethod
-        def start(file, address, browse):
-            calls.append((file, address, browse))
-            return address[0], 8123
-
-        @staticmethod
-        def wait():
-            calls.append("wait")
-
-    monkeypatch.setitem(__import__("sys").modules, "netron", FakeNetron)
-    result = runner.invoke(app, ["view", str(package_dir), "--no-browse", "--port", "8123"])
-    assert result.exit_code == 0, result.output
-    assert calls == [(str(package_dir / "model.onnx"), ("127.0.0.1", 8123), False), "wait"]
-    assert "http://127.0.0.1:8123" in result.stderr
