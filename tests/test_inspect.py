@@ -186,3 +186,19 @@ def test_looking_inside_does_not_import_torch(package_dir, tmp_path):
                             cwd=tmp_path, check=False)
     assert result.returncode == 0, result.stderr
     assert list(tmp_path.iterdir()) == []  # and nothing written to the working directory
+
+
+def test_every_variant_counts_the_same_work(package_copy, small_cola):
+    """The fused (Attention, EmbedLayerNormalization) and int8 (QAttention, QEmbedLayerNormalization,
+    MatMulInteger) graphs of a package do the fp32 graph's matrix products, no more, no fewer."""
+    from onnxpack.optimize import OptimizeConfig, optimize
+    from onnxpack.package import Package
+
+    optimize(package_copy, OptimizeConfig(data=str(small_cola), max_mcc_drop=1.0))
+    package = Package.open(package_copy)
+    totals = {}
+    for name in package.variant_names():
+        macs, unsized = count_macs(onnx.load(str(package.variant_path(name))), 4, 16)
+        assert not unsized, (name, unsized)
+        totals[name] = sum(macs.values())
+    assert set(totals) == {"fp32", "optimized", "int8"} and len(set(totals.values())) == 1

@@ -124,6 +124,9 @@ def _infer_symbolic(model: onnx.ModelProto) -> onnx.ModelProto:
     sym_shape_infer_temp.onnx into the working directory when some op's shape stays unknown
     (FusedMatMul, for one); the shapes it did infer are still worth having."""
     engine = _symbolic_shape_inference()(int_max=2**31 - 1, auto_merge=True, guess_output_rank=False, verbose=0)
+    # The int8 forms of the fused ops (from `optimize`) have the shapes of the float ops they replace.
+    for quantized, float_op in (("QEmbedLayerNormalization", "EmbedLayerNormalization"), ("QAttention", "Attention")):
+        engine.dispatcher_.setdefault(quantized, engine.dispatcher_[float_op])
     engine._preprocess(model)
     while engine.run_:
         engine._infer_impl()
