@@ -10,6 +10,7 @@ score within --atol). Exits 1 on any error or mismatch.
 
     python scripts/loadtest.py PACKAGE                              # c = 1, 8, 32; batching on and off; 10 s each
     python scripts/loadtest.py PACKAGE --concurrency 32 --duration 60 --batching on   # the soak run
+    python scripts/loadtest.py PACKAGE --serve-args "--max-delay-ms 20 --threads 1"   # other server settings
 
 The client speaks raw HTTP/1.1 over keep-alive connections on asyncio: on a 2-core machine
 it shares the CPU with the server, so it has to cost little per request.
@@ -23,6 +24,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -152,6 +154,15 @@ def server(package: Path, batching: str, extra: list[str], log: Path):
             proc.kill()
 
 
+def batch_stats(port: int) -> tuple[float, float]:
+    """(rows, model calls) so far, from the server's /metrics."""
+    with socket.create_connection((HOST, port), timeout=10) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % HOST.encode())
+        text = b"".join(iter(lambda: s.recv(65536), b"")).decode()
+    values = dict(re.findall(r"^onnxpack_batch_size_(sum|count) (\S+)$", text, re.M))
+    return float(values["sum"]), float(values["count"])
+
+
 def ready(port: int) -> bool:
     try:
         with socket.create_connection((HOST, port), timeout=2) as s:
@@ -181,22 +192,28 @@ def main() -> int:
     parser.add_argument("--data", help="CoLA folder (default: the usual places)")
     parser.add_argument("--atol", type=float, default=1e-4, help="allowed score difference from `onnxpack predict`")
     parser.add_argument("--json", type=Path, help="write the results here")
-    parser.add_argument("serve_args", nargs="*", help="more `onnxpack serve` options, after --")
+    parser.add_argument("--serve-args", default="", help='more `onnxpack serve` options, e.g. "--threads 1"')
     args = parser.parse_args()
+    serve_args = shlex.split(args.serve_args)
 
     texts = [t for t in load_splits(resolve_data(args.data), need_train=False).validation.texts if t.strip()]
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        reference = reference_predictions(args.package, texts, work, args.serve_args)
+        reference = reference_predictions(args.package, texts, work, serve_args)
         for batching in args.batching.split(","):
-            with server(args.package, batching, args.serve_args, work / f"serve-{batching}.log") as (port, pid):
+            with server(args.package, batching, serve_args, work / f"serve-{batching}.log") as (port, pid):
                 for c in (int(x) for x in args.concurrency.split(",")):
+                    calls_before = batch_stats(port)
                     row = {"batching": batching, **asyncio.run(run_clients(port, texts, reference, c, args.warmup,
                                                                            args.duration, args.atol, pid))}
+                    calls_after = batch_stats(port)
+                    row["rows_per_call"] = round((calls_after[0] - calls_before[0])
+                                                 / max(calls_after[1] - calls_before[1], 1), 1)
                     results.append(row)
                     print(f"batching {batching:>3}  c={c:<3} {row['req_per_s']:>8.1f} req/s  p50 {row['p50_ms']:>7.2f} ms"
                           f"  p99 {row['p99_ms']:>7.2f} ms  server CPU {row['server_cpu_ms_per_req']:.2f} ms/req  "
+                          f"{row['rows_per_call']} rows/call  "
                           f"{row['requests']} requests, {row['errors']} errors, "
                           f"{row['mismatches']} mismatches", flush=True)
                     for failure in row["failures"]:

@@ -227,7 +227,9 @@ BAD_PREDICT = {
     "text too long": dict(body={"texts": ["a" * 10_001]}, status=400, says="at most 10000 characters"),
     "body over 1 MiB": dict(body={"texts": ["word " * 220_000]}, status=413, says="over 1048576 bytes"),
     "deep nesting": dict(raw=b"[" * 100_000 + b"]" * 100_000, status=400, says="recursion"),
-    "not JSON at all": dict(raw=b"texts=hello", headers={"Content-Type": "text/plain"}, status=400, says=""),
+    "not JSON at all": dict(raw=b"texts=hello", headers={"Content-Type": "text/plain"}, status=400,
+                            says="Content-Type: application/json"),
+    "a JSON list": dict(body=["a sentence"], status=400, says="must be a JSON object"),
 }
 
 

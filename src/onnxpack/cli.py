@@ -205,7 +205,7 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     max_batch: Annotated[int, typer.Option(help="Rows per model call; 1 turns micro-batching off.")] = 32,
-    max_delay_ms: Annotated[float, typer.Option(help="How long a batch waits for more rows.")] = 5.0,
+    max_delay_ms: Annotated[float, typer.Option(help="How long a row may wait for others to share its model call.")] = 5.0,
     max_concurrency: Annotated[int, typer.Option(help="Requests answered at once; more wait in a queue.")] = 64,
     max_queue: Annotated[int, typer.Option(help="Requests waiting beyond that; more get 503 + Retry-After.")] = 256,
     provider: Annotated[Optional[str], typer.Option(help="ONNX Runtime execution provider.")] = None,
