@@ -167,7 +167,7 @@ def _torch_engines(package: Package, config: BenchConfig, notes: list[str]) -> d
     except ImportError:
         notes.append("PyTorch rows skipped: torch is not installed")
         return {}
-    from .model import load_checkpoint
+    from .model import load_checkpoint  # the baseline needs the PyTorch model itself: the one torch-side import here
 
     checkpoint = config.checkpoint or package.manifest.source.get("path")
     if not checkpoint or not Path(checkpoint).exists():
@@ -283,8 +283,7 @@ def _dataset_rows(package: Package, variants: list[str], config: BenchConfig, ma
         started = time.perf_counter()
         seed.predict_logits(sample, batch_size=1)
         rows["seed_fp32_one_by_one_pad128"] = len(sample) / (time.perf_counter() - started)
-    with Predictor(package, variant=FP32, threads=config.threads) as fp32:
-        lengths = [sum(e.attention_mask) for e in fp32.tokenizer.encode_batch(texts)]
+        lengths = [sum(e.attention_mask) for e in seed.tokenizer.encode_batch(texts)]  # real tokens, not padding
     total_flops = sum(_flops_for_lengths(fp32_graph, lengths).values())
     for name in variants:
         with Predictor(package, variant=name, threads=config.threads) as ours:
@@ -334,7 +333,7 @@ def plot(report: dict[str, Any], path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    results = [r for r in report["results"]]
+    results = report["results"]
     seqs = sorted({r["seq_len"] for r in results})
     batches = sorted({r["batch_size"] for r in results})
     engines = sorted({f"{r['engine']}/{r['variant']}" for r in results}, key=lambda k: (not k.startswith("torch"), k))

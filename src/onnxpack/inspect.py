@@ -318,14 +318,18 @@ def _all_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     return nodes
 
 
+def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
+    """Node count per op type of the main graph, most frequent first."""
+    return dict(collections.Counter(n.op_type for n in model.graph.node).most_common())
+
+
 def _structure(model: onnx.ModelProto) -> dict[str, Any]:
     nested = _all_nodes(model.graph)
-    ops = collections.Counter(n.op_type for n in model.graph.node)
     custom = collections.Counter(n.domain for n in nested if n.domain not in ("", "ai.onnx"))
     return {
         "nodes": len(model.graph.node),
         "nodes_in_subgraphs": len(nested) - len(model.graph.node),
-        "op_types": dict(ops.most_common()),
+        "op_types": op_histogram(model),
         "custom_domains": dict(custom.most_common()),
         "functions": [f"{f.domain}.{f.name}" for f in model.functions],
     }

@@ -25,6 +25,7 @@ import onnx
 from ._registry import Registry
 from .data import load_splits
 from .errors import OnnxpackError
+from .inspect import op_histogram
 from .metrics import scores
 from .package import FP32, MODEL, Package, now, sha256_file, variant_file
 from .runtime import Predictor, available_providers
@@ -239,7 +240,7 @@ def _add_variants(package: Package, files: dict[str, Path], entries: dict[str, d
     hashes = dict(m.files)
     for name, path in files.items():
         size = os.path.getsize(path)
-        entries[name] |= {"bytes": size, "ops": _op_histogram(path)}
+        entries[name] |= {"bytes": size, "ops": op_histogram(onnx.load(str(path), load_external_data=False))}
         hashes[variant_file(name)] = sha256_file(path)
         os.replace(path, package.root / variant_file(name))
     variants = {FP32: {"file": MODEL, **fp32_figures, "bytes": os.path.getsize(package.model_path)},
@@ -248,10 +249,3 @@ def _add_variants(package: Package, files: dict[str, Path], entries: dict[str, d
                             "accepted": list(files),
                             "rejected": {r.variant: r.reason for r in results if not r.accepted}}]
     package.update_manifest(files=hashes, variants=variants, history=history)
-
-
-def _op_histogram(path: Path) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for node in onnx.load(str(path), load_external_data=False).graph.node:
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
