@@ -46,9 +46,88 @@ def test_optimized_graph_has_fused_attention(optimized):
     root, _ = optimized
     entry = Package.open(root).manifest.variants["optimized"]
     # The export uses eager attention so ORT's fusion recognises it: one Attention per layer (2 here).
-    assert entry["fusions"].get("Attention") == 2 and entry["fusions"].get("SkipLayerNormalization")
+    assert entry["fusions"].get("Attention") == 2 and entry["fusions"].get("EmbedLayerNormalization") == 1
     ops = {n.op_type for n in onnx.load(str(root / entry["file"])).graph.node}
     assert "Attention" in ops and "Softmax" not in ops
+
+
+def test_layer_norms_stay_unfused_after_onnx_runtime_loads_the_graph(optimized, tmp_path):
+    import onnxruntime as ort
+
+    root, _ = optimized
+    entry = Package.open(root).manifest.variants["optimized"]
+    assert entry["rewrites"]["residual_sums"] == 4  # two per layer
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "loaded.onnx")  # what ORT runs, after its own fusions
+    ort.InferenceSession(str(root / entry["file"]), options, providers=["CPUExecutionProvider"])
+    loaded = {n.op_type for n in onnx.load(str(tmp_path / "loaded.onnx")).graph.node}
+    assert "LayerNormalization" in loaded and "SkipLayerNormalization" not in loaded
+
+
+def test_rewrites_keep_the_logits_at_every_shape(optimized):
+    import onnxruntime as ort
+
+    root, _ = optimized
+    package = Package.open(root)
+    rewrites = package.manifest.variants["optimized"]["rewrites"]
+    assert rewrites["token_types_folded"] == 1 and rewrites["first_token_only_nodes"] == 10
+    graph = onnx.load(str(package.variant_path("optimized"))).graph
+    embed = next(n for n in graph.node if n.op_type == "EmbedLayerNormalization")
+    assert embed.input[1] == "" and embed.input[4] == ""  # no token-type ids, no token-type table
+    fp32, rewritten = (ort.InferenceSession(str(package.variant_path(name)), providers=["CPUExecutionProvider"])
+                       for name in (FP32, "optimized"))
+    rng = np.random.default_rng(0)
+    for batch, length in ((1, 1), (3, 7), (2, 64)):
+        ids = rng.integers(5, package.manifest.architecture["vocab_size"], (batch, length))
+        mask = np.ones_like(ids)
+        mask[0, length // 2 + 1:] = 0  # padding in the first row
+        feed = {"input_ids": ids, "attention_mask": mask}
+        np.testing.assert_allclose(rewritten.run(None, feed)[0], fp32.run(None, feed)[0], atol=1e-5)
+
+
+def _graph(nodes, inputs, outputs, initializers):
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    graph = onnx.helper.make_graph(nodes, "g", inputs, outputs, initializers)
+    return OnnxModel(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]))
+
+
+def _tail_model(pool: str, hidden_is_output: bool = False):
+    """x -> MatMul -> Add(bias) -> Sum(x) -> LayerNorm -> pooled: the row-wise tail of a BERT layer."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    consts = {"w": rng.normal(size=(4, 4)), "b": rng.normal(size=4), "g": np.ones(4), "beta": np.zeros(4)}
+    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in consts.items()]
+    inits.append(numpy_helper.from_array(np.array(0, np.int64), "zero"))
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["mm"]), helper.make_node("Add", ["mm", "b"], ["biased"]),
+             helper.make_node("Sum", ["biased", "x"], ["res"]),
+             helper.make_node("LayerNormalization", ["res", "g", "beta"], ["hidden"], axis=-1),
+             helper.make_node("Gather", ["hidden", "zero"], ["pooled"], axis=1) if pool == "first"
+             else helper.make_node("ReduceMean", ["hidden"], ["pooled"], axes=[1], keepdims=0)]
+    outputs = [helper.make_tensor_value_info("pooled", TensorProto.FLOAT, None)]
+    if hidden_is_output:
+        outputs.append(helper.make_tensor_value_info("hidden", TensorProto.FLOAT, None))
+    return _graph(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", 4])], outputs, inits)
+
+
+@pytest.mark.parametrize("pool, hidden_is_output, moved", [("first", False, 4), ("first", True, 0), ("mean", False, 0)])
+def test_first_token_only(pool, hidden_is_output, moved):
+    import onnxruntime as ort
+
+    from onnxpack.optimize import _first_token_only
+
+    model = _tail_model(pool, hidden_is_output)
+    x = {"x": np.random.default_rng(1).normal(size=(2, 5, 4)).astype(np.float32)}
+    before = ort.InferenceSession(model.model.SerializeToString()).run(None, x)
+    assert _first_token_only(model) == moved
+    model.topological_sort()
+    after = ort.InferenceSession(model.model.SerializeToString()).run(None, x)
+    for a, b in zip(after, before):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    if moved:  # the MatMul now sees one row per sequence
+        assert next(n for n in model.nodes() if n.op_type == "MatMul").input[0] == "x_first_token"
 
 
 def test_int8_is_quantized_from_the_optimized_graph(optimized):
@@ -126,6 +205,14 @@ def test_a_variant_that_loses_accuracy_is_rejected_and_not_written(package_copy,
     assert not flipped.accepted and "below fp32" in flipped.reason
     assert flipped.figures["agreement"] == 0.0 and flipped.figures["mcc"] == pytest.approx(-1.0)
     assert {p.name: p.read_bytes() for p in package_copy.iterdir()} == before  # untouched
+
+
+def test_a_rewrite_that_moves_the_logits_is_rejected(package_copy, small_cola, monkeypatch):
+    monkeypatch.setitem(VARIANTS._items, "flipped", VariantSpec(_flipped, base=FP32, exact_within=1e-3))
+    results = optimize(package_copy, OptimizeConfig(variants=("flipped",), data=str(small_cola), max_mcc_drop=1.0))
+    flipped = next(r for r in results if r.variant == "flipped")
+    assert not flipped.accepted and "the rewrite changed the model" in flipped.reason
+    assert Package.open(package_copy).variant_names() == [FP32]
 
 
 @pytest.mark.parametrize("config, message", [
