@@ -40,7 +40,7 @@ def test_predict_results(predictor):
 
 
 def test_batching_preserves_order_and_logits(predictor):
-    batches = predictor.batches(TEXTS, 2)
+    batches = [batch for batch, _ in predictor.encoded_batches(TEXTS, 2)]
     assert [len(b) for b in batches] == [2, 2, 1]
     assert sorted(i for b in batches for i in b) == list(range(len(TEXTS)))
     together = predictor.predict_logits(TEXTS, batch_size=2)
@@ -53,7 +53,20 @@ def test_batches_group_texts_by_length(predictor):
     true_lengths = [len(predictor.tokenizer.encode(t).ids) for t in TEXTS]  # one text: no padding
     longest_first = sorted(range(len(TEXTS)), key=true_lengths.__getitem__, reverse=True)
     assert longest_first[0] == 2
-    assert [i for b in predictor.batches(TEXTS, 2) for i in b] == longest_first
+    batches = list(predictor.encoded_batches(TEXTS, 2))
+    assert [i for b, _ in batches for i in b] == longest_first
+    for batch, feed in batches:  # each padded to its own longest text, and no shorter
+        assert feed["input_ids"].shape == (len(batch), max(true_lengths[i] for i in batch))
+        assert feed["attention_mask"][:, -1].any()
+
+
+def test_fixed_length_padding_is_kept(package_dir):
+    """bench's seed-style row pads every sentence to a fixed length; batching must not trim it."""
+    with Predictor(package_dir) as predictor:
+        length = predictor.max_length  # the longest a text is truncated to
+        predictor.tokenizer.enable_padding(pad_id=0, pad_token=predictor.tokenizer.id_to_token(0), length=length)
+        widths = {feed["input_ids"].shape[1] for _, feed in predictor.encoded_batches(TEXTS, 2)}
+    assert widths == {length}
 
 
 def test_predict_matches_torch(predictor, trained_run):

@@ -23,6 +23,7 @@ import onnxruntime as ort
 from .data import load_splits
 from .errors import DataError, OnnxpackError
 from .inspect import node_flops
+from .optimize import quiet_quantizer
 from .package import FP32, Package, now
 from .runtime import Predictor
 
@@ -109,7 +110,8 @@ def matmul_ceilings(threads: int, config: BenchConfig) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         fp32, int8 = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, str(fp32))
-        quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8)
+        with quiet_quantizer():
+            quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8)
         sessions = {name: ort.InferenceSession(str(path), _session_options(threads), providers=["CPUExecutionProvider"])
                     for name, path in (("fp32", fp32), ("int8", int8))}
         engines = {name: (lambda s=s: s.run(None, {"x": x})) for name, s in sessions.items()}
@@ -272,26 +274,30 @@ def _dataset_rows(package: Package, variants: list[str], config: BenchConfig, ma
     except DataError as e:
         notes.append(f"end-to-end rows skipped: {e}")
         return None
-    rows = {}
-    with Predictor(package, variant=FP32, threads=config.threads) as seed:
-        # The seed project: one sentence per call, every one padded to 128 tokens (or the model's limit).
-        seed.tokenizer.enable_padding(pad_id=package.manifest.pad_token_id,
-                                      length=min(SEED_MAX_LENGTH, package.manifest.max_length),
-                                      pad_token=seed.tokenizer.id_to_token(package.manifest.pad_token_id))
-        sample = texts[:50]  # 128-token calls are slow; 50 of them give a stable rate
-        seed.predict_logits(sample[:3], batch_size=1)
-        started = time.perf_counter()
-        seed.predict_logits(sample, batch_size=1)
-        rows["seed_fp32_one_by_one_pad128"] = len(sample) / (time.perf_counter() - started)
-        lengths = [sum(e.attention_mask) for e in seed.tokenizer.encode_batch(texts)]  # real tokens, not padding
-    total_flops = sum(_flops_for_lengths(fp32_graph, lengths).values())
+    seed = Predictor(package, variant=FP32, threads=config.threads)
+    # The seed project: one sentence per call, every one padded to 128 tokens (or the model's limit).
+    seed.tokenizer.enable_padding(pad_id=package.manifest.pad_token_id,
+                                  length=min(SEED_MAX_LENGTH, package.manifest.max_length),
+                                  pad_token=seed.tokenizer.id_to_token(package.manifest.pad_token_id))
+    sample = texts[:50]  # 128-token calls are slow; 50 of them give a stable rate
+    lengths = [sum(e.attention_mask) for e in seed.tokenizer.encode_batch(texts)]  # real tokens, not padding
+    passes = {"seed_fp32_one_by_one_pad128": (seed, sample, 1)}
     for name in variants:
-        with Predictor(package, variant=name, threads=config.threads) as ours:
-            ours.predict(texts[:64], batch_size=32)
+        passes[f"{name}_batched_sorted_dynamic"] = (Predictor(package, variant=name, threads=config.threads), texts, 32)
+    for predictor, batch_texts, batch_size in passes.values():  # warm-up: allocations, kernels
+        predictor.predict(batch_texts[:2 * batch_size], batch_size=batch_size)
+    # Rounds of whole passes, medians over rounds: this machine's speed drifts over a minute.
+    rates: dict[str, list[float]] = {name: [] for name in passes}
+    for _ in range(config.rounds):
+        for name, (predictor, batch_texts, batch_size) in passes.items():
             time.sleep(config.pause_seconds)
             started = time.perf_counter()
-            ours.predict(texts, batch_size=32)
-            rows[f"{name}_batched_sorted_dynamic"] = len(texts) / (time.perf_counter() - started)
+            predictor.predict(batch_texts, batch_size=batch_size)
+            rates[name].append(len(batch_texts) / (time.perf_counter() - started))
+    for predictor, _, _ in passes.values():
+        predictor.close()
+    rows = {name: statistics.median(values) for name, values in rates.items()}
+    total_flops = sum(_flops_for_lengths(fp32_graph, lengths).values())
     best = max((k for k in rows if k.endswith("_dynamic")), key=rows.get)
     ideal_seconds = total_flops / (machine["int8_matmul_gops"] * 1e9)
     return {"n": len(texts), "tokens": sum(lengths), "model_gflop": round(total_flops / 1e9, 1),

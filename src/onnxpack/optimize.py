@@ -12,13 +12,14 @@ package only if its MCC is within `max_mcc_drop` of fp32's. No torch here.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import onnx
@@ -263,17 +264,23 @@ def _build_int8(package: Package, base: Path, out: Path, recipe: dict[str, Any])
 
     # Weights to int8 once; activations are quantized per call (no calibration data needed).
     # ONNX shape inference cannot type the outputs of the fused contrib ops: they are float.
-    # The quantizer logs on the root logger: a line per tensor, and advice to pre-process that
-    # does not apply to an already fused graph. Errors still show.
+    with quiet_quantizer():
+        quantize_dynamic(base, out, weight_type=QuantType[recipe["weight_type"]], per_channel=recipe["per_channel"],
+                         extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
+    return dict(recipe)
+
+
+@contextlib.contextmanager
+def quiet_quantizer() -> Iterator[None]:
+    """onnxruntime.quantization logs on the root logger: a line per tensor, and advice to
+    pre-process that does not apply to an already fused graph. Errors still show."""
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        quantize_dynamic(base, out, weight_type=QuantType[recipe["weight_type"]], per_channel=recipe["per_channel"],
-                         extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
+        yield
     finally:
         root.setLevel(level)
-    return dict(recipe)
 
 
 def _build_fp16(package: Package, base: Path, out: Path, recipe: dict[str, Any]) -> dict[str, Any]:

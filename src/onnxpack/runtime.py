@@ -9,7 +9,7 @@ import collections
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -123,21 +123,28 @@ class Predictor:
         self.latencies_ms.append((time.perf_counter() - started) * 1000)
         return logits
 
-    def batches(self, texts: Sequence[str], batch_size: int) -> list[list[int]]:
-        """Indices of `texts` grouped into batches of similar length (longest first)."""
+    def encoded_batches(self, texts: Sequence[str],
+                        batch_size: int) -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
+        """`(indices, feed)` per batch: texts of similar length together (longest first), each batch
+        padded only to its own longest row. Tokenizes all the texts once."""
         if batch_size < 1:
             raise OnnxpackError(f"batch size must be a positive integer, got {batch_size}")
-        # The tokenizer pads; the mask's sum is each text's own length.
-        lengths = [sum(e.attention_mask) for e in self.tokenizer.encode_batch(list(texts))] \
-            if len(texts) > batch_size else []
-        order = sorted(range(len(texts)), key=lengths.__getitem__, reverse=True) if lengths else list(range(len(texts)))
-        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        encodings = self.tokenizer.encode_batch(list(texts))  # padded (on the right) to the longest text
+        columns = {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+                   "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64)}
+        lengths = columns["attention_mask"].sum(axis=1)
+        fixed = (self.tokenizer.padding or {}).get("length")  # padding set to a fixed length stays
+        order = np.argsort(-lengths, kind="stable")
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            width = fixed or int(lengths[batch].max())
+            yield batch.tolist(), {name: columns[name][batch, :width] for name in self.input_names}
 
     def predict_logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         _check_texts(texts)
         logits = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
-        for batch in self.batches(texts, batch_size):
-            logits[batch] = self.run(self.encode([texts[i] for i in batch]))
+        for batch, feed in self.encoded_batches(texts, batch_size):
+            logits[batch] = self.run(feed)
         return logits
 
     def predict(self, texts: Sequence[str], batch_size: int = 32) -> list[dict[str, Any]]:

@@ -74,9 +74,8 @@ def verify(package_dir: str | Path, data: str | None = None, checkpoint: str | P
     torch_logits = np.zeros((len(texts), len(predictor.labels)), dtype=np.float32)
     onnx_logits = np.zeros_like(torch_logits)
     mismatches = 0
-    for batch in predictor.batches(texts, config.batch_size):
+    for batch, feed in predictor.encoded_batches(texts, config.batch_size):
         batch_texts = [texts[i] for i in batch]
-        feed = predictor.encode(batch_texts)
         onnx_logits[batch] = predictor.run(feed)
         with torch.inference_mode():
             torch_logits[batch] = model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.numpy()
