@@ -93,12 +93,18 @@ def _sig(x: float) -> float:
     return float(f"{x:.4g}")
 
 
-def matmul_ceilings(threads: int, config: BenchConfig) -> dict[str, float]:
-    """This machine's fp32 and dynamic-int8 MatMul speed through ONNX Runtime, at a BERT-like shape."""
+CEILING_SHAPE = (2048, 384, 1536)  # tokens x hidden x FFN width of a small BERT
+CEILING_FLOPS = 2 * CEILING_SHAPE[0] * CEILING_SHAPE[1] * CEILING_SHAPE[2]
+CEILINGS = {"fp32": "fp32_matmul_gflops", "int8": "int8_matmul_gops"}
+
+
+def matmul_ceiling_engines(threads: int) -> dict[str, Runner]:
+    """This machine's fp32 and dynamic-int8 MatMul through ONNX Runtime (CEILING_SHAPE), as runners
+    to time beside the models: the machine's speed drifts, so a ceiling is only good for its own rounds."""
     from onnx import TensorProto, helper, numpy_helper
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    m, k, n = 2048, 384, 1536  # tokens x hidden x FFN width of a small BERT
+    m, k, n = CEILING_SHAPE
     rng = np.random.default_rng(0)
     weight = numpy_helper.from_array((rng.standard_normal((k, n)) * 0.05).astype(np.float32), "W")
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "matmul",
@@ -112,14 +118,10 @@ def matmul_ceilings(threads: int, config: BenchConfig) -> dict[str, float]:
         onnx.save(model, str(fp32))
         with quiet_quantizer():
             quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8)
-        sessions = {name: ort.InferenceSession(str(path), _session_options(threads), providers=["CPUExecutionProvider"])
+        sessions = {name: ort.InferenceSession(path.read_bytes(), _session_options(threads),
+                                               providers=["CPUExecutionProvider"])
                     for name, path in (("fp32", fp32), ("int8", int8))}
-        engines = {name: (lambda s=s: s.run(None, {"x": x})) for name, s in sessions.items()}
-        samples = time_blocks(engines, config)
-    flops = 2 * m * k * n
-    return {"fp32_matmul_gflops": round(flops / statistics.median(samples["fp32"]) / 1e9, 1),
-            "int8_matmul_gops": round(flops / statistics.median(samples["int8"]) / 1e9, 1),
-            "matmul_shape": [m, k, n]}
+    return {name: (lambda s=s: s.run(None, {"x": x})) for name, s in sessions.items()}
 
 
 def _session_options(threads: int) -> ort.SessionOptions:
@@ -209,14 +211,14 @@ def bench(package_dir: str | Path, config: BenchConfig | None = None,
     input_names = {name: {i.name for i in s.get_inputs()} for name, s in sessions.items()}
     vocab = package.manifest.architecture.get("vocab_size", 30522)
 
-    step("machine ceilings")
-    machine = machine_info(config.threads) | matmul_ceilings(config.threads, config)
+    ceiling_engines = {f"ceiling/{name}": run for name, run in matmul_ceiling_engines(config.threads).items()}
     fp32_graph = onnx.load(str(package.model_path), load_external_data=False)
-    results = []
+    graphs = {name: onnx.load(str(package.variant_path(name)), load_external_data=False) for name in variants}
+    results, ceilings = [], {name: [] for name in CEILINGS}
     for seq in config.seq_lens:
         for batch in config.batch_sizes:
             step(f"batch {batch} x {seq} tokens")
-            flops = sum(node_flops(fp32_graph, batch, seq).values())
+            model_flops = sum(node_flops(fp32_graph, batch, seq).values())
             feed = synthetic_feed(batch, seq, vocab)
             engines: dict[str, Runner] = {}
             for name, model in torch_models.items():
@@ -224,12 +226,22 @@ def bench(package_dir: str | Path, config: BenchConfig | None = None,
             for name, session in sessions.items():
                 engines[f"onnxruntime/{name}"] = (lambda s=session, f={k: v for k, v in feed.items()
                                                                        if k in input_names[name]}: s.run(None, f))
-            for key, seconds in time_blocks(engines, config).items():
+            samples = time_blocks(engines | ceiling_engines, config)  # the ceilings in the same rounds
+            here = {name: CEILING_FLOPS / statistics.median(samples.pop(f"ceiling/{name}")) / 1e9 for name in CEILINGS}
+            for name, value in here.items():
+                ceilings[name].append(value)
+            for key, seconds in samples.items():
                 engine, variant = key.split("/")
-                results.append(latency_row(engine, variant, batch, seq, seconds, flops))
-    for row in results:
-        ceiling = machine["int8_matmul_gops"] if "int8" in row["variant"] else machine["fp32_matmul_gflops"]
-        row["ceiling_fraction"] = _sig(row["gflops"] / ceiling)
+                row = latency_row(engine, variant, batch, seq, seconds, model_flops)
+                # What the kernels did: a variant's own graph may skip work (the first-token rewrite).
+                done = sum(node_flops(graphs[variant], batch, seq).values()) if engine == "onnxruntime" else model_flops
+                row["graph_gflops"] = _sig(done / (row["p50_ms"] / 1000) / 1e9)
+                row["ceiling_fraction"] = _sig(row["graph_gflops"] / here["int8" if "int8" in variant else "fp32"])
+                results.append(row)
+    machine = machine_info(config.threads) | {"matmul_shape": list(CEILING_SHAPE)}
+    for name, key in CEILINGS.items():  # medians over the shapes' rounds, and how far they drifted
+        machine[key] = round(statistics.median(ceilings[name]), 1)
+        machine[f"{key}_range"] = [round(min(ceilings[name]), 1), round(max(ceilings[name]), 1)]
 
     step("tokenizer")
     tokenizer_rows = _tokenizer_rows(package, config)

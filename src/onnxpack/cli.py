@@ -318,6 +318,7 @@ def _print_bench(report: dict) -> None:
     m = report["machine"]
     table = Table(title=f"p50 latency, {m['threads']} threads; ceilings fp32 {m['fp32_matmul_gflops']} GFLOP/s, "
                         f"int8 {m['int8_matmul_gops']} GOP/s")
+    # GFLOP/s: the model's work over the time; of ceiling: the graph's own work (a rewrite may skip some).
     for col in ("engine", "variant", "batch", "tokens", "p50 ms", "p99 ms", "items/s", "GFLOP/s", "of ceiling"):
         table.add_column(col)
     for r in report["results"]:

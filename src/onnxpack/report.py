@@ -65,10 +65,11 @@ def render(package: Package, bench: dict[str, Any] | None = None, plot_png: Path
         if plot_png and plot_png.is_file():
             data = base64.b64encode(plot_png.read_bytes()).decode()
             parts.append(f'<img alt="benchmark plot" src="data:image/png;base64,{data}">')
-        parts.append(_table(["engine", "variant", "batch", "tokens", "p50 ms", "p90 ms", "p99 ms", "items/s", "GFLOP/s",
-                             "of ceiling"],
+        parts.append(_table(["engine", "variant", "batch", "tokens", "p50 ms", "p90 ms", "p99 ms", "items/s",
+                             "model GFLOP/s", "graph GFLOP/s", "graph work of ceiling"],
                             [[r["engine"], r["variant"], r["batch_size"], r["seq_len"], r["p50_ms"], r["p90_ms"],
-                              r["p99_ms"], r["items_per_s"], r.get("gflops", ""), r.get("ceiling_fraction", "")]
+                              r["p99_ms"], r["items_per_s"], r.get("gflops", ""), r.get("graph_gflops", ""),
+                              r.get("ceiling_fraction", "")]
                              for r in bench["results"]]))
         parts.append("<h3>Speed-ups over PyTorch eager (p50)</h3>" + _table(
             ["measure", "×"], [[k, v] for k, v in bench["speedups"].items()]))
