@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from onnxpack.data import load_splits, resolve_data
+from onnxpack.package import Package
+from onnxpack.runtime import serving_variant
 
 HOST = "127.0.0.1"  # loopback only: the server and the clients live on this machine
 MAX_BATCH = {"on": 32, "off": 1}
@@ -175,9 +177,10 @@ def ready(port: int) -> bool:
 def reference_predictions(package: Path, texts: list[str], work: Path, extra: list[str]) -> dict[str, dict]:
     """What `onnxpack predict` prints for each text: the answers every response must match."""
     (work / "texts.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
-    variant = extra[extra.index("--variant"):][:2] if "--variant" in extra else []
+    # The graph the server runs: --variant if given, else the one it picks itself.
+    variant = extra[extra.index("--variant") + 1] if "--variant" in extra else serving_variant(Package.open(package))
     subprocess.run([sys.executable, "-m", "onnxpack", "predict", str(package), "--file", str(work / "texts.txt"),
-                    "--out", str(work / "reference.jsonl"), *variant], check=True)
+                    "--out", str(work / "reference.jsonl"), "--variant", variant], check=True)
     rows = [json.loads(line) for line in (work / "reference.jsonl").read_text(encoding="utf-8").splitlines()]
     return {row["text"]: row for row in rows}
 

@@ -138,6 +138,19 @@ def test_int8_is_quantized_from_the_optimized_graph(optimized):
     assert entry["bytes"] < Package.open(root).manifest.variants[FP32]["bytes"]
 
 
+def test_batch_drift_is_measured_and_serve_avoids_batch_dependent_variants(optimized):
+    from onnxpack.runtime import serving_variant
+
+    variants = Package.open(optimized[0]).manifest.variants
+    for name in (FP32, "optimized"):  # float graphs: the same logits alone or batched, to rounding
+        assert variants[name]["batch_drift"] < 1e-4 and variants[name]["batch_invariant"] is True
+    int8 = variants["int8"]  # one activation scale per call: a text's logits move with its neighbours
+    assert int8["batch_drift"] > variants[FP32]["batch_drift"]
+    assert int8["batch_invariant"] == (int8["batch_drift"] <= 1e-4)
+    served = serving_variant(Package.open(optimized[0]))
+    assert variants[served]["batch_invariant"] and served != "int8" or int8["batch_invariant"]
+
+
 def test_fp16_skipped_on_cpu(optimized):
     _, results = optimized
     fp16 = next(r for r in results if r.variant == "fp16")
@@ -188,10 +201,14 @@ def _balanced_package_and_data(root: Path, small_cola: Path, out: Path) -> Path:
     onnx.save(model, str(root / MODEL))
     Package.open(root, check_files=False).update_manifest(files=hash_files(root))
     with Predictor(root, variant=FP32) as predictor:
-        labels = predictor.predict_logits(texts).argmax(-1)
+        logits = predictor.predict_logits(texts)
+    # Rows on the boundary could flip with float rounding between batchings: leave them out.
+    margin = np.abs(np.diff(logits, axis=-1)[:, 0])
+    clear = margin > 0.02 * margin.max()
+    labels = logits.argmax(-1)[clear]
     assert 0 < labels.mean() < 1
     out.mkdir()
-    write_tsv(out / "dev.tsv", list(zip(texts, labels.tolist())))
+    write_tsv(out / "dev.tsv", list(zip([t for t, keep in zip(texts, clear) if keep], labels.tolist())))
     return out
 
 

@@ -136,6 +136,25 @@ def test_update_manifest_rewrites_and_reopens(package_copy):
 
 # --- Manifest -----------------------------------------------------------------------------------------------
 
+def test_default_variant_is_the_fastest_and_a_server_can_ask_for_batch_invariance(package_copy):
+    package = Package.open(package_copy)
+    package.update_manifest(variants={
+        "fp32": {"file": "model.onnx", "items_per_s": 100, "provider": "CPUExecutionProvider"},
+        "optimized": {"file": "model.optimized.onnx", "items_per_s": 150, "provider": "CPUExecutionProvider",
+                      "batch_invariant": True},
+        "int8": {"file": "model.int8.onnx", "items_per_s": 300, "provider": "CPUExecutionProvider",
+                 "batch_invariant": False},
+        "fp16": {"file": "model.fp16.onnx", "items_per_s": 900, "provider": "CUDAExecutionProvider",
+                 "batch_invariant": True}})
+    assert package.default_variant() == "fp16"
+    assert package.default_variant(["CPUExecutionProvider"]) == "int8"
+    assert package.default_variant(["CPUExecutionProvider"], batch_invariant=True) == "optimized"
+    package.update_manifest(variants={"fp32": {"file": "model.onnx", "items_per_s": 100},
+                                      "int8": {"file": "model.int8.onnx", "items_per_s": 300}})
+    # a variant never measured counts as batch-dependent, except the exported float graph
+    assert package.default_variant(batch_invariant=True) == "fp32"
+
+
 def test_manifest_round_trip():
     m = _sample_manifest()
     d = m.to_dict()

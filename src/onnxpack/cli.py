@@ -209,7 +209,8 @@ def serve(
     max_concurrency: Annotated[int, typer.Option(help="Requests answered at once; more wait in a queue.")] = 64,
     max_queue: Annotated[int, typer.Option(help="Requests waiting beyond that; more get 503 + Retry-After.")] = 256,
     provider: Annotated[Optional[str], typer.Option(help="ONNX Runtime execution provider.")] = None,
-    variant: Annotated[Optional[str], typer.Option(help="fp32, optimized, int8, ... (default: the fastest accepted).")] = None,
+    variant: Annotated[Optional[str], typer.Option(
+        help="fp32, optimized, int8, ... (default: the fastest whose answers do not depend on the batch).")] = None,
     threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime intra-op threads (default: ONNX Runtime's).")] = None,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
 ) -> None:
@@ -249,18 +250,23 @@ def optimize(
     with console.status("optimizing") as status:
         results = optimize_package(package, config, progress=lambda message: status.update(message))
     table = Table(title=f"variants of {package} on {results[0].figures['n']} validation rows")
-    for col in ("variant", "status", "mcc", "mcc drop", "agreement", "max |diff|", "rows/s"):
+    for col in ("variant", "status", "mcc", "mcc drop", "agreement", "max |diff|", "batch drift", "rows/s"):
         table.add_column(col)
     for r in results:
         f = r.figures
         status_text = "[green]accepted[/]" if r.accepted else f"[red]{'skipped' if not f else 'rejected'}[/]"
         table.add_row(r.variant, status_text, *(f"{f[k]:.4f}" if k in f else "" for k in ("mcc", "mcc_drop", "agreement")),
-                      f"{f['max_abs_diff']:.1e}" if "max_abs_diff" in f else "", f"{f['items_per_s']:.0f}" if f else "")
+                      *(f"{f[k]:.1e}" if k in f else "" for k in ("max_abs_diff", "batch_drift")),
+                      f"{f['items_per_s']:.0f}" if f else "")
     console.print(table)
     for r in results:
         if r.reason:
             console.print(f"{r.variant}: {r.reason}")
-    console.print(f"default variant: [bold]{Package.open(package).default_variant()}[/] (the fastest accepted)")
+    from .runtime import serving_variant
+
+    optimized = Package.open(package)
+    console.print(f"default variant: [bold]{optimized.default_variant()}[/] (the fastest accepted); "
+                  f"serve's: [bold]{serving_variant(optimized)}[/] (the fastest whose answers do not depend on the batch)")
 
 
 def _positive_ints(value: str, option: str) -> tuple[int, ...]:

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 GATE_EXACT_LOGITS = 1e-3  # fusions and rewrites only reorder float sums: MiniLM's logits moved by 2e-6
+BATCH_INVARIANT_LOGITS = 1e-4  # float graphs: 1e-6 between alone and batched; dynamic int8: 1e-2
 
 
 @dataclasses.dataclass
@@ -400,10 +401,24 @@ def _gate_run(package: Package, model_file: Path | None, texts: list[str], label
         logits = predictor.predict_logits(texts, config.batch_size)
         seconds = time.perf_counter() - started
         provider = predictor.providers[0]
+        drift = _batch_drift(predictor, texts[:config.batch_size])
     figures = {"n": len(texts), **scores(logits.argmax(-1), labels, len(package.manifest.labels)),
                "items_per_s": round(len(texts) / seconds, 1), "provider": provider,
-               "batch_size": config.batch_size, "at": now()}
+               "batch_size": config.batch_size, "batch_drift": drift, "batch_invariant": drift <= BATCH_INVARIANT_LOGITS,
+               "at": now()}
     return logits, figures
+
+
+def _batch_drift(predictor: Predictor, texts: list[str]) -> float:
+    """How far a text's logits move between running alone and in a batch with the others.
+
+    Float graphs give the same numbers to rounding. Dynamic int8 does not: it quantizes each
+    call's activations with one scale for the whole batch, so a text's scores depend on its
+    neighbours. A server, which batches strangers' texts together, should not use such a variant unasked.
+    """
+    together = predictor.predict_logits(texts, len(texts))
+    alone = np.concatenate([predictor.predict_logits([text], 1) for text in texts])
+    return float(np.abs(together - alone).max())
 
 
 def _add_variants(package: Package, files: dict[str, Path], entries: dict[str, dict[str, Any]],

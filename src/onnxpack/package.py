@@ -144,11 +144,13 @@ class Package:
         """fp32 first, then the variants `optimize` accepted."""
         return [FP32] + [name for name in self.manifest.variants if name != FP32]
 
-    def default_variant(self, providers: list[str] | None = None) -> str:
+    def default_variant(self, providers: list[str] | None = None, batch_invariant: bool = False) -> str:
         """The fastest accepted variant as `optimize` measured it, among those gated on one of
-        `providers` (None: any); fp32 before any optimization."""
+        `providers` (None: any) and, with `batch_invariant`, among those whose logits for a text
+        do not depend on the other texts in its batch; fp32 before any optimization."""
         timed = {name: v["items_per_s"] for name, v in self.manifest.variants.items()
-                 if v.get("items_per_s") and (providers is None or v.get("provider") in providers)}
+                 if v.get("items_per_s") and (providers is None or v.get("provider") in providers)
+                 and (not batch_invariant or v.get("batch_invariant", name == FP32))}
         return max(timed, key=timed.get) if timed else FP32
 
     def variant_path(self, variant: str | None = None) -> Path:

@@ -54,9 +54,10 @@ def render(package: Package, bench: dict[str, Any] | None = None, plot_png: Path
             ["check", "value"], [[k, v] for k, v in parity.items() if k not in ("failures",)]))
     if m.variants:
         parts.append("<h2>Variants (validation set)</h2>" + _table(
-            ["variant", "file", "MCC", "MCC drop", "agreement with fp32", "max |Δ logit|", "rows/s", "MB", "built"],
+            ["variant", "file", "MCC", "MCC drop", "agreement with fp32", "max |Δ logit|", "batch drift", "rows/s", "MB",
+             "built"],
             [[name, v.get("file"), v.get("mcc"), v.get("mcc_drop", ""), v.get("agreement", ""),
-              v.get("max_abs_diff", ""), v.get("items_per_s"), round(v.get("bytes", 0) / 1e6, 1),
+              v.get("max_abs_diff", ""), v.get("batch_drift", ""), v.get("items_per_s"), round(v.get("bytes", 0) / 1e6, 1),
               {k: v[k] for k in ("built_from", "fusions", "per_channel") if k in v}]
              for name, v in m.variants.items()]) + f"<p>Default variant: <b>{html.escape(package.default_variant())}</b></p>")
     if bench:

@@ -62,6 +62,12 @@ def resolve_providers(provider: str | None) -> list[str]:
     return [name] + (["CPUExecutionProvider"] if name != "CPUExecutionProvider" else [])
 
 
+def serving_variant(package: Package) -> str:
+    """What `serve` runs unless told: the fastest variant whose answer for a text does not depend
+    on which other texts share its batch (a server batches strangers' texts together)."""
+    return package.default_variant(available_providers(), batch_invariant=True)
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(shifted)

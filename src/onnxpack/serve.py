@@ -43,7 +43,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import __version__
 from .errors import OnnxpackError
 from .package import Package
-from .runtime import Predictor, resolve_providers, softmax
+from .runtime import Predictor, resolve_providers, serving_variant, softmax
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class ServeConfig:
     max_texts: int = 128  # texts, or token rows, per request
     max_chars: int = 10_000  # characters per text (tokens past max_length are truncated anyway)
     provider: str | None = None  # ONNX Runtime execution provider (default: the runtime's choice)
-    variant: str | None = None  # package variant (default: the fastest accepted)
+    variant: str | None = None  # package variant (default: serving_variant)
     threads: int | None = None  # ONNX Runtime intra-op threads (default: ONNX Runtime's)
 
     def check(self) -> None:
@@ -299,7 +299,7 @@ class _Service:
         the first run); only then is the server ready. Runs in a thread, so `live` answers meanwhile."""
         try:
             predictor = Predictor(self.package, provider=self.config.provider, threads=self.config.threads,
-                                  variant=self.config.variant)
+                                  variant=self.config.variant or serving_variant(self.package))
             predictor.run(predictor.encode(["warm-up"]))
             self.vocab_size = self.vocab_size or predictor.tokenizer.get_vocab_size()
             self.predictor = predictor
