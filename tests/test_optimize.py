@@ -93,12 +93,13 @@ def _graph(nodes, inputs, outputs, initializers):
     return OnnxModel(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]))
 
 
-def _tail_model(pool: str, hidden_is_output: bool = False):
+def _tail_model(pool: str, hidden_is_output: bool = False, bias_per_position: bool = False):
     """x -> MatMul -> Add(bias) -> Sum(x) -> LayerNorm -> pooled: the row-wise tail of a BERT layer."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    consts = {"w": rng.normal(size=(4, 4)), "b": rng.normal(size=4), "g": np.ones(4), "beta": np.zeros(4)}
+    bias = rng.normal(size=(5, 4) if bias_per_position else 4)  # (5, 4): differs along the sequence
+    consts = {"w": rng.normal(size=(4, 4)), "b": bias, "g": np.ones(4), "beta": np.zeros(4)}
     inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in consts.items()]
     inits.append(numpy_helper.from_array(np.array(0, np.int64), "zero"))
     nodes = [helper.make_node("MatMul", ["x", "w"], ["mm"]), helper.make_node("Add", ["mm", "b"], ["biased"]),
@@ -112,13 +113,16 @@ def _tail_model(pool: str, hidden_is_output: bool = False):
     return _graph(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", 4])], outputs, inits)
 
 
-@pytest.mark.parametrize("pool, hidden_is_output, moved", [("first", False, 4), ("first", True, 0), ("mean", False, 0)])
-def test_first_token_only(pool, hidden_is_output, moved):
+@pytest.mark.parametrize("pool, hidden_is_output, bias_per_position, moved", [
+    ("first", False, False, 4), ("first", True, False, 0), ("mean", False, False, 0),
+    ("first", False, True, 2),  # the per-position bias stops it: only Sum and LayerNorm move
+])
+def test_first_token_only(pool, hidden_is_output, bias_per_position, moved):
     import onnxruntime as ort
 
     from onnxpack.optimize import _first_token_only
 
-    model = _tail_model(pool, hidden_is_output)
+    model = _tail_model(pool, hidden_is_output, bias_per_position)
     x = {"x": np.random.default_rng(1).normal(size=(2, 5, 4)).astype(np.float32)}
     before = ort.InferenceSession(model.model.SerializeToString()).run(None, x)
     assert _first_token_only(model) == moved
@@ -126,7 +130,7 @@ def test_first_token_only(pool, hidden_is_output, moved):
     after = ort.InferenceSession(model.model.SerializeToString()).run(None, x)
     for a, b in zip(after, before):
         np.testing.assert_allclose(a, b, atol=1e-5)
-    if moved:  # the MatMul now sees one row per sequence
+    if moved == 4:  # the MatMul now sees one row per sequence
         assert next(n for n in model.nodes() if n.op_type == "MatMul").input[0] == "x_first_token"
 
 

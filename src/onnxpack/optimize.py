@@ -205,9 +205,8 @@ def _first_token_only(model: Any) -> int:
         constants = [i for i in node.input if _is_constant(model, i)]
         if node.op_type == "MatMul" and constants != node.input[1:]:
             return False  # activation x activation (attention scores) mixes rows
-        if node.op_type != "MatMul" and node.op_type != "LayerNormalization" and any(
-                len(model.get_initializer(i).dims) > 1 for i in constants if model.get_initializer(i)):
-            return False  # a constant that varies along the sequence axis
+        if node.op_type != "MatMul" and any(np.ndim(model.get_constant_value(i)) > 1 for i in constants):
+            return False  # a constant that may vary along the sequence axis
         return all(c is pick or c in tail for c in consumers.get(node.output[0], []))
 
     frontier = [producers.get(pick.input[0])]
