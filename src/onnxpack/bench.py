@@ -180,7 +180,9 @@ def _torch_engines(package: Package, config: BenchConfig, notes: list[str]) -> d
     torch.set_num_threads(config.threads)
     model, _, _ = load_checkpoint(checkpoint)
     engines = {"torch": model}
-    if config.compile:
+    if not config.compile:
+        notes.append("torch.compile rows off: pass --compile (it compiles each shape, about a minute each on 2 cores)")
+    else:
         try:
             compiled = torch.compile(model, dynamic=False)
             # Compile once here for the first shape the benchmark times, so a failure drops only this row.
