@@ -215,12 +215,16 @@ def bench(package_dir: str | Path, config: BenchConfig | None = None,
 
     ceiling_engines = {f"ceiling/{name}": run for name, run in matmul_ceiling_engines(config.threads).items()}
     fp32_graph = onnx.load(str(package.model_path), load_external_data=False)
-    graphs = {name: onnx.load(str(package.variant_path(name)), load_external_data=False) for name in variants}
+    graphs = {name: fp32_graph if name == FP32 else onnx.load(str(package.variant_path(name)), load_external_data=False)
+              for name in variants}
     results, ceilings = [], {name: [] for name in CEILINGS}
     for seq in config.seq_lens:
         for batch in config.batch_sizes:
             step(f"batch {batch} x {seq} tokens")
             model_flops = sum(node_flops(fp32_graph, batch, seq).values())
+            # What each graph's kernels do: a variant may skip work (the first-token rewrite).
+            graph_flops = {name: model_flops if name == FP32 else sum(node_flops(graph, batch, seq).values())
+                           for name, graph in graphs.items()}
             feed = synthetic_feed(batch, seq, vocab)
             engines: dict[str, Runner] = {}
             for name, model in torch_models.items():
@@ -235,8 +239,7 @@ def bench(package_dir: str | Path, config: BenchConfig | None = None,
             for key, seconds in samples.items():
                 engine, variant = key.split("/")
                 row = latency_row(engine, variant, batch, seq, seconds, model_flops)
-                # What the kernels did: a variant's own graph may skip work (the first-token rewrite).
-                done = sum(node_flops(graphs[variant], batch, seq).values()) if engine == "onnxruntime" else model_flops
+                done = graph_flops[variant] if engine == "onnxruntime" else model_flops
                 row["graph_gflops"] = _sig(done / (row["p50_ms"] / 1000) / 1e9)
                 row["ceiling_fraction"] = _sig(row["graph_gflops"] / here["int8" if "int8" in variant else "fp32"])
                 results.append(row)
