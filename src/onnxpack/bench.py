@@ -42,7 +42,7 @@ class BenchConfig:
     torch: bool = True  # PyTorch eager rows (needs torch and the package's source checkpoint)
     compile: bool = False  # torch.compile rows too, where it works here (about a minute per shape on 2 cores)
     checkpoint: str | None = None  # PyTorch weights; None: the package's source
-    data: str | None = None  # validation texts for the end-to-end rows; None: the usual places
+    data: str | None = None  # validation texts for the end-to-end rows; None: data.resolve_data's order (the bundled CoLA last)
     variants: tuple[str, ...] | None = None  # None: every variant in the package
 
     def validate(self) -> None:

@@ -1,4 +1,4 @@
-"""Labelled text data: CoLA as shipped (TSV), any TSV/CSV, or GLUE CoLA through `datasets`.
+"""Labelled text data: the bundled CoLA, any TSV/CSV folder, or GLUE CoLA through `datasets`.
 
 `load_splits(source)` gives plain Python lists. Standard library only, so the runtime
 side (optimize, bench) can read labelled data without torch; `datamodule` turns the
@@ -9,19 +9,26 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import gzip
+import logging
 import os
 from pathlib import Path
 
 from .errors import DataError
+
+log = logging.getLogger(__name__)
 
 DATA_ENV = "ONNXPACK_DATA"
 HUB_DATASETS = {"glue/cola": ("glue", "cola")}
 TEXT_COLUMNS = ("sentence", "text", "sentence1")
 LABEL_COLUMNS = ("label", "labels")
 # CoLA ships its GLUE validation split as two files; together they are the 1043 rows.
-COLA_VALIDATION = ("in_domain_dev.tsv", "out_of_domain_dev.tsv")
+COLA_VALIDATION = ("in_domain_dev", "out_of_domain_dev")
 TRAIN_NAMES = ("train",)
 VALIDATION_NAMES = ("validation", "dev", "val")
+TABLE_SUFFIXES = (".tsv", ".csv", ".tsv.gz", ".csv.gz")
+# CoLA v1.1, gzipped package data: the default when no data is given (see its README).
+BUNDLED_COLA = Path(__file__).resolve().parent / "bundled" / "cola"
 
 
 @dataclasses.dataclass
@@ -40,41 +47,44 @@ class Splits:
     source: str
 
 
-def default_data_dirs() -> list[Path]:
-    """Where we look when no --data is given, in order."""
-    dirs = []
-    if os.environ.get(DATA_ENV):
-        dirs.append(Path(os.environ[DATA_ENV]))
-    dirs.append(Path.cwd() / "data" / "cola")
-    dirs.append(Path.cwd().parent / "shared" / "data" / "cola")
-    # A source checkout: <project>/src/onnxpack/data.py -> <project>/../shared/data/cola
-    dirs.append(Path(__file__).resolve().parents[3] / "shared" / "data" / "cola")
-    return list(dict.fromkeys(dirs))
-
-
 def resolve_data(data: str | None) -> str:
-    """The data location to use: the one given, or the first default that holds data."""
+    """The data to use, and a log line saying which: `--data`, then `$ONNXPACK_DATA`, then
+    `./data/cola` when it holds data, then the CoLA copy bundled with onnxpack.
+
+    An explicit choice (`--data`, the variable) is used or refused, never replaced by the bundled copy.
+    """
     if data:
+        log.info("data: %s (--data)", data)
         return data
-    for d in default_data_dirs():
-        if d.is_dir() and (any(d.glob("*.tsv")) or any(d.glob("*.csv"))):
-            return str(d)
-    looked = ", ".join(str(d) for d in default_data_dirs())
-    raise DataError(f"no data given and none found (looked in ${DATA_ENV}, then {looked})",
-                    hint="pass --data DIR with train.tsv and in_domain_dev.tsv/out_of_domain_dev.tsv, "
-                         "or set ONNXPACK_DATA")
+    if env := os.environ.get(DATA_ENV):
+        if not Path(env).is_dir():
+            raise DataError(f"${DATA_ENV} is set to {env}, which is not a folder",
+                            hint="point it at a folder with train and validation TSV/CSV files, "
+                                 "or unset it to use the bundled CoLA")
+        log.info("data: %s ($%s)", env, DATA_ENV)
+        return env
+    local = Path.cwd() / "data" / "cola"
+    if local.is_dir() and any(_find(local, (stem,)) for stem in TRAIN_NAMES + VALIDATION_NAMES + COLA_VALIDATION):
+        log.info("data: %s (./data/cola)", local)
+        return str(local)
+    log.info("data: the CoLA copy bundled with onnxpack (%s)", BUNDLED_COLA)
+    return str(BUNDLED_COLA)
 
 
 def read_table(path: Path) -> Split:
-    """Read a TSV/CSV with a header row naming a text column and a 0/1 label column."""
-    delimiter = "\t" if path.suffix == ".tsv" else ","
+    """Read a TSV/CSV (gzipped when named .gz) with a header row naming a text column and a 0/1 label column."""
+    gzipped = path.suffix == ".gz"
+    delimiter = "\t" if path.name.removesuffix(".gz").endswith(".tsv") else ","
     try:
-        with open(path, encoding="utf-8", newline="") as f:
+        with (gzip.open(path, "rt", encoding="utf-8", newline="") if gzipped
+              else open(path, encoding="utf-8", newline="")) as f:
             reader = csv.reader(f, delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL)
             header = next(reader, None)
             rows = list(reader)
     except UnicodeDecodeError:
         raise DataError(f"{path} is not UTF-8 text", hint="save it as UTF-8") from None
+    except (OSError, EOFError) as e:  # unreadable, or a .gz that is not (wholly) gzip
+        raise DataError(f"cannot read {path}: {e}", hint="give a readable UTF-8 TSV/CSV file (gzipped if named .gz)") from None
     if header is None:
         raise DataError(f"{path} is empty", hint="give a file with a header row and at least one labelled row")
     columns = [c.strip().lower() for c in header]
@@ -104,7 +114,7 @@ def read_table(path: Path) -> Split:
 
 def _find(directory: Path, stems: tuple[str, ...]) -> Path | None:
     for stem in stems:
-        for suffix in (".tsv", ".csv"):
+        for suffix in TABLE_SUFFIXES:
             if (directory / f"{stem}{suffix}").is_file():
                 return directory / f"{stem}{suffix}"
     return None
@@ -123,18 +133,19 @@ def load_splits(data: str | None, need_train: bool = True) -> Splits:
     if not directory.is_dir():
         raise DataError(f"data path {directory} is not a directory",
                         hint=f"pass a folder with train.tsv and validation files, or one of: {', '.join(HUB_DATASETS)}")
-    if all((directory / name).is_file() for name in COLA_VALIDATION):
-        validation = _concat([read_table(directory / name) for name in COLA_VALIDATION])
+    if all(cola := [_find(directory, (stem,)) for stem in COLA_VALIDATION]):
+        validation = _concat([read_table(path) for path in cola])
     elif (path := _find(directory, VALIDATION_NAMES)) is not None:
         validation = read_table(path)
     else:
         raise DataError(f"{directory} has no validation file",
-                        hint=f"add {' + '.join(COLA_VALIDATION)} or validation.tsv / dev.tsv (or .csv)")
+                        hint="add in_domain_dev.tsv + out_of_domain_dev.tsv, or validation.tsv / dev.tsv "
+                             "(or .csv, either gzipped as .gz)")
     train = None
     if need_train:
         path = _find(directory, TRAIN_NAMES)
         if path is None:
-            raise DataError(f"{directory} has no train.tsv or train.csv", hint="add a training file")
+            raise DataError(f"{directory} has no train.tsv or train.csv", hint="add a training file (.gz works too)")
         train = read_table(path)
     return Splits(train=train, validation=validation, source=str(directory.resolve()))
 
@@ -146,7 +157,7 @@ def _load_hub(name: str, need_train: bool) -> Splits:
         ds = datasets.load_dataset(*HUB_DATASETS[name])
     except Exception as e:  # the hub is unreachable offline; that is the user's environment, not a bug
         raise DataError(f"could not load {name} through `datasets` ({type(e).__name__})",
-                        hint="when offline, pass --data DIR with the CoLA TSV files") from None
+                        hint="when offline, leave --data out to use the bundled CoLA copy") from None
 
     def split(s: str) -> Split:
         return Split(list(ds[s]["sentence"]), [int(y) for y in ds[s]["label"]])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,6 @@ import lightning as L
 import torch
 import torchmetrics
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
-from transformers import get_linear_schedule_with_warmup
 
 from .errors import CheckpointError
 
@@ -75,7 +75,7 @@ class TextClassifier(L.LightningModule):
 
     def __init__(self, model: PreTrainedModel, lr: float = 1e-4, weight_decay: float = 0.01,
                  warmup_ratio: float = 0.1, label_smoothing: float = 0.0, head_lr_scale: float = 1.0,
-                 class_weights: list[float] | None = None) -> None:
+                 class_weights: list[float] | None = None, time_budget_s: float | None = None) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
         self.model = model
@@ -125,7 +125,20 @@ class TextClassifier(L.LightningModule):
             for (head, decay), params in sorted(groups.items())
         ], lr=self.hparams.lr)
         total = int(self.trainer.estimated_stepping_batches)
-        scheduler = get_linear_schedule_with_warmup(optimizer, int(total * self.hparams.warmup_ratio), total)
+        warmup = int(total * self.hparams.warmup_ratio)
+        budget, started = self.hparams.time_budget_s, time.monotonic()
+
+        def lr_factor(step: int) -> float:
+            # Linear warm-up then linear decay to 0 (transformers' schedule). Under a time budget the
+            # run may stop before its last step, so progress is the further of steps and time: the
+            # rate still reaches 0 when the time is up.
+            if budget:
+                step = max(step, total * (time.monotonic() - started) / budget)
+            if step < warmup:
+                return step / max(1, warmup)
+            return max(0.0, (total - step) / max(1, total - warmup))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 

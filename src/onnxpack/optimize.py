@@ -44,7 +44,7 @@ class OptimizeConfig:
     variants: tuple[str, ...] = ("optimized", "int8", "fp16")
     max_mcc_drop: float = 0.01  # reject a variant whose validation MCC is lower than fp32's by more
     per_channel: bool = False  # int8: one scale per output channel instead of per tensor
-    data: str | None = None  # validation data for the gate; None looks in the usual places
+    data: str | None = None  # validation data for the gate; None looks in data.resolve_data's order (the bundled CoLA last)
     batch_size: int = 32
     provider: str | None = None
     threads: int | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import logging
 import time
@@ -30,7 +31,7 @@ METRICS = "metrics.json"
 
 @dataclasses.dataclass
 class TrainConfig:
-    data: str | None = None  # folder of TSV/CSV files or "glue/cola"; None looks in the usual places
+    data: str | None = None  # folder of TSV/CSV files or "glue/cola"; None looks in data.resolve_data's order (the bundled CoLA last)
     model: str = DEFAULT_MODEL  # hub name or local folder; the default is bundled (offline)
     labels: tuple[str, ...] = COLA_LABELS  # index = label id in the data
     epochs: int = 3
@@ -50,6 +51,9 @@ class TrainConfig:
     val_checks_per_epoch: int = 2  # validations (and checkpoint candidates) per epoch
     patience: int = 2  # validations without a better val_loss before stopping early
     limit_train_batches: float | int = 1.0  # a fraction of the epoch, or a number of batches
+    # Wall-clock limit on training (Lightning's max_time); it then validates and keeps the best
+    # checkpoint. The learning rate decays to 0 by whichever of the steps or the time runs out first.
+    max_minutes: float | None = None
     threads: int | None = None  # torch intra-op threads; None leaves torch's default
 
     @classmethod
@@ -81,6 +85,8 @@ class TrainConfig:
         if not self.class_balance >= 0 or not self.head_lr_scale > 0:
             raise OnnxpackError(f"class_balance must be >= 0 and head_lr_scale > 0, got {self.class_balance!r} "
                                 f"and {self.head_lr_scale!r}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise OnnxpackError(f"max_minutes must be positive, got {self.max_minutes!r}")
         if not self.limit_train_batches > 0:
             raise OnnxpackError(f"limit_train_batches must be positive, got {self.limit_train_batches!r}")
         if len(self.labels) < 2:
@@ -111,7 +117,8 @@ def fit(config: TrainConfig, run_dir: str | Path, force: bool = False) -> TrainR
         model.get_input_embeddings().weight.requires_grad_(False)
     module = TextClassifier(model, lr=config.lr, weight_decay=config.weight_decay, warmup_ratio=config.warmup_ratio,
                             label_smoothing=config.label_smoothing, head_lr_scale=config.head_lr_scale,
-                            class_weights=_class_weights(splits.train.labels, len(config.labels), config.class_balance))
+                            class_weights=_class_weights(splits.train.labels, len(config.labels), config.class_balance),
+                            time_budget_s=config.max_minutes * 60 if config.max_minutes else None)
     datamodule = TextClassificationDataModule(splits, tokenizer, config.batch_size, config.max_length, config.seed)
 
     with atomic_dir(run_dir, force=force) as tmp:
@@ -119,6 +126,7 @@ def fit(config: TrainConfig, run_dir: str | Path, force: bool = False) -> TrainR
                                      save_top_k=1, save_weights_only=True, enable_version_counter=False)
         trainer = L.Trainer(
             max_epochs=config.epochs, limit_train_batches=config.limit_train_batches, accelerator="cpu",
+            max_time=datetime.timedelta(minutes=config.max_minutes) if config.max_minutes else None,
             val_check_interval=1 / config.val_checks_per_epoch,
             logger=CSVLogger(tmp, name="logs", version=""), default_root_dir=tmp,
             callbacks=[checkpoint, EarlyStopping(monitor="val_loss", mode="min", patience=config.patience),
@@ -138,6 +146,7 @@ def fit(config: TrainConfig, run_dir: str | Path, force: bool = False) -> TrainR
         tokenizer.save_pretrained(tmp / HF_DIR)
         metrics = {k: float(v) for k, v in scores.items()}
         metrics.update(train_seconds=round(seconds, 1), epochs_run=trainer.current_epoch,
+                       steps=trainer.global_step, planned_steps=int(trainer.estimated_stepping_batches),
                        best_epoch=_best_epoch(checkpoint), n_train=len(splits.train),
                        n_validation=len(splits.validation))
         atomic_write_text(tmp / METRICS, json.dumps(metrics, indent=2) + "\n")
