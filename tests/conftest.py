@@ -152,6 +152,13 @@ class Browser:
             self._server = None
 
 
+@pytest.fixture()
+def graphviz() -> None:
+    """Graphviz's `dot` lays out `graph` and `profile` pages; skipped, saying so, where it is missing."""
+    if shutil.which("dot") is None:
+        pytest.skip("needs Graphviz's dot: apt-get install graphviz (.ci/run does)")
+
+
 @pytest.fixture(scope="session")
 def browser():
     """One headless Chromium for the session; skipped, with the reason shown, where it is not installed."""

@@ -54,7 +54,7 @@ def page_data(page: str) -> dict:
     return json.loads(m[1])
 
 
-def test_repeated_blocks_collapse(layered):
+def test_repeated_blocks_collapse(graphviz, layered):
     drawing = render(layered, "layered")
     assert (drawing.blocks, drawing.views, drawing.nodes) == (LAYERS, LAYERS + 1, 4 * LAYERS + 1)  # Constant folded
     data = page_data(drawing.html)
@@ -70,13 +70,13 @@ def test_repeated_blocks_collapse(layered):
     assert data["nodes"]["n1"]["view"] == "b0" and data["nodes"][gemm]["view"] == "main"
 
 
-def test_nodes_without_a_path_join_their_block():
+def test_nodes_without_a_path_join_their_block(graphviz):
     data = page_data(render(_layered(fused_names=True), "fused").html)
     assert [data["nodes"][f"b{i}"]["nodes"] for i in range(LAYERS)] == [4] * LAYERS
     assert data["nodes"]["n2"]["name"] == "AddBias_0" and data["nodes"]["n2"]["view"] == "b0"
 
 
-def test_node_details(layered):
+def test_node_details(graphviz, layered):
     data = page_data(render(layered, "layered").html)
     matmul = data["nodes"]["n1"]
     assert (matmul["op"], matmul["name"], matmul["block"]) == ("MatMul", "/m/enc/layer.0/dense/MatMul", "m/enc/layer.0")
@@ -93,14 +93,14 @@ def test_node_details(layered):
     assert gemm["attrs"] == {"transB": "1"}
 
 
-def test_page_is_self_contained(layered):
+def test_page_is_self_contained(graphviz, layered):
     page = render(layered, "layered").html
     assert not re.search(r"""(?:src|href)\s*=\s*["']\s*(?:https?:)?//|url\(\s*["']?\s*https?://|@import""", page, re.IGNORECASE)
     assert page.count("</script>") == 2  # the data and the code; the node name stays inside the JSON
     assert page_data(page)["nodes"]["n13"]["name"] == EVIL
 
 
-def test_expand_draws_one_view(layered):
+def test_expand_draws_one_view(graphviz, layered):
     drawing = render(layered, "layered", GraphConfig(collapse=False))
     assert (drawing.views, drawing.blocks) == (1, 0)
     assert len(re.findall(r'class="node op"', drawing.svg)) == 4 * LAYERS + 1
@@ -122,7 +122,7 @@ def test_without_graphviz(layered, monkeypatch):
         render(layered, "layered")
 
 
-def test_latency_colours(layered):
+def test_latency_colours(graphviz, layered):
     latency = {n.name: 0.1 for n in layered.graph.node} | {EVIL: 4.0, "/m/enc/layer.2/dense/MatMul": 1.0}
     drawing = render(layered, "profile", latency_ms=latency)
     data = page_data(drawing.html)
@@ -132,7 +132,7 @@ def test_latency_colours(layered):
     assert gemm == "#dc2626"  # the slowest node is the red end of the scale
 
 
-def test_cli_writes_html_png_svg(package_dir, tmp_path):
+def test_cli_writes_html_png_svg(graphviz, package_dir, tmp_path):
     result = CliRunner().invoke(app, ["graph", str(package_dir), "--out", str(tmp_path / "g.html"),
                                       "--png", str(tmp_path / "g.png"), "--svg", str(tmp_path / "g.svg")])
     assert result.exit_code == 0, result.output
@@ -150,7 +150,7 @@ def _assert_clean(browser, url: str) -> None:
     assert all(u.startswith((origin, "data:")) for u in browser.requests())
 
 
-def test_page_in_chromium(browser, package_dir, tmp_path):
+def test_page_in_chromium(graphviz, browser, package_dir, tmp_path):
     """The tiny BERT's page: it draws, a click shows details, a block opens, search finds nodes."""
     out = tmp_path / "graph.html"
     assert CliRunner().invoke(app, ["graph", str(package_dir), "--out", str(out)]).exit_code == 0
@@ -175,7 +175,7 @@ def test_page_in_chromium(browser, package_dir, tmp_path):
     _assert_clean(browser, url)
 
 
-def test_hostile_names_in_chromium(browser, layered, tmp_path):
+def test_hostile_names_in_chromium(graphviz, browser, layered, tmp_path):
     out = tmp_path / "layered.html"
     out.write_text(render(layered, "layered").html, encoding="utf-8")
     url = browser.open(out)

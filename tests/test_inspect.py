@@ -175,7 +175,7 @@ def test_truncated(tiny_onnx, tmp_path):
         summarize(tmp_path / "cut.onnx")
 
 
-def test_looking_inside_does_not_import_torch(package_dir, tmp_path):
+def test_looking_inside_does_not_import_torch(graphviz, package_dir, tmp_path):
     """inspect, graph and profile run on the runtime side: none of them may pull in torch, not even lazily
     (importing onnxruntime.tools, for its shape inference, imports torch where torch is installed)."""
     code = ("import sys; from onnxpack.inspect import summarize, load_model; from onnxpack.graph import render; "

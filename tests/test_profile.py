@@ -40,7 +40,7 @@ def test_kernel_time_maps_onto_the_graph_that_ran(result, package_dir):
     assert (result.batch, result.seq, result.runs) == (1, 16, 3)
 
 
-def test_draw(result):
+def test_draw(graphviz, result):
     drawing = draw(result)
     assert "batch 1 × 16 tokens" in drawing.html and '"mapped_fraction"' in drawing.html
     data = json.loads(re.search(r'id="graph-data">(.*?)</script>', drawing.html, re.DOTALL)[1])
@@ -67,7 +67,7 @@ def test_bad_settings(package_dir, changes, message):
         profile(package_dir, ProfileConfig(**(QUICK | changes)))
 
 
-def test_cli(package_dir, tmp_path):
+def test_cli(graphviz, package_dir, tmp_path):
     result = CliRunner().invoke(app, ["profile", str(package_dir), "--out", str(tmp_path / "p.html"), "--seq", "8",
                                       "--runs", "2", "--json", str(tmp_path / "p.json"),
                                       "--save-graph", str(tmp_path / "ran.onnx")])
@@ -79,7 +79,7 @@ def test_cli(package_dir, tmp_path):
     assert len(ran.graph.node) == report["run_nodes"] == len(report["nodes"])
 
 
-def test_page_in_chromium(browser, result, tmp_path):
+def test_page_in_chromium(graphviz, browser, result, tmp_path):
     out = tmp_path / "profile.html"
     out.write_text(draw(result).html, encoding="utf-8")
     url = browser.open(out)

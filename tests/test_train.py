@@ -203,6 +203,21 @@ def test_fit_stops_at_the_time_limit_and_keeps_a_checkpoint(tmp_path, small_cola
     assert 0 < result.metrics["steps"] < result.metrics["planned_steps"] == 50 * 64
     assert result.metrics["train_seconds"] < 30
     assert Path(result.checkpoint).is_file() and isinstance(result.metrics["val_mcc"], float)
+    # One validation, so fit took its scores instead of a second pass: they describe best.ckpt.
+    import lightning as L
+
+    from onnxpack.data import load_splits
+    from onnxpack.datamodule import TextClassificationDataModule
+    from onnxpack.model import TextClassifier, build_model, load_tokenizer
+
+    best = TextClassifier.load_from_checkpoint(result.checkpoint, model=build_model(str(tiny_model_dir)),
+                                               weights_only=True)
+    datamodule = TextClassificationDataModule(load_splits(str(small_cola)), load_tokenizer(str(tiny_model_dir)),
+                                              batch_size=4, max_length=64, seed=config.seed)
+    scores = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False).validate(
+        best, datamodule=datamodule, verbose=False)[0]
+    for key in ("val_loss", "val_mcc", "val_acc", "val_f1"):
+        assert scores[key] == pytest.approx(result.metrics[key], abs=1e-6), key
 
 
 def test_shipped_yaml_config_matches_the_defaults():

@@ -139,9 +139,14 @@ def fit(config: TrainConfig, run_dir: str | Path, force: bool = False) -> TrainR
         started = time.perf_counter()
         trainer.fit(module, datamodule=datamodule)
         seconds = time.perf_counter() - started
-        # Re-score the best checkpoint so metrics.json describes the file we keep.
-        best = TextClassifier.load_from_checkpoint(checkpoint.best_model_path, model=model, weights_only=True)
-        scores = trainer.validate(best, datamodule=datamodule, verbose=False)[0]
+        if checkpoint.current_score is not None and bool(checkpoint.current_score == checkpoint.best_model_score):
+            # The last validation scored the weights in memory, and they are best.ckpt's: no second pass.
+            best = module
+            scores = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
+        else:
+            # Re-score the best checkpoint so metrics.json describes the file we keep.
+            best = TextClassifier.load_from_checkpoint(checkpoint.best_model_path, model=model, weights_only=True)
+            scores = trainer.validate(best, datamodule=datamodule, verbose=False)[0]
         best.model.save_pretrained(tmp / HF_DIR)
         tokenizer.save_pretrained(tmp / HF_DIR)
         metrics = {k: float(v) for k, v in scores.items()}
