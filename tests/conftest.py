@@ -38,8 +38,8 @@ def write_tsv(path: Path, rows: list[tuple[str, int]]) -> Path:
 
 
 def read_rows(path: Path, limit: int) -> list[tuple[str, int]]:
-    split = read_table(path)
-    return list(zip(split.texts, split.labels))[:limit]
+    table = read_table(path)
+    return [(text, int(label)) for text, (label,) in zip(table.texts, table.raw_labels)][:limit]
 
 
 @pytest.fixture(scope="session")
@@ -77,6 +77,39 @@ def tiny_model_dir(tmp_path_factory, small_cola) -> Path:
 
     torch.manual_seed(0)
     BertForSequenceClassification(config).save_pretrained(out)
+    return out
+
+
+def tiny_config(model_type: str, vocab_size: int, pad_token_id: int, labels: list[str], **extra):
+    """A 2-layer, hidden-32 config of a model family (random weights, no download)."""
+    from transformers import AutoConfig
+
+    size = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    by_family = {
+        "bert": size, "electra": size | {"embedding_size": 16}, "albert": size | {"embedding_size": 16},
+        "deberta-v2": size | {"type_vocab_size": 2},
+        "distilbert": dict(dim=32, n_layers=2, n_heads=2, hidden_dim=64),
+        # These count positions from pad_token_id + 1: 2 more embeddings than tokens.
+        "roberta": size | {"type_vocab_size": 1, "max_position_embeddings": 66},
+        "xlm-roberta": size | {"type_vocab_size": 1, "max_position_embeddings": 66},
+        "mpnet": size | {"max_position_embeddings": 66},
+    }
+    return AutoConfig.for_model(model_type, vocab_size=vocab_size, pad_token_id=pad_token_id,
+                                **({"max_position_embeddings": 64} | by_family[model_type]),
+                                num_labels=len(labels), id2label=dict(enumerate(labels)),
+                                label2id={name: i for i, name in enumerate(labels)}, **extra)
+
+
+def tiny_family_folder(model_type: str, tokenizer_dir: Path, out: Path, labels: list[str], **extra) -> Path:
+    """A Hugging Face folder of a tiny random classifier of `model_type`, with the tiny WordPiece tokenizer."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = tiny_config(model_type, len(tokenizer), tokenizer.pad_token_id, labels, **extra)
+    torch.manual_seed(0)
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
     return out
 
 

@@ -18,10 +18,9 @@ ROWS = [("the cat sat on the mat", 1), ("mat the on sat cat", 0), ("who did you 
 # --- read_table ---------------------------------------------------------------------------------------------
 
 def test_read_tsv(tmp_path):
-    split = read_table(write_tsv(tmp_path / "t.tsv", ROWS))
-    assert split.texts == [t for t, _ in ROWS]
-    assert split.labels == [y for _, y in ROWS]
-    assert len(split) == 3
+    table = read_table(write_tsv(tmp_path / "t.tsv", ROWS))
+    assert table.texts == [t for t, _ in ROWS]
+    assert table.raw_labels == [[str(y)] for _, y in ROWS]
 
 
 def test_read_tsv_keeps_quotes_verbatim(tmp_path):
@@ -33,9 +32,9 @@ def test_read_tsv_keeps_quotes_verbatim(tmp_path):
 def test_read_csv(tmp_path):
     path = tmp_path / "t.csv"
     path.write_text('id,Text,Label\n7,"a, quoted, sentence",1\n8,plain,0\n', encoding="utf-8")
-    split = read_table(path)
-    assert split.texts == ["a, quoted, sentence", "plain"]
-    assert split.labels == [1, 0]
+    table = read_table(path)
+    assert table.texts == ["a, quoted, sentence", "plain"]
+    assert table.raw_labels == [["1"], ["0"]]
 
 
 def test_read_table_skips_blank_lines(tmp_path):
@@ -51,23 +50,119 @@ def test_headerless_file_names_columns(tmp_path):
         read_table(path)
     message = str(info.value)
     assert f"{path} has columns ['the cat sat', '1']" in message
-    assert "sentence/text/sentence1" in message and "label/labels" in message
+    assert "sentence/text" in message and "sentence1/sentence2" in message and "--text-columns" in message
 
 
 def test_wrong_columns(tmp_path):
     path = tmp_path / "t.csv"
     path.write_text("sentence,score\nhello,1\n", encoding="utf-8")
-    with pytest.raises(DataError, match=r"has columns \['sentence', 'score'\]; expected a text column"):
+    with pytest.raises(DataError, match=r"has columns \['sentence', 'score'\]; expected a label column"):
         read_table(path)
 
 
-def test_bad_label_names_file_and_line(tmp_path):
+def test_missing_label_names_file_and_line(tmp_path):
     path = tmp_path / "t.tsv"
-    # line 1 header, 2 ok, 3 blank, 4 bad
-    path.write_text("sentence\tlabel\ngood\t1\n\nbad\t2\n", encoding="utf-8")
+    # line 1 header, 2 ok, 3 blank, 4 no label
+    path.write_text("sentence\tlabel\ngood\t1\n\nbad\t \n", encoding="utf-8")
     with pytest.raises(DataError) as info:
         read_table(path)
-    assert str(info.value).startswith(f"{path}:4 has label '2'; labels must be 0 or 1")
+    assert str(info.value).startswith(f"{path}:4 has no label")
+
+
+# --- labels, pairs, multi-label -----------------------------------------------------------------------------
+
+def _folder(tmp_path, train: str, validation: str, name: str = "d"):
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "train.tsv").write_text(train, encoding="utf-8")
+    (folder / "validation.tsv").write_text(validation, encoding="utf-8")
+    return folder
+
+
+def test_string_labels_are_named_in_sorted_order(tmp_path):
+    folder = _folder(tmp_path, "text\tlabel\na\tpositive\nb\tnegative\nc\tneutral\n",
+                     "text\tlabel\nd\tneutral\n")
+    splits = load_splits(str(folder))
+    assert splits.labels == ["negative", "neutral", "positive"]
+    assert splits.train.labels == [2, 0, 1] and splits.validation.labels == [1]
+
+
+def test_int_labels_beyond_two_classes(tmp_path):
+    folder = _folder(tmp_path, "text\tlabel\na\t0\nb\t2\nc\t1\n", "text\tlabel\nd\t2\n")
+    splits = load_splits(str(folder))
+    assert splits.labels == ["0", "1", "2"] and splits.train.labels == [0, 2, 1]
+
+
+def test_given_labels_name_int_ids_or_match_names(tmp_path):
+    ints = _folder(tmp_path, "text\tlabel\na\t0\nb\t1\n", "text\tlabel\nd\t1\n", "ints")
+    assert load_splits(str(ints), labels=["no", "yes"]).train.labels == [0, 1]
+    names = _folder(tmp_path, "text\tlabel\na\tyes\nb\tno\n", "text\tlabel\nd\tyes\n", "names")
+    splits = load_splits(str(names), labels=["yes", "no"])  # the order given is the id order
+    assert splits.labels == ["yes", "no"] and splits.train.labels == [0, 1]
+
+
+def test_labels_file_names_the_ids(tmp_path):
+    folder = _folder(tmp_path, "text\tlabel\na\t0\nb\t1\n", "text\tlabel\nd\t1\n")
+    (folder / "labels.txt").write_text("bad\ngood\n", encoding="utf-8")
+    assert load_splits(str(folder)).labels == ["bad", "good"]
+
+
+def test_cola_layout_names_its_labels(small_cola):
+    assert load_splits(str(small_cola)).labels == ["unacceptable", "acceptable"]
+
+
+@pytest.mark.parametrize(("train", "validation", "given", "message"), [
+    ("text\tlabel\na\tx\nb\tx\n", "text\tlabel\nc\tx\n", None,
+     "the data names only 1 label(s) ['x']; a classifier needs at least two"),
+    ("text\tlabel\na\tx\nb\tx\n", "text\tlabel\nc\ty\n", ["x", "y"],
+     "the training data has one class only ('x')"),
+    ("text\tlabel\na\tx\nb\ty\n", "text\tlabel\nc\tz\n", None,
+     "has label 'z', which is not one of the labels ['x', 'y']"),
+    ("text\tlabel\na\tx\nb\ty\nc\tz\n", "text\tlabel\nc\tz\n", ["x", "y"],
+     "has label 'z', which is not one of the labels given ['x', 'y']"),
+    ("text\tlabel\na\tx\nb\ty\nc\tx\n", "text\tlabel\nc\tz\nd\tx\n", ["x", "y", "z"],
+     "the validation data has labels the training data lacks: ['z']"),
+    ("text\tlabel\na\tx\nb\ty\n", "text\tlabel\nc\tx\n", ["x", "x"], "name a label twice"),
+])
+def test_label_mistakes_are_one_line_errors(tmp_path, train, validation, given, message):
+    with pytest.raises(DataError) as info:
+        load_splits(str(_folder(tmp_path, train, validation)), labels=given)
+    assert message in str(info.value) and "\n" not in str(info.value) and "(hint: " in str(info.value)
+
+
+@pytest.mark.parametrize(("first", "second"), [("sentence1", "sentence2"), ("question", "sentence"),
+                                               ("premise", "hypothesis")])
+def test_pair_columns_are_detected(tmp_path, first, second):
+    header = f"{first}\t{second}\tlabel\n"
+    folder = _folder(tmp_path, header + "a b\tc d\t0\ne\tf\t1\n", header + "g\th\t1\n")
+    splits = load_splits(str(folder))
+    assert splits.pairs and splits.train.texts == [("a b", "c d"), ("e", "f")]
+
+
+def test_text_columns_named(tmp_path):
+    header = "id\tleft\tright\tlabel\n"
+    folder = _folder(tmp_path, header + "1\ta\tb\t0\n2\tc\td\t1\n", header + "3\te\tf\t1\n")
+    assert load_splits(str(folder), text_columns=["left", "right"]).validation.texts == [("e", "f")]
+    assert load_splits(str(folder), text_columns=["right"]).validation.texts == ["f"]
+    with pytest.raises(DataError, match="--text-columns names \\['nope'\\]"):
+        load_splits(str(folder), text_columns=["nope"])
+
+
+def test_pair_column_missing_on_a_row(tmp_path):
+    header = "sentence1\tsentence2\tlabel\n"
+    folder = _folder(tmp_path, header + "a\tb\t0\nc\t \t1\n", header + "g\th\t1\n")
+    with pytest.raises(DataError) as info:
+        load_splits(str(folder))
+    assert f"train.tsv:3 has no 'sentence2' text: every row of a pair data set needs both" in str(info.value)
+
+
+def test_multi_label_rows(tmp_path):
+    folder = _folder(tmp_path, "text\tlabels\na\tsports,politics\nb\t\nc\tscience\n",
+                     "text\tlabels\nd\tpolitics, science\n")
+    splits = load_splits(str(folder), multi_label=True)
+    assert splits.labels == ["politics", "science", "sports"] and splits.multi_label
+    assert splits.train.labels == [[1, 0, 1], [0, 0, 0], [0, 1, 0]]
+    assert splits.validation.labels == [[1, 1, 0]]
 
 
 @pytest.mark.parametrize(("content", "message"), [

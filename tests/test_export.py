@@ -1,4 +1,4 @@
-"""export.py: checkpoint -> package, with every exporter and every architecture checked against PyTorch."""
+"""export.py: checkpoint -> package, with every exporter checked against PyTorch (families: test_families.py)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,13 @@ import torch
 
 import onnxpack.export
 from onnxpack.errors import OnnxpackError, PackageError, ParityError
-from onnxpack.export import ARCHITECTURES, EXPORTERS, ExportConfig, export
+from onnxpack.export import EXPORTERS, ExportConfig, export
 from onnxpack.model import load_checkpoint
 from onnxpack.package import MANIFEST, MODEL, TOKENIZER, Package, sha256_file
 
-# One test case per registry key; test_registry.py checks these lists against the registries,
-# so a new exporter or architecture cannot land without a test here.
+# One test case per registry key; test_registry.py checks this list against the registry,
+# so a new exporter cannot land without a test here (families: test_families.py).
 EXPORTER_CASES = ("torchscript", "dynamo", "lightning")
-ARCHITECTURE_CASES = ("bert", "distilbert", "roberta")
 
 # Not among export's own CHECK_SENTENCES: rows of different lengths, padded together.
 BATCH = [
@@ -129,70 +128,6 @@ def test_exporter(exporter, trained_run, tmp_path):
     _no_leftovers(tmp_path, ["pkg"])
 
 
-# --- every architecture ------------------------------------------------------------------------------------
-
-def _tiny_config(model_type: str, vocab_size: int, pad_token_id: int):
-    from transformers import BertConfig, DistilBertConfig, RobertaConfig
-
-    labels = {"id2label": {0: "unacceptable", 1: "acceptable"}, "label2id": {"unacceptable": 0, "acceptable": 1}}
-    if model_type == "bert":
-        return BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                          intermediate_size=64, max_position_embeddings=64, pad_token_id=pad_token_id, **labels)
-    if model_type == "distilbert":
-        return DistilBertConfig(vocab_size=vocab_size, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
-                                max_position_embeddings=64, pad_token_id=pad_token_id, **labels)
-    if model_type == "roberta":
-        # RoBERTa counts positions from pad_token_id + 1, so it needs max_length + 2 position embeddings.
-        return RobertaConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                             intermediate_size=64, max_position_embeddings=64 + 2, type_vocab_size=1,
-                             pad_token_id=pad_token_id, bos_token_id=2, eos_token_id=3, **labels)
-    raise AssertionError(f"no tiny config for {model_type!r}; add one to test every ARCHITECTURES key")
-
-
-def _tiny_hf_folder(model_type: str, tiny_model_dir: Path, out: Path) -> Path:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    config = _tiny_config(model_type, len(tokenizer), tokenizer.pad_token_id)
-    torch.manual_seed(0)
-    AutoModelForSequenceClassification.from_config(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
-@pytest.mark.parametrize("model_type", ARCHITECTURE_CASES)
-def test_architecture(model_type, tiny_model_dir, tmp_path):
-    folder = _tiny_hf_folder(model_type, tiny_model_dir, tmp_path / "hf")
-    package = export(folder, tmp_path / "pkg")
-    m = package.manifest
-    assert m.model_type == model_type
-    assert m.source["kind"] == "hf-folder"
-    assert m.max_length == 64  # no train_config.json: the tokenizer's model_max_length
-    assert m.parity["max_abs_diff"] <= 1e-4
-    model, _, _ = load_checkpoint(folder)
-    got, feed = _ort_logits(package, BATCH)
-    np.testing.assert_allclose(got, _torch_logits(model, feed), atol=1e-4, rtol=0)
-    # a text longer than max_length is truncated and still runs
-    long_logits, long_feed = _ort_logits(package, [" ".join(["cat"] * 200)])
-    assert long_feed["input_ids"].shape == (1, 64)
-    np.testing.assert_allclose(long_logits, _torch_logits(model, long_feed), atol=1e-4, rtol=0)
-
-
-def test_unknown_architecture(tiny_model_dir, tmp_path):
-    from transformers import AutoTokenizer, ElectraConfig, ElectraForSequenceClassification
-
-    folder = tmp_path / "electra"
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    config = ElectraConfig(vocab_size=len(tokenizer), embedding_size=16, hidden_size=32, num_hidden_layers=1,
-                           num_attention_heads=2, intermediate_size=32, max_position_embeddings=64, num_labels=2)
-    ElectraForSequenceClassification(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    with pytest.raises(OnnxpackError) as info:
-        export(folder, tmp_path / "pkg")
-    assert str(info.value) == "unknown model type 'electra'; known: bert, distilbert, roberta"
-    assert not (tmp_path / "pkg").exists()
-
-
 # --- options and failures ----------------------------------------------------------------------------------
 
 def test_export_options_and_force(trained_run, tmp_path):
@@ -254,28 +189,10 @@ def test_missing_checkpoint(tmp_path):
     assert not (tmp_path / "pkg").exists()
 
 
-def test_registries_hold_callables_and_specs():
+def test_registries_hold_callables():
     for key in EXPORTERS.keys():
         assert callable(EXPORTERS.get(key))
-    for key in ARCHITECTURES.keys():
-        assert ARCHITECTURES.get(key).inputs == ("input_ids", "attention_mask")
 
-
-
-def test_roberta_default_max_length_fits_positions(tiny_model_dir, tmp_path):
-    from transformers.tokenization_utils_base import VERY_LARGE_INTEGER
-
-    from transformers import AutoTokenizer
-
-    folder = _tiny_hf_folder("roberta", tiny_model_dir, tmp_path / "hf")
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    tokenizer.model_max_length = VERY_LARGE_INTEGER  # as for a tokenizer saved without a length limit
-    tokenizer.save_pretrained(folder)
-    package = export(folder, tmp_path / "pkg")
-    config = load_checkpoint(folder)[0].config
-    assert package.manifest.max_length <= config.max_position_embeddings - config.pad_token_id - 1
-    logits, _ = _ort_logits(package, [" ".join(["cat"] * 200)])
-    assert logits.shape == (1, 2)
 
 
 def test_max_length_beyond_positions_is_a_user_error(trained_run, tmp_path):

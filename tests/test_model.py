@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from onnxpack.errors import CheckpointError, OnnxpackError
-from onnxpack.model import (COLA_LABELS, DEFAULT_MODEL, HF_DIR, TextClassifier, build_model, load_checkpoint,
+from onnxpack.data import COLA_LABELS
+from onnxpack.model import (model_family, DEFAULT_MODEL, HF_DIR, TextClassifier, build_model, load_checkpoint,
                             load_tokenizer, resolve_model_source)
 
 TEXTS = ["the cat sat on the mat", "who do you think that left", "go"]
@@ -25,7 +26,7 @@ def _logits(model, tokenizer, texts=TEXTS) -> torch.Tensor:
 # --- build_model / load_tokenizer ---------------------------------------------------------------------------
 
 def test_build_model_tiny(tiny_model_dir):
-    model = build_model(str(tiny_model_dir))
+    model = build_model(str(tiny_model_dir), COLA_LABELS)
     assert model.config.num_labels == 2
     assert model.config.id2label == {0: "unacceptable", 1: "acceptable"}
     assert model.config.label2id == {"unacceptable": 0, "acceptable": 1}
@@ -40,22 +41,38 @@ def test_build_model_custom_labels(tiny_model_dir):
 
 def test_build_model_missing_path(tmp_path):
     with pytest.raises(CheckpointError, match="cannot load model"):
-        build_model(str(tmp_path / "missing"))
+        build_model(str(tmp_path / "missing"), COLA_LABELS)
 
 
 def test_build_model_folder_without_config(tmp_path):
     (tmp_path / "weights.bin").write_bytes(b"\0")
     with pytest.raises(CheckpointError, match="cannot load model"):
-        build_model(str(tmp_path))
+        build_model(str(tmp_path), COLA_LABELS)
 
 
-def test_build_model_other_label_count(tiny_model_dir):
-    try:
-        model = build_model(str(tiny_model_dir), labels=("a", "b", "c"))
-    except OnnxpackError:
-        return  # a user-facing error is an acceptable answer too
-    assert model.config.num_labels == 3
-    assert model.classifier.out_features == 3
+def test_build_model_head_of_another_size_is_refused(tiny_model_dir):
+    """A fine-tuned classifier keeps its head: labels of another count are a user error, not a silent new head."""
+    with pytest.raises(CheckpointError) as info:
+        build_model(str(tiny_model_dir), labels=("a", "b", "c"))
+    assert str(info.value).startswith(f"model {str(tiny_model_dir)!r} has a classification head of 2 labels, "
+                                      "but 3 labels are given (a, b, c)")
+
+
+def test_build_model_bare_encoder_gets_any_head(tmp_path, tiny_model_dir):
+    from transformers import AutoModel
+
+    AutoModel.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "encoder")  # a BertModel, no head
+    model = build_model(str(tmp_path / "encoder"), labels=("a", "b", "c"), multi_label=True)
+    assert model.config.num_labels == 3 and model.classifier.out_features == 3
+    assert model.config.problem_type == "multi_label_classification"
+
+
+def test_model_family_before_training(tmp_path):
+    from transformers import GPT2Config
+
+    GPT2Config(n_layer=1, n_head=2, n_embd=16).save_pretrained(tmp_path)
+    with pytest.raises(OnnxpackError, match="unknown model type 'gpt2'; known: albert, bert, deberta-v2"):
+        model_family(str(tmp_path))
 
 
 def test_load_tokenizer(tiny_model_dir):
@@ -92,7 +109,7 @@ def test_resolve_model_source_prefers_an_existing_local_folder(tmp_path, monkeyp
 # --- TextClassifier -----------------------------------------------------------------------------------------
 
 def test_text_classifier_forward(tiny_model_dir):
-    model = build_model(str(tiny_model_dir))
+    model = build_model(str(tiny_model_dir), COLA_LABELS)
     tokenizer = load_tokenizer(str(tiny_model_dir))
     module = TextClassifier(model, lr=1e-3)
     enc = tokenizer(TEXTS, padding=True, return_tensors="pt", return_token_type_ids=False)
@@ -105,7 +122,7 @@ def test_text_classifier_forward(tiny_model_dir):
 
 
 def test_optimizer_groups_head_learning_rate_and_decay(tiny_model_dir):
-    module = TextClassifier(build_model(str(tiny_model_dir)), lr=1e-4, weight_decay=0.01, head_lr_scale=10)
+    module = TextClassifier(build_model(str(tiny_model_dir), COLA_LABELS), lr=1e-4, weight_decay=0.01, head_lr_scale=10)
     module.trainer = type("FakeTrainer", (), {"estimated_stepping_batches": 100})()  # all the schedule reads
     optimizer = module.configure_optimizers()["optimizer"]
     names = {id(p): n for n, p in module.model.named_parameters()}
@@ -123,7 +140,7 @@ def test_schedule_without_a_time_budget_is_transformers_linear_warmup(tiny_model
     """The step schedule is exactly transformers' linear warm-up and decay (CoLA's results must not move)."""
     from transformers import get_linear_schedule_with_warmup
 
-    module = TextClassifier(build_model(str(tiny_model_dir)), lr=1e-4, warmup_ratio=0.1)
+    module = TextClassifier(build_model(str(tiny_model_dir), COLA_LABELS), lr=1e-4, warmup_ratio=0.1)
     module.trainer = type("FakeTrainer", (), {"estimated_stepping_batches": 268})()
     ours = module.configure_optimizers()["lr_scheduler"]["scheduler"]
     reference = get_linear_schedule_with_warmup(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), 26, 268)
@@ -137,7 +154,7 @@ def test_schedule_under_a_time_budget_follows_the_clock(tiny_model_dir, monkeypa
 
     clock = [1000.0]
     monkeypatch.setattr(onnxpack.model.time, "monotonic", lambda: clock[0])
-    module = TextClassifier(build_model(str(tiny_model_dir)), lr=1e-4, warmup_ratio=0.1, time_budget_s=60)
+    module = TextClassifier(build_model(str(tiny_model_dir), COLA_LABELS), lr=1e-4, warmup_ratio=0.1, time_budget_s=60)
     module.trainer = type("FakeTrainer", (), {"estimated_stepping_batches": 200})()
     factor = module.configure_optimizers()["lr_scheduler"]["scheduler"].lr_lambdas[0]
     assert factor(10) == pytest.approx(10 / 20)  # early on, the steps lead: still warming up
@@ -162,7 +179,7 @@ def test_load_checkpoint_ckpt_and_hf_folder_agree(trained_run, tiny_model_dir):
     a, b = _logits(from_ckpt, tok_ckpt), _logits(from_hf, tok_hf)
     assert torch.equal(a, b)
     # and the run really trained: the weights moved away from the initial tiny model's
-    initial = build_model(str(tiny_model_dir)).eval()
+    initial = build_model(str(tiny_model_dir), COLA_LABELS).eval()
     assert not torch.allclose(a, _logits(initial, tok_ckpt))
 
 

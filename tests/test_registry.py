@@ -59,19 +59,16 @@ def _module_constant(path: Path, name: str) -> tuple[str, ...]:
     raise AssertionError(f"{path.name} defines no {name}")
 
 
-TEST_EXPORT = Path(__file__).with_name("test_export.py")
-
-
-@pytest.mark.parametrize(("constant", "registry_name"), [
-    ("EXPORTER_CASES", "EXPORTERS"),
-    ("ARCHITECTURE_CASES", "ARCHITECTURES"),
+@pytest.mark.parametrize(("test_file", "constant", "module", "registry_name"), [
+    ("test_export.py", "EXPORTER_CASES", "onnxpack.export", "EXPORTERS"),
+    ("test_families.py", "FAMILY_CASES", "onnxpack.families", "FAMILIES"),
 ])
-def test_every_registry_key_has_an_export_test(constant, registry_name):
-    import onnxpack.export
+def test_every_registry_key_has_a_test(test_file, constant, module, registry_name):
+    import importlib
 
-    registry = getattr(onnxpack.export, registry_name)
-    cases = _module_constant(TEST_EXPORT, constant)
+    registry = getattr(importlib.import_module(module), registry_name)
+    cases = _module_constant(Path(__file__).with_name(test_file), constant)
     assert len(cases) == len(set(cases)), f"{constant} repeats a key"
     assert sorted(cases) == registry.keys(), (
-        f"test_export.{constant} must list exactly the keys of onnxpack.export.{registry_name}: "
+        f"{test_file}.{constant} must list exactly the keys of {module}.{registry_name}: "
         f"untested {sorted(set(registry.keys()) - set(cases))}, stale {sorted(set(cases) - set(registry.keys()))}")

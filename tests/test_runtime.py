@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import onnxpack
+from onnxpack.feed import encode
 from onnxpack.errors import OnnxpackError, PackageError
 from onnxpack.package import TOKENIZER, Package
 from onnxpack.runtime import Predictor, available_providers, resolve_providers, softmax
@@ -83,13 +84,13 @@ def test_predict_matches_torch(predictor, trained_run):
 
 def test_long_text_is_truncated(predictor):
     long_text = " ".join(["the cat sat on the mat"] * 60)  # far past the 64 position embeddings
-    assert predictor.encode([long_text])["input_ids"].shape == (1, predictor.max_length)
+    assert encode(predictor.tokenizer, [long_text], predictor.input_names)["input_ids"].shape == (1, predictor.max_length)
     (result,) = predictor.predict([long_text])
     assert result["label"] in predictor.labels
 
 
 def test_encode_pads_to_the_longest_in_batch(predictor):
-    feed = predictor.encode(["go", TEXTS[2]])
+    feed = encode(predictor.tokenizer, ["go", TEXTS[2]], predictor.input_names)
     assert list(feed) == ["input_ids", "attention_mask"]
     assert feed["input_ids"].dtype == np.int64 and feed["attention_mask"].dtype == np.int64
     width = feed["input_ids"].shape[1]
@@ -109,7 +110,7 @@ def test_unicode_text(predictor):
     (["fine", "   "], "text 1 is empty"),
     (["fine", None], "text 1 is NoneType, not a string"),
     ([3], "text 0 is int, not a string"),
-    ("a single string", "got a single string"),
+    ("a single string", "predict takes a list of texts, got a single one"),
 ])
 def test_bad_inputs(predictor, texts, match):
     with pytest.raises(OnnxpackError, match=match):

@@ -22,9 +22,10 @@ import onnxruntime as ort
 
 from .data import load_splits
 from .errors import DataError, OnnxpackError
+from .feed import encode, synthetic_feed, vocab_size
 from .inspect import node_flops
 from .optimize import quiet_quantizer
-from .package import FP32, Package, now
+from .package import FP32, MULTI_LABEL, Package, now
 from .runtime import Predictor
 
 SEED_MAX_LENGTH = 128  # the seed project padded every sentence to this
@@ -154,14 +155,6 @@ def _cpu_name() -> str:
     return platform.processor()
 
 
-def synthetic_feed(batch: int, seq: int, vocab_size: int) -> dict[str, np.ndarray]:
-    """Token ids of a full batch with no padding: every row is `seq` real tokens (their values do not
-    change the time; the low ids, where vocabularies keep special tokens, are left out)."""
-    rng = np.random.default_rng(batch * 1000 + seq)
-    ids = rng.integers(vocab_size // 10, vocab_size, (batch, seq)).astype(np.int64)
-    return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
-
-
 def _torch_engines(package: Package, config: BenchConfig, notes: list[str]) -> dict[str, Any]:
     """{"torch": model, "torch-compile": compiled model} for the engines that work here."""
     if not config.torch:
@@ -186,8 +179,8 @@ def _torch_engines(package: Package, config: BenchConfig, notes: list[str]) -> d
         try:
             compiled = torch.compile(model, dynamic=False)
             # Compile once here for the first shape the benchmark times, so a failure drops only this row.
-            feed = synthetic_feed(config.batch_sizes[0], config.seq_lens[0],
-                                  package.manifest.architecture.get("vocab_size", 30522))
+            feed = synthetic_feed(config.batch_sizes[0], config.seq_lens[0], vocab_size(package),
+                                  [t.name for t in package.manifest.inputs])
             with torch.inference_mode():
                 compiled(**{k: torch.from_numpy(v) for k, v in feed.items()})
             engines["torch-compile"] = compiled
@@ -211,7 +204,7 @@ def bench(package_dir: str | Path, config: BenchConfig | None = None,
     sessions = {name: ort.InferenceSession(str(package.variant_path(name)), _session_options(config.threads),
                                            providers=["CPUExecutionProvider"]) for name in variants}
     input_names = {name: {i.name for i in s.get_inputs()} for name, s in sessions.items()}
-    vocab = package.manifest.architecture.get("vocab_size", 30522)
+    vocab = vocab_size(package)
 
     ceiling_engines = {f"ceiling/{name}": run for name, run in matmul_ceiling_engines(config.threads).items()}
     fp32_graph = onnx.load(str(package.model_path), load_external_data=False)
@@ -274,12 +267,13 @@ def _tokenizer_rows(package: Package, config: BenchConfig) -> list[dict[str, Any
     """Tokenization alone, per batch size, on CoLA-like sentences."""
     with Predictor(package, variant=FP32, threads=config.threads) as predictor:
         sentence = "The ideas that the professor proposed were rejected by the committee."
+        text = (sentence, sentence) if predictor.pairs else sentence
         rows = []
         for batch in config.batch_sizes:
-            texts = [sentence] * batch
-            seconds = time_blocks({"tokenizer": lambda t=texts: predictor.encode(t)}, config)["tokenizer"]
-            rows.append(latency_row("tokenizer", "-", batch, len(predictor.encode(texts[:1])["input_ids"][0]),
-                                    seconds, None))
+            texts = [text] * batch
+            run = lambda t=texts: encode(predictor.tokenizer, t, predictor.input_names)  # noqa: E731
+            seconds = time_blocks({"tokenizer": run}, config)["tokenizer"]
+            rows.append(latency_row("tokenizer", "-", batch, run(texts[:1])["input_ids"].shape[1], seconds, None))
     return rows
 
 
@@ -287,7 +281,8 @@ def _dataset_rows(package: Package, variants: list[str], config: BenchConfig, ma
                   fp32_graph: onnx.ModelProto, notes: list[str]) -> dict[str, Any] | None:
     """The whole validation set, text in to label out: the seed's way against ours."""
     try:
-        texts = load_splits(config.data, need_train=False).validation.texts
+        texts = load_splits(config.data, need_train=False, labels=package.manifest.labels,
+                            multi_label=package.manifest.problem_type == MULTI_LABEL).validation.texts
     except DataError as e:
         notes.append(f"end-to-end rows skipped: {e}")
         return None

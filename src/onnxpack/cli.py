@@ -71,6 +71,16 @@ def _train_limit(value: str | None) -> float | int | None:
                             f"got {value!r}") from None
 
 
+def _names(value: str | None, flag: str) -> tuple[str, ...] | None:
+    """A comma-separated list of names."""
+    if value is None:
+        return None
+    names = tuple(n.strip() for n in value.split(","))
+    if not all(names):
+        raise OnnxpackError(f"{flag} has an empty name in {value!r}", hint=f"pass {flag} A,B,C")
+    return names
+
+
 @app.command()
 def train(
     out: Annotated[Path, typer.Option("--out", help="Run folder to create (best.ckpt, hf/, metrics.json).")],
@@ -83,6 +93,9 @@ def train(
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     limit_train_batches: Annotated[Optional[str], typer.Option(help="Batches per epoch: a count (60) or a fraction (0.25).")] = None,
     max_minutes: Annotated[Optional[float], typer.Option(help="Stop training after this many minutes (the LR decays to fit).")] = None,
+    labels: Annotated[Optional[str], typer.Option(help="Label names in id order, comma-separated (default: from the data).")] = None,
+    text_columns: Annotated[Optional[str], typer.Option(help="The text column, or two comma-separated for sentence pairs (default: detected).")] = None,
+    multi_label: Annotated[Optional[bool], typer.Option("--multi-label", help="Several labels per row, comma-separated in the label cell.")] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML file of training settings; flags override it.")] = None,
     force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
 ) -> None:
@@ -91,7 +104,9 @@ def train(
 
     _quiet_lightning()
     flags = dict(data=data, model=model, epochs=epochs, batch_size=batch_size, lr=lr, max_length=max_length,
-                 seed=seed, limit_train_batches=_train_limit(limit_train_batches), max_minutes=max_minutes)
+                 seed=seed, limit_train_batches=_train_limit(limit_train_batches), max_minutes=max_minutes,
+                 labels=_names(labels, "--labels"), text_columns=_names(text_columns, "--text-columns"),
+                 multi_label=multi_label)
     if config:
         train_config = TrainConfig.from_yaml(config, **flags)
     else:
@@ -240,7 +255,7 @@ def _csv_list(value: str, option: str) -> list[str]:
 def optimize(
     package: Annotated[Path, typer.Argument(help="Package folder; variants are added to it.")],
     data: Annotated[Optional[str], typer.Option(help=f"Validation data for the accuracy gate; {DATA_DEFAULT}.")] = None,
-    max_mcc_drop: Annotated[float, typer.Option(help="Reject a variant whose MCC is lower than fp32's by more.")] = 0.01,
+    max_mcc_drop: Annotated[float, typer.Option(help="Reject a variant whose MCC (micro-F1 for multi-label) is lower than fp32's by more.")] = 0.01,
     per_channel: Annotated[bool, typer.Option(help="int8: one weight scale per output channel.")] = False,
     variants: Annotated[str, typer.Option(help="Comma-separated: optimized, int8, fp16 (GPU only).")] = "optimized,int8,fp16",
     provider: Annotated[Optional[str], typer.Option(help="ONNX Runtime execution provider for the gate.")] = None,
@@ -254,13 +269,17 @@ def optimize(
                             per_channel=per_channel, data=data, provider=provider, batch_size=batch_size)
     with console.status("optimizing") as status:
         results = optimize_package(package, config, progress=lambda message: status.update(message))
+    from .metrics import METRIC_NAMES, task_metric
+
+    metric = task_metric(Package.open(package).manifest.problem_type == "multi_label_classification")
     table = Table(title=f"variants of {package} on {results[0].figures['n']} validation rows")
-    for col in ("variant", "status", "mcc", "mcc drop", "agreement", "max |diff|", "batch drift", "rows/s"):
+    for col in ("variant", "status", METRIC_NAMES[metric], "drop", "agreement", "max |diff|", "batch drift", "rows/s"):
         table.add_column(col)
     for r in results:
         f = r.figures
         status_text = "[green]accepted[/]" if r.accepted else f"[red]{'skipped' if not f else 'rejected'}[/]"
-        table.add_row(r.variant, status_text, *(f"{f[k]:.4f}" if k in f else "" for k in ("mcc", "mcc_drop", "agreement")),
+        table.add_row(r.variant, status_text,
+                      *(f"{f[k]:.4f}" if k in f else "" for k in (metric, f"{metric}_drop", "agreement")),
                       *(f"{f[k]:.1e}" if k in f else "" for k in ("max_abs_diff", "batch_drift")),
                       f"{f['items_per_s']:.0f}" if f else "")
     console.print(table)

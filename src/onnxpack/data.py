@@ -1,8 +1,12 @@
 """Labelled text data: the bundled CoLA, any TSV/CSV folder, or GLUE CoLA through `datasets`.
 
-`load_splits(source)` gives plain Python lists. Standard library only, so the runtime
-side (optimize, bench) can read labelled data without torch; `datamodule` turns the
-lists into Lightning batches.
+`load_splits(source)` gives plain Python lists: texts (or text pairs) and label ids, with the
+label names they index. Standard library only, so the runtime side (verify, optimize, bench)
+reads labelled data without torch; `datamodule` turns the lists into Lightning batches.
+
+Labels may be ints or names in the data. Their names come from, in order: the caller (`--labels`,
+or a package's labels), a `labels.txt` beside the data (one name per line, line i naming id i),
+or the data itself (the ids as written, or the distinct names sorted).
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ import dataclasses
 import gzip
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Union
 
 from .errors import DataError
 
@@ -20,21 +26,39 @@ log = logging.getLogger(__name__)
 
 DATA_ENV = "ONNXPACK_DATA"
 HUB_DATASETS = {"glue/cola": ("glue", "cola")}
-TEXT_COLUMNS = ("sentence", "text", "sentence1")
+TEXT_COLUMNS = ("sentence", "text")
+# Two text columns of a sentence-pair data set, as the usual data sets name them.
+PAIR_COLUMNS = (("sentence1", "sentence2"), ("question", "sentence"), ("premise", "hypothesis"),
+                ("question1", "question2"), ("text_a", "text_b"), ("text", "text_pair"), ("query", "passage"))
 LABEL_COLUMNS = ("label", "labels")
+LABELS_FILE = "labels.txt"
+MULTI_LABEL_SEPARATOR = ","  # multi-label rows list their labels in one cell: "sports,politics"
 # CoLA ships its GLUE validation split as two files; together they are the 1043 rows.
 COLA_VALIDATION = ("in_domain_dev", "out_of_domain_dev")
+COLA_LABELS = ("unacceptable", "acceptable")  # the names of CoLA's 0/1, for a folder in its layout
 TRAIN_NAMES = ("train",)
 VALIDATION_NAMES = ("validation", "dev", "val")
 TABLE_SUFFIXES = (".tsv", ".csv", ".tsv.gz", ".csv.gz")
 # CoLA v1.1, gzipped package data: the default when no data is given (see its README).
 BUNDLED_COLA = Path(__file__).resolve().parent / "bundled" / "cola"
 
+Text = Union[str, tuple[str, str]]
+
+
+@dataclasses.dataclass
+class Table:
+    """A file as read: texts (or pairs) and each row's label cell(s), not yet ids."""
+
+    texts: list[Text]
+    raw_labels: list[list[str]]  # one entry per row: its labels (exactly one unless multi-label)
+    path: str
+
 
 @dataclasses.dataclass
 class Split:
-    texts: list[str]
-    labels: list[int]
+    texts: list[Text]
+    # Label ids: one int per row, or for multi-label a 0/1 list per row over all the labels.
+    labels: list[int] | list[list[int]]
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -45,6 +69,9 @@ class Splits:
     train: Split | None
     validation: Split
     source: str
+    labels: list[str] = dataclasses.field(default_factory=list)  # names; the index is the id
+    pairs: bool = False
+    multi_label: bool = False
 
 
 def resolve_data(data: str | None) -> str:
@@ -71,8 +98,9 @@ def resolve_data(data: str | None) -> str:
     return str(BUNDLED_COLA)
 
 
-def read_table(path: Path) -> Split:
-    """Read a TSV/CSV (gzipped when named .gz) with a header row naming a text column and a 0/1 label column."""
+def read_table(path: Path, text_columns: Sequence[str] | None = None, multi_label: bool = False) -> Table:
+    """Read a TSV/CSV (gzipped when named .gz) with a header row naming the text column (or two, for
+    pairs) and a label column. `text_columns` names them; otherwise they are detected."""
     gzipped = path.suffix == ".gz"
     delimiter = "\t" if path.name.removesuffix(".gz").endswith(".tsv") else ","
     try:
@@ -88,28 +116,56 @@ def read_table(path: Path) -> Split:
     if header is None:
         raise DataError(f"{path} is empty", hint="give a file with a header row and at least one labelled row")
     columns = [c.strip().lower() for c in header]
-    text_col = next((columns.index(c) for c in TEXT_COLUMNS if c in columns), None)
+    text_cols = _text_columns(path, header, columns, text_columns)
     label_col = next((columns.index(c) for c in LABEL_COLUMNS if c in columns), None)
-    if text_col is None or label_col is None:
-        raise DataError(f"{path} has columns {header}; expected a text column ({'/'.join(TEXT_COLUMNS)}) "
-                        f"and a label column ({'/'.join(LABEL_COLUMNS)})",
+    if label_col is None:
+        raise DataError(f"{path} has columns {header}; expected a label column ({'/'.join(LABEL_COLUMNS)})",
                         hint="rename the header row, e.g. 'sentence<TAB>label'")
-    texts, labels = [], []
+    texts: list[Text] = []
+    labels: list[list[str]] = []
     for line_no, row in enumerate(rows, start=2):
         if not row or all(not cell.strip() for cell in row):
             continue
-        if len(row) <= max(text_col, label_col):
+        if len(row) <= max(*text_cols, label_col):
             raise DataError(f"{path}:{line_no} has {len(row)} fields, expected {len(columns)}",
                             hint="check the delimiter (tab for .tsv, comma for .csv)")
-        label = row[label_col].strip()
-        if label not in ("0", "1"):
-            raise DataError(f"{path}:{line_no} has label {label!r}; labels must be 0 or 1",
-                            hint="use 0 for unacceptable and 1 for acceptable")
-        texts.append(row[text_col])
-        labels.append(int(label))
+        parts = [row[c] for c in text_cols]
+        if len(parts) == 2 and not all(part.strip() for part in parts):
+            empty = header[text_cols[0] if not parts[0].strip() else text_cols[1]]
+            raise DataError(f"{path}:{line_no} has no {empty.strip()!r} text: every row of a pair data set needs both",
+                            hint="fill in or remove that row")
+        cell = row[label_col].strip()
+        if multi_label:
+            names = [name.strip() for name in cell.split(MULTI_LABEL_SEPARATOR) if name.strip()]
+        elif not cell:
+            raise DataError(f"{path}:{line_no} has no label", hint="give every row a label")
+        else:
+            names = [cell]
+        texts.append(parts[0] if len(parts) == 1 else (parts[0], parts[1]))
+        labels.append(names)
     if not texts:
         raise DataError(f"{path} has a header but no rows", hint="add labelled rows")
-    return Split(texts, labels)
+    return Table(texts, labels, str(path))
+
+
+def _text_columns(path: Path, header: list[str], columns: list[str], named: Sequence[str] | None) -> list[int]:
+    """Indices of the text column, or of the two columns of a pair."""
+    if named:
+        missing = [c for c in named if c.strip().lower() not in columns]
+        if missing or len(named) not in (1, 2):
+            raise DataError(f"{path} has columns {header}; --text-columns names {list(named)}",
+                            hint="name one text column, or two for sentence pairs, as the header spells them")
+        return [columns.index(c.strip().lower()) for c in named]
+    for first, second in PAIR_COLUMNS:
+        if first in columns and second in columns:
+            return [columns.index(first), columns.index(second)]
+    single = next((columns.index(c) for c in TEXT_COLUMNS if c in columns), None)
+    if single is None:
+        pairs = ", ".join(f"{a}/{b}" for a, b in PAIR_COLUMNS)
+        raise DataError(f"{path} has columns {header}; expected a text column ({'/'.join(TEXT_COLUMNS)}) "
+                        f"or two for pairs ({pairs})",
+                        hint="rename the header row, or pass --text-columns A or A,B")
+    return [single]
 
 
 def _find(directory: Path, stems: tuple[str, ...]) -> Path | None:
@@ -120,23 +176,76 @@ def _find(directory: Path, stems: tuple[str, ...]) -> Path | None:
     return None
 
 
-def _concat(splits: list[Split]) -> Split:
-    return Split([t for s in splits for t in s.texts], [y for s in splits for y in s.labels])
+def _concat(tables: list[Table]) -> Table:
+    return Table([t for s in tables for t in s.texts], [y for s in tables for y in s.raw_labels],
+                 " + ".join(s.path for s in tables))
 
 
-def load_splits(data: str | None, need_train: bool = True) -> Splits:
-    """Train and validation splits from a directory, a hub dataset name, or defaults."""
+def label_names(train: Table | None, validation: Table, given: Sequence[str] | None, labels_file: Path,
+                layout_names: Sequence[str] | None) -> list[str]:
+    """The ordered label names: given, else from labels.txt, else the data layout's, else from the data."""
+    if given is not None:
+        names = [str(n) for n in given]
+        origin = "the labels given"
+    elif labels_file.is_file():
+        names = [line.strip() for line in labels_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        origin = str(labels_file)
+    elif layout_names is not None:
+        names, origin = list(layout_names), "CoLA's labels"
+    else:
+        seen = sorted({name for table in (train or validation,) for row in table.raw_labels for name in row})
+        names = ([str(i) for i in range(max(int(n) for n in seen) + 1)] if seen and all(_is_int(n) for n in seen)
+                 else seen)
+        origin = "the data"
+    if len(set(names)) != len(names):
+        raise DataError(f"{origin} name a label twice: {names}", hint="give each label once")
+    if len(names) < 2:
+        raise DataError(f"{origin} name{'s' if origin == 'the data' else ''} only {len(names)} label(s) {names}; "
+                        "a classifier needs at least two", hint="check the label column, or pass --labels A,B,...")
+    return names
+
+
+def to_ids(table: Table, names: list[str], multi_label: bool, origin: str) -> Split:
+    """Label cells as ids into `names`: a name, or an int id when the data writes ids."""
+    index = {name: i for i, name in enumerate(names)}
+    rows: list = []
+    for row in table.raw_labels:
+        ids = []
+        for cell in row:
+            if cell in index:
+                ids.append(index[cell])
+            elif _is_int(cell) and 0 <= int(cell) < len(names):
+                ids.append(int(cell))
+            else:
+                raise DataError(f"{table.path} has label {cell!r}, which is not one of {origin} {names}",
+                                hint="pass --labels naming every label in the data, in id order")
+        rows.append([int(i in ids) for i in range(len(names))] if multi_label else ids[0])
+    return Split(table.texts, rows)
+
+
+def _is_int(cell: str) -> bool:
+    return cell.lstrip("-").isdigit()
+
+
+def load_splits(data: str | None, need_train: bool = True, labels: Sequence[str] | None = None,
+                text_columns: Sequence[str] | None = None, multi_label: bool = False) -> Splits:
+    """Train and validation splits from a directory, a hub dataset name, or defaults.
+
+    `labels` fixes the names (and order) of the labels, as `--labels` or a package does."""
     data = resolve_data(data)
     if data in HUB_DATASETS:
-        return _load_hub(data, need_train)
+        return _load_hub(data, need_train, labels)
     directory = Path(data)
     if not directory.is_dir():
         raise DataError(f"data path {directory} is not a directory",
                         hint=f"pass a folder with train.tsv and validation files, or one of: {', '.join(HUB_DATASETS)}")
+    read = lambda path: read_table(path, text_columns, multi_label)  # noqa: E731
+    layout_names = None
     if all(cola := [_find(directory, (stem,)) for stem in COLA_VALIDATION]):
-        validation = _concat([read_table(path) for path in cola])
+        validation = _concat([read(path) for path in cola])
+        layout_names = COLA_LABELS
     elif (path := _find(directory, VALIDATION_NAMES)) is not None:
-        validation = read_table(path)
+        validation = read(path)
     else:
         raise DataError(f"{directory} has no validation file",
                         hint="add in_domain_dev.tsv + out_of_domain_dev.tsv, or validation.tsv / dev.tsv "
@@ -146,11 +255,39 @@ def load_splits(data: str | None, need_train: bool = True) -> Splits:
         path = _find(directory, TRAIN_NAMES)
         if path is None:
             raise DataError(f"{directory} has no train.tsv or train.csv", hint="add a training file (.gz works too)")
-        train = read_table(path)
-    return Splits(train=train, validation=validation, source=str(directory.resolve()))
+        train = read(path)
+    pairs = {isinstance(t.texts[0], tuple) for t in (train, validation) if t is not None}
+    if len(pairs) > 1:
+        raise DataError(f"{directory}: one split has sentence pairs and the other single texts",
+                        hint="give both splits the same text columns")
+    names = label_names(train, validation, labels, directory / LABELS_FILE, layout_names)
+    origin = "the labels given" if labels is not None else "the labels"
+    splits = Splits(train=to_ids(train, names, multi_label, origin) if train else None,
+                    validation=to_ids(validation, names, multi_label, origin), source=str(directory.resolve()),
+                    labels=names, pairs=pairs.pop(), multi_label=multi_label)
+    if train is not None:
+        _check_label_coverage(splits)
+    return splits
 
 
-def _load_hub(name: str, need_train: bool) -> Splits:
+def _check_label_coverage(splits: Splits) -> None:
+    """Training needs two classes, and every class the validation split has."""
+    def present(split: Split) -> set[int]:
+        if splits.multi_label:
+            return {i for row in split.labels for i, on in enumerate(row) if on}
+        return set(split.labels)
+
+    in_train = present(splits.train)
+    if not splits.multi_label and len(in_train) < 2:
+        raise DataError(f"the training data has one class only ({splits.labels[in_train.pop()]!r})",
+                        hint="a classifier needs rows of at least two classes")
+    unseen = sorted(present(splits.validation) - in_train)
+    if unseen:
+        raise DataError(f"the validation data has labels the training data lacks: {[splits.labels[i] for i in unseen]}",
+                        hint="add training rows for them, or remove them from the validation data")
+
+
+def _load_hub(name: str, need_train: bool, labels: Sequence[str] | None) -> Splits:
     import datasets  # online only; keeps the offline paths free of its import cost
 
     try:
@@ -158,8 +295,10 @@ def _load_hub(name: str, need_train: bool) -> Splits:
     except Exception as e:  # the hub is unreachable offline; that is the user's environment, not a bug
         raise DataError(f"could not load {name} through `datasets` ({type(e).__name__})",
                         hint="when offline, leave --data out to use the bundled CoLA copy") from None
+    names = list(labels) if labels is not None else list(ds["train"].features["label"].names)
 
     def split(s: str) -> Split:
         return Split(list(ds[s]["sentence"]), [int(y) for y in ds[s]["label"]])
 
-    return Splits(train=split("train") if need_train else None, validation=split("validation"), source=name)
+    return Splits(train=split("train") if need_train else None, validation=split("validation"), source=name,
+                  labels=names)

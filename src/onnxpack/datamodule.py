@@ -40,25 +40,30 @@ class TextClassificationDataModule(L.LightningDataModule):
     """Tokenizes per batch, so each batch is padded only to its own longest row."""
 
     def __init__(self, splits: Splits, tokenizer, batch_size: int = 32, max_length: int = 128,
-                 seed: int = 42) -> None:
+                 seed: int = 42, input_names: tuple[str, ...] = ("input_ids", "attention_mask")) -> None:
         super().__init__()
         self.splits = splits
+        self.input_names = input_names  # the family's graph inputs: token_type_ids for pairs where it takes them
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.max_length = max_length
         self.seed = seed
 
-    def collate(self, batch: list[tuple[str, int]]) -> dict[str, torch.Tensor]:
+    def _tokenize(self, texts: list, **options):
+        if self.splits.pairs:  # as transformers encodes a pair: both texts, segment ids 0 then 1
+            return self.tokenizer([a for a, _ in texts], [b for _, b in texts], truncation=True,
+                                  max_length=self.max_length, **options)
+        return self.tokenizer(texts, truncation=True, max_length=self.max_length, **options)
+
+    def collate(self, batch: list[tuple]) -> dict[str, torch.Tensor]:
         texts, labels = zip(*batch)
-        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                             return_tensors="pt", return_token_type_ids=False)
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-                "labels": torch.tensor(labels, dtype=torch.long)}
+        enc = self._tokenize(list(texts), padding=True, return_tensors="pt")
+        return {name: enc[name] for name in self.input_names} | {"labels": torch.tensor(labels, dtype=torch.long)}
 
     def train_dataloader(self) -> DataLoader:
         train = self.splits.train
         assert train is not None, "load_splits(need_train=True) before training"
-        lengths = [len(ids) for ids in self.tokenizer(train.texts, truncation=True, max_length=self.max_length)["input_ids"]]
+        lengths = [len(ids) for ids in self._tokenize(train.texts)["input_ids"]]
         sampler = LengthGroupedBatchSampler(lengths, self.batch_size, self.seed)
         return DataLoader(list(zip(train.texts, train.labels)), batch_sampler=sampler, collate_fn=self.collate)
 

@@ -23,14 +23,15 @@ import torch
 from . import __version__
 from ._registry import Registry
 from .errors import OnnxpackError, ParityError
+from .families import family
+from .feed import encode, package_tokenizer
 from .model import TextClassifier, load_checkpoint
 from .package import Manifest, Package, TensorSpec, atomic_dir, check_target, hash_files, now, sha256_file
 from .package import write_manifest
-from .package import MODEL
+from .package import DEFAULT_THRESHOLD, MODEL, MULTI_LABEL, SINGLE_LABEL, TOKENIZER
 
 log = logging.getLogger(__name__)
 
-INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAME = "logits"
 DYNAMIC_AXES = {0: "batch", 1: "sequence"}
 # Sentences of very different lengths for the self-check; batches of 1, 3 and 17 of them.
@@ -57,6 +58,12 @@ CHECK_SENTENCES = (
 CHECK_BATCH_SIZES = (1, 3, 17)
 
 
+def check_texts(size: int, pairs: bool) -> list[Any]:
+    """The self-check's first `size` sentences; for a pair model, each with another as its second text."""
+    texts = list(CHECK_SENTENCES[:size])
+    return [(t, CHECK_SENTENCES[-1 - i]) for i, t in enumerate(texts)] if pairs else texts
+
+
 @dataclasses.dataclass
 class ExportConfig:
     exporter: str = "torchscript"  # see EXPORTERS; torchscript gives the graph ORT's fusions know best
@@ -64,65 +71,61 @@ class ExportConfig:
     atol: float = 1e-4  # the self-check's max allowed |logit difference|
     max_length: int | None = None  # None: the training max_length, else the model's position limit
     name: str | None = None  # the package's model name; None: the output folder's name
+    pairs: bool | None = None  # the model reads sentence pairs; None: as it was trained (train_config.json)
 
-
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-    """How one architecture is exported."""
-
-    inputs: tuple[str, ...] = INPUT_NAMES
-    # Position ids RoBERTa starts at pad_token_id + 1, so it fits 2 fewer tokens than it has positions.
-    position_offset: int = 0
-
-    def max_tokens(self, config: Any) -> int:
-        return config.max_position_embeddings - self.position_offset
-
-
-ARCHITECTURES: Registry[ModelSpec] = Registry("model type")
-ARCHITECTURES.register("bert")(ModelSpec())
-ARCHITECTURES.register("distilbert")(ModelSpec())
-ARCHITECTURES.register("roberta")(ModelSpec(position_offset=2))
 
 Exporter = Callable[[torch.nn.Module, tuple[torch.Tensor, ...], Path, int], None]
 EXPORTERS: Registry[Exporter] = Registry("exporter")
 
 
 class LogitsModel(torch.nn.Module):
-    """(input_ids, attention_mask) -> logits, the signature every package has."""
+    """(input_ids, attention_mask[, token_type_ids]) -> logits: the graph's inputs, in order."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, input_names: tuple[str, ...]) -> None:
         super().__init__()
         self.model = model
+        self.input_names = input_names
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(**dict(zip(self.input_names, inputs))).logits
 
 
-def _dynamic_axes() -> dict[str, dict[int, str]]:
-    return {name: DYNAMIC_AXES for name in INPUT_NAMES} | {OUTPUT_NAME: {0: "batch"}}
+def _dynamic_axes(input_names: tuple[str, ...]) -> dict[str, dict[int, str]]:
+    return {name: DYNAMIC_AXES for name in input_names} | {OUTPUT_NAME: {0: "batch"}}
 
 
 @EXPORTERS.register("torchscript")
-def export_torchscript(module: torch.nn.Module, sample: tuple[torch.Tensor, ...], path: Path, opset: int) -> None:
-    torch.onnx.export(module, sample, str(path), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
-                      dynamic_axes=_dynamic_axes(), opset_version=opset, dynamo=False)
+def export_torchscript(module: LogitsModel, sample: tuple[torch.Tensor, ...], path: Path, opset: int) -> None:
+    torch.onnx.export(module, sample, str(path), input_names=list(module.input_names), output_names=[OUTPUT_NAME],
+                      dynamic_axes=_dynamic_axes(module.input_names), opset_version=opset, dynamo=False)
 
 
 @EXPORTERS.register("dynamo")
-def export_dynamo(module: torch.nn.Module, sample: tuple[torch.Tensor, ...], path: Path, opset: int) -> None:
+def export_dynamo(module: LogitsModel, sample: tuple[torch.Tensor, ...], path: Path, opset: int) -> None:
     dims = {i: torch.export.Dim(name) for i, name in DYNAMIC_AXES.items()}
-    program = torch.onnx.export(module, sample, input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
-                                dynamic_shapes={name: dims for name in INPUT_NAMES}, opset_version=opset,
-                                dynamo=True, verbose=False)
+    program = torch.onnx.export(module, sample, input_names=list(module.input_names), output_names=[OUTPUT_NAME],
+                                dynamic_shapes=({"inputs": tuple(dims for _ in module.input_names)}),
+                                opset_version=opset, dynamo=True, verbose=False)
     program.save(str(path))
 
 
+class _ClassifierFor(TextClassifier):
+    """TextClassifier whose forward takes the graph's inputs positionally, for Lightning's to_onnx."""
+
+    def __init__(self, wrapper: LogitsModel) -> None:
+        super().__init__(wrapper.model)
+        self.wrapper = wrapper
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.wrapper(*inputs)
+
+
 @EXPORTERS.register("lightning")
-def export_lightning(module: torch.nn.Module, sample: tuple[torch.Tensor, ...], path: Path, opset: int) -> None:
-    # Lightning's LightningModule.to_onnx; TextClassifier.forward already returns logits.
-    classifier = TextClassifier(module.model).eval()
-    classifier.to_onnx(str(path), input_sample=sample, input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
-                       dynamic_axes=_dynamic_axes(), opset_version=opset, dynamo=False)
+def export_lightning(module: LogitsModel, sample: tuple[torch.Tensor, ...], path: Path, opset: int) -> None:
+    # Lightning's LightningModule.to_onnx.
+    _ClassifierFor(module).eval().to_onnx(str(path), input_sample=sample, input_names=list(module.input_names),
+                                          output_names=[OUTPUT_NAME], dynamic_axes=_dynamic_axes(module.input_names),
+                                          opset_version=opset, dynamo=False)
 
 
 def export(checkpoint: str | Path, out: str | Path, config: ExportConfig | None = None,
@@ -133,33 +136,40 @@ def export(checkpoint: str | Path, out: str | Path, config: ExportConfig | None 
     out = Path(out)
     check_target(out, force)
     model, tokenizer, source = load_checkpoint(checkpoint)
-    spec = ARCHITECTURES.get(model.config.model_type)
+    spec = family(model.config.model_type)
     limit = spec.max_tokens(model.config)
+    pairs = config.pairs if config.pairs is not None else bool(source["train_config"].get("pairs", False))
+    input_names = spec.inputs(model.config, pairs)
     if config.max_length is not None and not 1 < config.max_length <= limit:
         raise OnnxpackError(f"max_length {config.max_length} does not fit the model: it takes 2 to {limit} tokens",
                             hint=f"pass --max-length {limit} or less")
     # Eager attention exports as plain MatMul/Softmax, a pattern ORT's attention fusion recognises.
     model.set_attn_implementation("eager")
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    problem_type = MULTI_LABEL if model.config.problem_type == MULTI_LABEL else SINGLE_LABEL
     max_length = min(config.max_length or source["train_config"].get("max_length") or tokenizer.model_max_length,
                      limit)
-    wrapper = LogitsModel(model).eval()
+    wrapper = LogitsModel(model, input_names).eval()
+    pad_token_id = _pad_token_id(tokenizer, model.config)
 
     with atomic_dir(out, force=force) as tmp:
-        sample = _encode(tokenizer, list(CHECK_SENTENCES[:2]), max_length)
+        tokenizer.save_pretrained(tmp)
+        # The package's own tokenizer, through the same feed builder the runtime uses.
+        tokenizer_json = package_tokenizer(tmp / TOKENIZER, max_length, pad_token_id)
+        sample = _tensors(encode(tokenizer_json, check_texts(2, pairs), input_names))
         with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporters' own deprecation chatter
             exporter(wrapper, sample, tmp / MODEL, config.opset)
-        _stamp_metadata(tmp / MODEL, labels, max_length)
-        self_check_diff = _self_check(wrapper, tokenizer, tmp / MODEL, max_length, config.atol)
-        tokenizer.save_pretrained(tmp)
+        _stamp_metadata(tmp / MODEL, labels, max_length, problem_type)
+        self_check_diff = _self_check(wrapper, tokenizer_json, tmp / MODEL, pairs, config.atol)
         proto = onnx.load(str(tmp / MODEL), load_external_data=False)
         manifest = Manifest(
             name=config.name or out.name, labels=labels, max_length=int(max_length),
             inputs=[_tensor_spec(v) for v in proto.graph.input],
             outputs=[_tensor_spec(v) for v in proto.graph.output],
             opset=_default_opset(proto), ir_version=proto.ir_version, exporter=config.exporter,
-            model_type=model.config.model_type, pad_token_id=int(tokenizer.pad_token_id),
+            model_type=model.config.model_type, pad_token_id=pad_token_id, pairs=pairs,
+            problem_type=problem_type, thresholds=[DEFAULT_THRESHOLD] * len(labels) if problem_type == MULTI_LABEL else None,
             source={"path": source["path"], "kind": source["kind"], "sha256": _source_sha256(Path(source["path"]))},
             libraries=_library_versions(), files=hash_files(tmp), architecture=_architecture(model.config),
             history=[{"step": "export", "exporter": config.exporter, "opset": config.opset, "at": now()}],
@@ -171,36 +181,45 @@ def export(checkpoint: str | Path, out: str | Path, config: ExportConfig | None 
     return Package.open(out)
 
 
-def _encode(tokenizer: Any, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt",
-                    return_token_type_ids=False)
-    return enc["input_ids"], enc["attention_mask"]
+def _pad_token_id(tokenizer: Any, config: Any) -> int:
+    """The tokenizer's pad token, else the model's; padded positions are masked, so any id works."""
+    for pad in (tokenizer.pad_token_id, getattr(config, "pad_token_id", None)):
+        if pad is not None:
+            return int(pad)
+    log.info("the tokenizer and model name no pad token: padding with id 0 (masked out)")
+    return 0
 
 
-def _self_check(wrapper: torch.nn.Module, tokenizer: Any, path: Path, max_length: int, atol: float) -> float:
+def _tensors(feed: dict[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.from_numpy(v) for v in feed.values())
+
+
+def _self_check(wrapper: LogitsModel, tokenizer: Any, path: Path, pairs: bool, atol: float) -> float:
     """The worst |logit difference| over batches of 1, 3 and 17; raises ParityError beyond atol."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     failures, worst = [], 0.0
     for size in CHECK_BATCH_SIZES:
-        input_ids, attention_mask = _encode(tokenizer, list(CHECK_SENTENCES[:size]), max_length)
+        feed = encode(tokenizer, check_texts(size, pairs), wrapper.input_names)
         with torch.no_grad():
-            expected = wrapper(input_ids, attention_mask).numpy()
-        (got,) = session.run([OUTPUT_NAME], {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()})
+            expected = wrapper(*_tensors(feed)).numpy()
+        (got,) = session.run([OUTPUT_NAME], feed)
         diff = float(np.abs(got - expected).max())
         worst = max(worst, diff)
-        log.info("self-check batch %d x %d tokens: max |diff| %.2e", size, input_ids.shape[1], diff)
+        shape = "x".join(map(str, feed["input_ids"].shape))
+        log.info("self-check batch %s tokens: max |diff| %.2e", shape, diff)
         if not diff <= atol:
-            failures.append(f"batch {size}x{input_ids.shape[1]}: max |diff| {diff:.2e}")
+            failures.append(f"batch {shape}: max |diff| {diff:.2e}")
     if failures:
         raise ParityError(f"exported model disagrees with PyTorch beyond atol {atol:g}: {'; '.join(failures)}; "
                           "nothing was written", hint="try another --exporter or --opset")
     return worst
 
 
-def _stamp_metadata(path: Path, labels: list[str], max_length: int) -> None:
+def _stamp_metadata(path: Path, labels: list[str], max_length: int, problem_type: str) -> None:
     """Labels and max length inside the .onnx itself, so any viewer shows what the model means."""
     proto = onnx.load(str(path))
     props = {"onnxpack.task": "text-classification", "onnxpack.labels": json.dumps(labels),
+             "onnxpack.id2label": json.dumps(dict(enumerate(labels))), "onnxpack.problem_type": problem_type,
              "onnxpack.max_length": str(max_length), "onnxpack.version": __version__}
     del proto.metadata_props[:]
     for key, value in props.items():

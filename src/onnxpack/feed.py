@@ -15,6 +15,7 @@ import numpy as np
 from tokenizers import Encoding, Tokenizer
 
 from .errors import OnnxpackError, PackageError
+from .package import Package
 
 INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS = "input_ids", "attention_mask", "token_type_ids"
 # Every graph input onnxpack knows how to feed; a package whose graph takes another is refused.
@@ -31,11 +32,12 @@ def check_input_names(names: Sequence[str], where: str) -> None:
         raise PackageError(f"{where} takes input(s) {', '.join(unknown)} that onnxpack cannot feed; "
                            f"it feeds {', '.join(KNOWN_INPUTS)}",
                            hint="export the model with `onnxpack export`, which gives it those inputs only")
-    if INPUT_IDS not in names:
-        raise PackageError(f"{where} takes no {INPUT_IDS}", hint="export the model with `onnxpack export`")
+    missing = [n for n in (INPUT_IDS, ATTENTION_MASK) if n not in names]
+    if missing:
+        raise PackageError(f"{where} takes no {' or '.join(missing)}", hint="export the model with `onnxpack export`")
 
 
-def load_tokenizer(path: Path, max_length: int, pad_token_id: int) -> Tokenizer:
+def package_tokenizer(path: Path, max_length: int, pad_token_id: int) -> Tokenizer:
     """A package's tokenizer.json, truncating to `max_length` (the longer text of a pair first, as
     transformers does) and padding each batch to its longest row."""
     tokenizer = Tokenizer.from_file(str(path))
@@ -93,3 +95,18 @@ def pad_rows(rows: Sequence[Mapping[str, np.ndarray]], input_names: Sequence[str
                 len(row[INPUT_IDS]), dtype=np.int64)
             feed[name][k, :len(values)] = values
     return feed
+
+
+def synthetic_feed(batch: int, seq: int, vocab: int, input_names: Sequence[str] = KNOWN_INPUTS) -> dict[str, np.ndarray]:
+    """A full batch with no padding, for timing: every row is `seq` random tokens (their values do
+    not change the time; the low ids, where vocabularies keep special tokens, are left out)."""
+    rng = np.random.default_rng(batch * 1000 + seq)
+    ids = rng.integers(vocab // 10, vocab, (batch, seq)).astype(np.int64)
+    made = {INPUT_IDS: ids, ATTENTION_MASK: np.ones_like(ids), TOKEN_TYPE_IDS: np.zeros_like(ids)}
+    return {name: made[name] for name in input_names}
+
+
+def vocab_size(package: Package) -> int:
+    """Token ids must stay below this: the model's vocabulary, else (older packages) the tokenizer's."""
+    return package.manifest.architecture.get("vocab_size") or Tokenizer.from_file(
+        str(package.tokenizer_path)).get_vocab_size()

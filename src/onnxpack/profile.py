@@ -19,9 +19,8 @@ from typing import Any
 
 import onnx
 import onnxruntime as ort
-from tokenizers import Tokenizer
 
-from .bench import synthetic_feed
+from .feed import synthetic_feed, vocab_size
 from .errors import OnnxpackError
 from .graph import Drawing, GraphConfig, render
 from .inspect import Source, load_model, node_key
@@ -114,7 +113,7 @@ def profile(package_dir: str | Path, config: ProfileConfig | None = None) -> Pro
             options.intra_op_num_threads = config.threads
         session = ort.InferenceSession(str(path), options, providers=providers)
         names = {i.name for i in session.get_inputs()}
-        feed = {k: v for k, v in synthetic_feed(config.batch, seq, _vocab_size(package)).items() if k in names}
+        feed = {k: v for k, v in synthetic_feed(config.batch, seq, vocab_size(package)).items() if k in names}
         for _ in range(config.warmup + config.runs):
             session.run(None, feed)
         trace = json.loads(Path(session.end_profiling()).read_text(encoding="utf-8"))
@@ -126,12 +125,6 @@ def profile(package_dir: str | Path, config: ProfileConfig | None = None) -> Pro
     return Profile(graph=description, source=Source(path, package, variant).to_dict(),
                    provider=session.get_providers()[0], batch=config.batch, seq=seq, runs=config.runs, model=ran,
                    file_nodes=len(file_model.graph.node), run_nodes=len(ran.graph.node), **result)
-
-
-def _vocab_size(package: Package) -> int:
-    """Token ids must stay below the vocabulary size; older packages lack `architecture`."""
-    return package.manifest.architecture.get("vocab_size") or Tokenizer.from_file(
-        str(package.tokenizer_path)).get_vocab_size()
 
 
 def _map(trace: list[dict[str, Any]], ran: onnx.ModelProto, file_model: onnx.ModelProto, runs: int) -> dict[str, Any]:

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from tokenizers import Tokenizer
 
 from .errors import OnnxpackError
-from .package import Package
+from .feed import Text, check_input_names, check_texts, encode, package_tokenizer
+from .package import MULTI_LABEL, Package, check_thresholds
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,10 @@ def serving_variant(package: Package) -> str:
     return package.default_variant(available_providers(), batch_invariant=True)
 
 
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(shifted)
@@ -82,8 +86,10 @@ class Predictor:
     """
 
     def __init__(self, package_dir: str | os.PathLike[str] | Package, provider: str | None = None,
-                 threads: int | None = None, variant: str | None = None, model_file: Path | None = None) -> None:
+                 threads: int | None = None, variant: str | None = None, model_file: Path | None = None,
+                 thresholds: Sequence[float] | None = None) -> None:
         """`variant` picks one of the package's graphs (default: the fastest accepted one);
+        `thresholds` overrides a multi-label package's per-label thresholds;
         `model_file` runs another .onnx with the package's tokenizer (`optimize` gates candidates so)."""
         self.package = package_dir if isinstance(package_dir, Package) else Package.open(package_dir)
         self.providers = resolve_providers(provider)
@@ -91,17 +97,25 @@ class Predictor:
         manifest = self.package.manifest
         self.labels = list(manifest.labels)
         self.max_length = manifest.max_length
+        self.pairs = manifest.pairs
+        self.multi_label = manifest.problem_type == MULTI_LABEL
+        self.thresholds = list(thresholds if thresholds is not None else manifest.thresholds or [])
+        if self.multi_label:
+            check_thresholds(self.thresholds, self.labels)
         self.input_names = [t.name for t in manifest.inputs]
+        check_input_names(self.input_names, f"package {self.package.root}")
         self.output_name = manifest.outputs[0].name
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
         path = model_file or self.package.variant_path(self.variant)
         self.session = ort.InferenceSession(str(path), options, providers=self.providers)
-        self.tokenizer = Tokenizer.from_file(str(self.package.tokenizer_path))
-        self.tokenizer.enable_truncation(self.max_length)
-        pad_token = self.tokenizer.id_to_token(manifest.pad_token_id)
-        self.tokenizer.enable_padding(pad_id=manifest.pad_token_id, pad_token=pad_token)
+        graph_inputs = [i.name for i in self.session.get_inputs()]
+        check_input_names(graph_inputs, str(path))
+        if sorted(graph_inputs) != sorted(self.input_names):
+            raise OnnxpackError(f"{path} takes {', '.join(graph_inputs)} but the manifest says "
+                                f"{', '.join(self.input_names)}", hint="re-export the package")
+        self.tokenizer = package_tokenizer(self.package.tokenizer_path, self.max_length, manifest.pad_token_id)
         self.latencies_ms: collections.deque[float] = collections.deque(maxlen=10_000)
 
     def __enter__(self) -> Predictor:
@@ -113,13 +127,6 @@ class Predictor:
     def close(self) -> None:
         self.session = None
 
-    def encode(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
-        """Token ids and mask for one batch, padded to the batch's longest text."""
-        encodings = self.tokenizer.encode_batch(list(texts))
-        feed = {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-                "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64)}
-        return {name: feed[name] for name in self.input_names}
-
     def run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
         """Logits for an already tokenized batch; records the model's latency."""
         if self.session is None:
@@ -129,51 +136,48 @@ class Predictor:
         self.latencies_ms.append((time.perf_counter() - started) * 1000)
         return logits
 
-    def encoded_batches(self, texts: Sequence[str],
+    def encoded_batches(self, texts: Sequence[Text],
                         batch_size: int) -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
         """`(indices, feed)` per batch: texts of similar length together (longest first), each batch
         padded only to its own longest row. Tokenizes all the texts once."""
         if batch_size < 1:
             raise OnnxpackError(f"batch size must be a positive integer, got {batch_size}")
-        encodings = self.tokenizer.encode_batch(list(texts))  # padded (on the right) to the longest text
-        columns = {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-                   "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64)}
-        lengths = columns["attention_mask"].sum(axis=1)
+        check_texts(texts, self.pairs)
+        feed = encode(self.tokenizer, texts, self.input_names)  # padded to the longest; each batch is cut below
+        lengths = feed["attention_mask"].sum(axis=1)
         fixed = (self.tokenizer.padding or {}).get("length")  # padding set to a fixed length stays
         order = np.argsort(-lengths, kind="stable")
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
             width = fixed or int(lengths[batch].max())
-            yield batch.tolist(), {name: columns[name][batch, :width] for name in self.input_names}
+            yield batch.tolist(), {name: feed[name][batch, :width] for name in self.input_names}
 
-    def predict_logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        _check_texts(texts)
+    def predict_logits(self, texts: Sequence[Text], batch_size: int = 32) -> np.ndarray:
+        check_texts(texts, self.pairs)
         logits = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         for batch, feed in self.encoded_batches(texts, batch_size):
             logits[batch] = self.run(feed)
         return logits
 
-    def predict(self, texts: Sequence[str], batch_size: int = 32) -> list[dict[str, Any]]:
+    def predict(self, texts: Sequence[Text], batch_size: int = 32) -> list[dict[str, Any]]:
         """One `{"text", "label", "score", "scores"}` per text, in order; scores are softmax probabilities."""
         return self.results(texts, self.predict_logits(texts, batch_size))
 
-    def results(self, texts: Sequence[str], logits: np.ndarray) -> list[dict[str, Any]]:
-        """`predict`'s objects for texts whose logits are already computed (serve batches its own)."""
+    def results(self, texts: Sequence[Text], logits: np.ndarray) -> list[dict[str, Any]]:
+        """`predict`'s objects for texts whose logits are already computed (serve batches its own).
+
+        Multi-label: every label's sigmoid score, and `labels`, those at or over their threshold."""
+        if self.multi_label:
+            results = []
+            for text, p in zip(texts, sigmoid(logits)):
+                best = int(p.argmax())
+                results.append({"text": text, "labels": [n for n, x, t in zip(self.labels, p, self.thresholds) if x >= t],
+                                "label": self.labels[best], "score": float(p[best]),
+                                "scores": {label: float(x) for label, x in zip(self.labels, p)}})
+            return results
         results = []
         for text, p in zip(texts, softmax(logits)):
             best = int(p.argmax())
             results.append({"text": text, "label": self.labels[best], "score": float(p[best]),
                             "scores": {label: float(x) for label, x in zip(self.labels, p)}})
         return results
-
-
-def _check_texts(texts: Sequence[str]) -> None:
-    if isinstance(texts, str):
-        raise OnnxpackError("predict takes a list of texts, got a single string", hint='wrap it: predict(["..."])')
-    if len(texts) == 0:
-        raise OnnxpackError("no texts to predict", hint="pass at least one text")
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise OnnxpackError(f"text {i} is {type(text).__name__}, not a string")
-        if not text.strip():
-            raise OnnxpackError(f"text {i} is empty", hint="remove empty texts")

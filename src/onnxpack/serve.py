@@ -43,11 +43,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import __version__
 from .errors import OnnxpackError
 from .package import Package
-from .runtime import Predictor, resolve_providers, serving_variant, softmax
+from .feed import Text, check_texts, columns, pad_rows, vocab_size
+from .runtime import Predictor, resolve_providers, serving_variant
 
 log = logging.getLogger(__name__)
 
 TEXT_INPUT = "text"  # the V2 BYTES input; the token inputs are named as the package names them
+TEXT_PAIR_INPUT = "text_pair"  # a pair model's second text, a BYTES tensor beside TEXT_INPUT
 OUTPUTS = ("logits", "label", "score")
 # A model call's fixed cost, in padded tokens: splitting a gathered batch into one more length group
 # pays off when it saves more padding than this. Padding is what costs: on MiniLM-L6 (2 CPU cores,
@@ -95,9 +97,8 @@ class _Job:
 class _Row:
     job: _Job
     index: int
-    text: str | None = None  # a text to tokenize, or already tokenized ids + mask
-    ids: np.ndarray | None = None
-    mask: np.ndarray | None = None
+    text: Text | None = None  # a text (or pair) to tokenize, or already tokenized rows
+    tokens: dict[str, np.ndarray] | None = None  # input name -> this row's ids, unpadded
     queued_at: float = dataclasses.field(default_factory=time.monotonic)
 
 
@@ -143,14 +144,14 @@ class MicroBatcher:
         self._thread = threading.Thread(target=self._work, name="onnxpack-batcher", daemon=True)
         self._thread.start()
 
-    async def infer(self, texts: Sequence[str] | None = None, ids: np.ndarray | None = None,
-                    mask: np.ndarray | None = None) -> tuple[np.ndarray, list[int]]:
-        """Logits for `texts`, or for token `ids` + `mask` (batch × sequence), and the indices of
-        texts that were truncated to the package's max_length."""
-        n = len(texts) if texts is not None else len(ids)
+    async def infer(self, texts: Sequence[Text] | None = None,
+                    tokens: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, list[int]]:
+        """Logits for `texts` (or pairs), or for token rows (`{input name: batch × sequence}`), and
+        the indices of texts that were truncated to the package's max_length."""
+        n = len(texts) if texts is not None else len(tokens["input_ids"])
         job = _Job(asyncio.get_running_loop(), n, len(self.predictor.labels))
         rows = ([_Row(job, i, text=t) for i, t in enumerate(texts)] if texts is not None
-                else [_Row(job, i, ids=ids[i], mask=mask[i]) for i in range(n)])
+                else [_Row(job, i, tokens={name: v[i] for name, v in tokens.items()}) for i in range(n)])
         with self._wake:
             if self._stopping:
                 raise RuntimeError("the batcher is closed")
@@ -192,27 +193,22 @@ class MicroBatcher:
                     job.loop.call_soon_threadsafe(_fail, job.future, e)
 
     def _run(self, batch: list[_Row]) -> None:
+        names = self.predictor.input_names
         texts = [row.text for row in batch if row.text is not None]
-        encodings = iter(self.predictor.tokenizer.encode_batch(texts) if texts else [])
+        encodings = self.predictor.tokenizer.encode_batch(texts) if texts else []
+        feed = iter(zip(encodings, *columns(encodings, names).values()))
         for row in batch:
             if row.text is not None:
-                e = next(encodings)  # padded to the longest text here; keep only this row's tokens
+                e, *values = next(feed)  # padded to the longest text here; keep only this row's tokens
                 length = sum(e.attention_mask)
-                row.ids = np.array(e.ids[:length], dtype=np.int64)
-                row.mask = np.ones(length, dtype=np.int64)
+                row.tokens = {name: v[:length] for name, v in zip(names, values)}
                 if e.overflowing:
                     row.job.truncated.append(row.index)
-        for group in length_groups([len(row.ids) for row in batch], CALL_COST_TOKENS):
+        for group in length_groups([len(row.tokens["input_ids"]) for row in batch], CALL_COST_TOKENS):
             rows = [batch[i] for i in group]
-            width = max(len(row.ids) for row in rows)
-            ids = np.full((len(rows), width), self.predictor.package.manifest.pad_token_id, dtype=np.int64)
-            mask = np.zeros((len(rows), width), dtype=np.int64)
-            for k, row in enumerate(rows):
-                ids[k, :len(row.ids)] = row.ids
-                mask[k, :len(row.mask)] = row.mask
-            feed = {"input_ids": ids, "attention_mask": mask}
+            feed = pad_rows([row.tokens for row in rows], names, self.predictor.package.manifest.pad_token_id)
             started = time.perf_counter()
-            logits = self.predictor.run({name: feed[name] for name in self.predictor.input_names})
+            logits = self.predictor.run(feed)
             self.metrics.inference.observe(time.perf_counter() - started)
             self.metrics.batch_size.observe(len(rows))
             for k, row in enumerate(rows):
@@ -288,7 +284,7 @@ class _Service:
         self.config = config
         self.metrics = _Metrics()
         self.admission = _Admission(config.max_concurrency, config.max_queue, self.metrics.waiting)
-        self.vocab_size = package.manifest.architecture.get("vocab_size")
+        self.vocab_size = vocab_size(package)
         self.predictor: Predictor | None = None
         self.batcher: MicroBatcher | None = None
         self.ready = False
@@ -300,8 +296,8 @@ class _Service:
         try:
             predictor = Predictor(self.package, provider=self.config.provider, threads=self.config.threads,
                                   variant=self.config.variant or serving_variant(self.package))
-            predictor.run(predictor.encode(["warm-up"]))
-            self.vocab_size = self.vocab_size or predictor.tokenizer.get_vocab_size()
+            warm_up = ("warm-up", "warm-up") if predictor.pairs else "warm-up"
+            predictor.predict_logits([warm_up])
             self.predictor = predictor
             self.batcher = MicroBatcher(predictor, self.config.max_batch, self.config.max_delay_ms / 1000, self.metrics)
             self.ready = True
@@ -329,10 +325,11 @@ class ErrorBody(BaseModel):
 
 
 class Prediction(BaseModel):
-    text: str
+    text: str | tuple[str, str] = Field(description="the text, or the pair")
     label: str
     score: float
     scores: dict[str, float]
+    labels: list[str] | None = Field(None, description="multi-label models: every label at or over its threshold")
 
 
 class PredictResponse(BaseModel):
@@ -445,9 +442,11 @@ def create_app(package_dir: str | Path, config: ServeConfig | None = None) -> Fa
     one_text = Annotated[str, StringConstraints(min_length=1, max_length=config.max_chars, pattern=r"\S")]
     texts_type = Annotated[list[one_text], Field(min_length=1, max_length=config.max_texts)]
     texts_adapter = TypeAdapter(texts_type)
-    predict_request = create_model("PredictRequest", __config__=ConfigDict(extra="forbid"),
-                                   texts=(texts_type, Field(description="texts to classify; each must contain a "
-                                                                        "non-space character")))
+    pairs_type = Annotated[list[tuple[one_text, one_text]], Field(min_length=1, max_length=config.max_texts)]
+    predict_request = create_model(
+        "PredictRequest", __config__=ConfigDict(extra="forbid"),
+        texts=(texts_type | None, Field(None, description="texts to classify; each must contain a non-space character")),
+        pairs=(pairs_type | None, Field(None, description="a pair model's (first, second) texts: [[a, b], ...]")))
     inference = APIRouter(route_class=_AdmittedRoute)
     page_html = importlib.resources.files(__package__).joinpath("serve.html").read_text(encoding="utf-8")
     page_html = page_html.replace("{{name}}", html.escape(model))
@@ -461,8 +460,12 @@ def create_app(package_dir: str | Path, config: ServeConfig | None = None) -> Fa
     @inference.post("/predict", response_model=PredictResponse, responses=_errors(400, 413, 503),
                     summary="Classify texts: one object per text, as `onnxpack predict` prints them")
     async def predict(body: predict_request) -> JSONResponse:  # type: ignore[valid-type]
-        logits, truncated = await service.batcher.infer(texts=body.texts)
-        return JSONResponse({"model": model, "predictions": service.predictor.results(body.texts, logits),
+        if (body.texts is None) == (body.pairs is None):
+            raise OnnxpackError("send either 'texts' or 'pairs'")
+        texts = body.texts if body.texts is not None else body.pairs
+        check_texts(texts, service.manifest.pairs)  # a pair model needs pairs, a single-text one texts
+        logits, truncated = await service.batcher.infer(texts=texts)
+        return JSONResponse({"model": model, "predictions": service.predictor.results(texts, logits),
                              "truncated": truncated})
 
     @app.get("/metrics", response_class=Response, summary="Prometheus metrics",
@@ -489,8 +492,9 @@ def create_app(package_dir: str | Path, config: ServeConfig | None = None) -> Fa
         service.check_model(name)
         m = service.manifest
         tokens = [{"name": t.name, "datatype": "INT64", "shape": [-1, -1]} for t in m.inputs]
+        texts = [{"name": n, "datatype": "BYTES", "shape": [-1]} for n in _text_inputs(m.pairs)]
         return {"name": m.name, "versions": [], "platform": "onnxruntime_onnx",
-                "inputs": [{"name": TEXT_INPUT, "datatype": "BYTES", "shape": [-1]}, *tokens],
+                "inputs": [*texts, *tokens],
                 "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, len(m.labels)]},
                             {"name": "label", "datatype": "BYTES", "shape": [-1]},
                             {"name": "score", "datatype": "FP32", "shape": [-1]}]}
@@ -509,21 +513,24 @@ def create_app(package_dir: str | Path, config: ServeConfig | None = None) -> Fa
         inputs = _inputs_by_name(body, service)
         parameters: dict[str, Any] = {}
         if TEXT_INPUT in inputs:
-            flat = _flat_data(inputs[TEXT_INPUT], "BYTES", ([None], [None, 1]))
-            try:
-                texts = texts_adapter.validate_python(flat)
-            except ValidationError as e:
-                raise OnnxpackError(f"input {TEXT_INPUT!r}: {_describe(e.errors(), 'data')}") from None
+            columns_ = []
+            for name in _text_inputs(service.manifest.pairs):
+                flat = _flat_data(inputs[name], "BYTES", ([None], [None, 1]))
+                try:
+                    columns_.append(texts_adapter.validate_python(flat))
+                except ValidationError as e:
+                    raise OnnxpackError(f"input {name!r}: {_describe(e.errors(), 'data')}") from None
+            if len({len(c) for c in columns_}) > 1:
+                raise OnnxpackError(f"inputs {TEXT_INPUT!r} and {TEXT_PAIR_INPUT!r} hold different numbers of texts")
+            texts = list(zip(*columns_)) if len(columns_) == 2 else columns_[0]
             logits, parameters["truncated"] = await service.batcher.infer(texts=texts)
         else:
-            ids, mask = _token_inputs(inputs, service)
-            logits, _ = await service.batcher.infer(ids=ids, mask=mask)
-        probs = softmax(logits)
-        best = probs.argmax(axis=1)
-        labels = service.manifest.labels
+            texts = None
+            logits, _ = await service.batcher.infer(tokens=_token_inputs(inputs, service))
+        results = service.predictor.results(texts or [None] * len(logits), logits)
         tensors = {"logits": ("FP32", list(logits.shape), logits.ravel().tolist()),
-                   "label": ("BYTES", [len(best)], [labels[i] for i in best]),
-                   "score": ("FP32", [len(best)], probs.max(axis=1).tolist())}
+                   "label": ("BYTES", [len(results)], [r["label"] for r in results]),
+                   "score": ("FP32", [len(results)], [r["score"] for r in results])}
         outputs = [{"name": n, "datatype": dt, "shape": shape, "data": data}
                    for n, (dt, shape, data) in tensors.items() if n in wanted]
         response = {"model_name": model, "parameters": parameters, "outputs": outputs}
@@ -571,18 +578,29 @@ def _requested_outputs(body: InferRequest) -> set[str]:
     return names
 
 
+def _text_inputs(pairs: bool) -> tuple[str, ...]:
+    return (TEXT_INPUT, TEXT_PAIR_INPUT) if pairs else (TEXT_INPUT,)
+
+
 def _inputs_by_name(body: InferRequest, service: _Service) -> dict[str, InferInput]:
     token_names = [t.name for t in service.manifest.inputs]
+    text_names = _text_inputs(service.manifest.pairs)
     inputs: dict[str, InferInput] = {}
     for tensor in body.inputs:
-        if tensor.name not in (TEXT_INPUT, *token_names):
-            raise OnnxpackError(f"unknown input {tensor.name!r}; known: {', '.join([TEXT_INPUT, *token_names])}")
+        if tensor.name not in (*text_names, *token_names):
+            raise OnnxpackError(f"unknown input {tensor.name!r}; known: {', '.join([*text_names, *token_names])}")
         if tensor.name in inputs:
             raise OnnxpackError(f"input {tensor.name!r} given twice")
         inputs[tensor.name] = tensor
-    if TEXT_INPUT in inputs and len(inputs) > 1:
-        raise OnnxpackError(f"send either {TEXT_INPUT!r} or the token inputs ({', '.join(token_names)}), not both")
-    if TEXT_INPUT not in inputs and (missing := [n for n in token_names if n not in inputs]):
+    given_texts = [n for n in text_names if n in inputs]
+    if given_texts and len(inputs) > len(given_texts):
+        raise OnnxpackError(f"send either the text inputs ({', '.join(text_names)}) or the token inputs "
+                            f"({', '.join(token_names)}), not both")
+    if given_texts and len(given_texts) < len(text_names):
+        raise OnnxpackError(f"this model reads sentence pairs: send both {TEXT_INPUT!r} and {TEXT_PAIR_INPUT!r}")
+    if TEXT_PAIR_INPUT in inputs and TEXT_INPUT not in inputs:
+        raise OnnxpackError(f"missing input {TEXT_INPUT!r}: {TEXT_PAIR_INPUT!r} is the second text of a pair")
+    if not given_texts and (missing := [n for n in token_names if n not in inputs]):
         raise OnnxpackError(f"missing input {missing[0]!r}: token inputs need all of {', '.join(token_names)}")
     return inputs
 
@@ -605,8 +623,8 @@ def _flat_data(tensor: InferInput, datatype: str, shapes: tuple[list[int | None]
     return flat
 
 
-def _token_inputs(inputs: dict[str, InferInput], service: _Service) -> tuple[np.ndarray, np.ndarray]:
-    """input_ids and attention_mask as int64 arrays (batch × sequence), checked against the package."""
+def _token_inputs(inputs: dict[str, InferInput], service: _Service) -> dict[str, np.ndarray]:
+    """The token inputs as int64 arrays (batch × sequence), checked against the package."""
     config, manifest = service.config, service.manifest
     arrays = {}
     for name, tensor in inputs.items():
@@ -632,7 +650,12 @@ def _token_inputs(inputs: dict[str, InferInput], service: _Service) -> tuple[np.
         raise OnnxpackError(f"input_ids holds {bad}, outside the vocabulary (0 to {service.vocab_size - 1})")
     if not np.isin(mask, (0, 1)).all():
         raise OnnxpackError("attention_mask must hold only 0 and 1")
-    return ids, mask
+    for name, values in arrays.items():
+        if values.shape != ids.shape:
+            raise OnnxpackError(f"{name} has shape {list(values.shape)} but input_ids has {list(ids.shape)}")
+    if "token_type_ids" in arrays and not np.isin(arrays["token_type_ids"], (0, 1)).all():
+        raise OnnxpackError("token_type_ids must hold only 0 and 1")
+    return arrays
 
 
 # ---- errors, metrics, schema ----

@@ -20,7 +20,7 @@ from lightning.pytorch.loggers import CSVLogger
 from .data import load_splits
 from .datamodule import TextClassificationDataModule
 from .errors import OnnxpackError
-from .model import COLA_LABELS, DEFAULT_MODEL, HF_DIR, TRAIN_CONFIG, TextClassifier, build_model, load_tokenizer
+from .model import DEFAULT_MODEL, HF_DIR, TRAIN_CONFIG, TextClassifier, build_model, load_tokenizer, model_family
 from .package import atomic_dir, atomic_write_text, check_target
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,10 @@ METRICS = "metrics.json"
 class TrainConfig:
     data: str | None = None  # folder of TSV/CSV files or "glue/cola"; None looks in data.resolve_data's order (the bundled CoLA last)
     model: str = DEFAULT_MODEL  # hub name or local folder; the default is bundled (offline)
-    labels: tuple[str, ...] = COLA_LABELS  # index = label id in the data
+    # Label names, the index being the id; None: from the data (data.load_splits says how).
+    labels: tuple[str, ...] | None = None
+    text_columns: tuple[str, ...] | None = None  # one text column, or two for pairs; None: detected
+    multi_label: bool = False  # several labels per row, listed in one cell ("a,b"); BCE per label
     epochs: int = 3
     batch_size: int = 32
     lr: float = 5e-5  # peak, after linear warm-up; then linear decay to 0
@@ -89,8 +92,9 @@ class TrainConfig:
             raise OnnxpackError(f"max_minutes must be positive, got {self.max_minutes!r}")
         if not self.limit_train_batches > 0:
             raise OnnxpackError(f"limit_train_batches must be positive, got {self.limit_train_batches!r}")
-        if len(self.labels) < 2:
-            raise OnnxpackError(f"labels must name at least two classes, got {list(self.labels)}")
+        if self.labels is not None and len(self.labels) < 2:
+            raise OnnxpackError(f"labels must name at least two classes, got {list(self.labels)}",
+                                hint="pass --labels A,B[,...] or leave it out to take them from the data")
 
 
 @dataclasses.dataclass
@@ -105,21 +109,25 @@ def fit(config: TrainConfig, run_dir: str | Path, force: bool = False) -> TrainR
     config.validate()
     run_dir = Path(run_dir)
     check_target(run_dir, force)
-    splits = load_splits(config.data)
-    if max(splits.train.labels + splits.validation.labels) >= len(config.labels):
-        raise OnnxpackError(f"the data has label ids beyond the {len(config.labels)} labels {list(config.labels)}")
+    spec = model_family(config.model)  # an unknown family fails here, before any data or weights load
+    splits = load_splits(config.data, labels=config.labels, text_columns=config.text_columns,
+                         multi_label=config.multi_label)
+    log.info("%d labels (%s)%s", len(splits.labels), ", ".join(splits.labels),
+             "; sentence pairs" if splits.pairs else "")
     if config.threads:
         torch.set_num_threads(config.threads)
     L.seed_everything(config.seed, workers=True, verbose=False)
     tokenizer = load_tokenizer(config.model)
-    model = build_model(config.model, config.labels, config.dropout)
+    model = build_model(config.model, splits.labels, config.dropout, multi_label=config.multi_label)
     if config.freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
     module = TextClassifier(model, lr=config.lr, weight_decay=config.weight_decay, warmup_ratio=config.warmup_ratio,
                             label_smoothing=config.label_smoothing, head_lr_scale=config.head_lr_scale,
-                            class_weights=_class_weights(splits.train.labels, len(config.labels), config.class_balance),
+                            class_weights=None if config.multi_label else
+                            _class_weights(splits.train.labels, len(splits.labels), config.class_balance),
                             time_budget_s=config.max_minutes * 60 if config.max_minutes else None)
-    datamodule = TextClassificationDataModule(splits, tokenizer, config.batch_size, config.max_length, config.seed)
+    datamodule = TextClassificationDataModule(splits, tokenizer, config.batch_size, config.max_length, config.seed,
+                                              input_names=spec.inputs(model.config, splits.pairs))
 
     with atomic_dir(run_dir, force=force) as tmp:
         checkpoint = ModelCheckpoint(dirpath=tmp, filename=Path(CHECKPOINT).stem, monitor="val_loss", mode="min",
@@ -139,8 +147,11 @@ def fit(config: TrainConfig, run_dir: str | Path, force: bool = False) -> TrainR
         started = time.perf_counter()
         trainer.fit(module, datamodule=datamodule)
         seconds = time.perf_counter() - started
-        if checkpoint.current_score is not None and bool(checkpoint.current_score == checkpoint.best_model_score):
-            # The last validation scored the weights in memory, and they are best.ckpt's: no second pass.
+        last_loss = trainer.callback_metrics.get("val_loss")
+        if (module.validated_at_step == trainer.global_step and last_loss is not None
+                and bool(last_loss == checkpoint.best_model_score)):
+            # The last validation ran after the last step and scored best: the weights in memory are
+            # best.ckpt's, and its scores describe them. No second pass.
             best = module
             scores = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
         else:
@@ -155,7 +166,9 @@ def fit(config: TrainConfig, run_dir: str | Path, force: bool = False) -> TrainR
                        best_epoch=_best_epoch(checkpoint), n_train=len(splits.train),
                        n_validation=len(splits.validation))
         atomic_write_text(tmp / METRICS, json.dumps(metrics, indent=2) + "\n")
-        train_config = dataclasses.asdict(config) | {"data_source": splits.source}
+        # What export needs to know: the labels as resolved, and whether the model reads pairs.
+        train_config = dataclasses.asdict(config) | {"data_source": splits.source, "labels": splits.labels,
+                                                     "pairs": splits.pairs}
         atomic_write_text(tmp / TRAIN_CONFIG, json.dumps(train_config, indent=2) + "\n")
     return TrainResult(run_dir=str(run_dir), checkpoint=str(run_dir / CHECKPOINT), metrics=metrics)
 

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from .data import load_splits
-from .metrics import scores
-from .errors import CheckpointError, ParityError
+from .metrics import predictions, scores
+from .errors import CheckpointError, DataError, ParityError
 from .model import load_checkpoint
 from .package import FP32, atomic_write_text, now
 from .runtime import Predictor
@@ -68,8 +68,12 @@ def verify(package_dir: str | Path, data: str | None = None, checkpoint: str | P
         raise CheckpointError(f"the package's source checkpoint {checkpoint} is not there",
                               hint="pass --checkpoint PATH to the checkpoint it was exported from")
     model, hf_tokenizer, _ = load_checkpoint(checkpoint)
-    validation = load_splits(data, need_train=False)
+    validation = load_splits(data, need_train=False, labels=predictor.labels, multi_label=predictor.multi_label)
     texts, labels = validation.validation.texts, validation.validation.labels
+    if validation.pairs != predictor.pairs:
+        raise DataError(f"the package takes {'sentence pairs' if predictor.pairs else 'single texts'} but "
+                        f"{validation.source} has {'pairs' if validation.pairs else 'single texts'}",
+                        hint="pass --data with the kind of rows the model was trained on")
 
     torch_logits = np.zeros((len(texts), len(predictor.labels)), dtype=np.float32)
     onnx_logits = np.zeros_like(torch_logits)
@@ -79,7 +83,11 @@ def verify(package_dir: str | Path, data: str | None = None, checkpoint: str | P
         onnx_logits[batch] = predictor.run(feed)
         with torch.inference_mode():
             torch_logits[batch] = model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.numpy()
-        reference = hf_tokenizer(batch_texts, truncation=True, max_length=predictor.max_length)["input_ids"]
+        if predictor.pairs:
+            reference = hf_tokenizer([a for a, _ in batch_texts], [b for _, b in batch_texts], truncation=True,
+                                     max_length=predictor.max_length)["input_ids"]
+        else:
+            reference = hf_tokenizer(batch_texts, truncation=True, max_length=predictor.max_length)["input_ids"]
         mismatches += sum(ref != list(ids[:int(mask.sum())])
                           for ref, ids, mask in zip(reference, feed["input_ids"], feed["attention_mask"]))
         if progress:
@@ -87,13 +95,14 @@ def verify(package_dir: str | Path, data: str | None = None, checkpoint: str | P
 
     diff = np.abs(onnx_logits - torch_logits)
     y = np.array(labels)
-    torch_pred, onnx_pred = torch_logits.argmax(-1), onnx_logits.argmax(-1)
+    thresholds = predictor.thresholds if predictor.multi_label else None
+    torch_pred, onnx_pred = predictions(torch_logits, thresholds), predictions(onnx_logits, thresholds)
     num_classes = len(predictor.labels)
 
     report = ParityReport(
         n=len(texts), max_abs_diff=float(diff.max()),
         max_rel_diff=float((diff / np.maximum(np.abs(torch_logits), 1e-3)).max()),
-        agreement=float((torch_pred == onnx_pred).mean()),
+        agreement=float((torch_pred == onnx_pred).reshape(len(texts), -1).all(axis=1).mean()),
         torch=scores(torch_pred, y, num_classes), onnx=scores(onnx_pred, y, num_classes),
         tokenizer_mismatches=int(mismatches), atol=config.atol, min_agreement=config.min_agreement,
         passed=True, failures=[], provider=predictor.providers[0], checkpoint=str(checkpoint),
