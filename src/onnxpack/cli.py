@@ -121,8 +121,8 @@ def _print_metrics(metrics: dict[str, float]) -> None:
     keys = ("val_mcc", "val_acc", "val_f1", "val_loss", "best_epoch", "steps", "train_seconds")
     for key in keys:
         table.add_column(key)
-    table.add_row(*(f"{metrics.get(k):.4f}" if isinstance(metrics.get(k), float) else str(metrics.get(k))
-                    for k in keys))
+    table.add_row(*(f"{metrics.get(k):.4f}" if isinstance(metrics.get(k), float) and k.startswith("val_")
+                    else str(metrics.get(k)) for k in keys))
     console.print(table)
 
 
@@ -134,12 +134,14 @@ def export(
     exporter: Annotated[str, typer.Option(help="torchscript, dynamo or lightning (LightningModule.to_onnx).")] = "torchscript",
     name: Annotated[Optional[str], typer.Option(help="Model name in the manifest (default: OUT's name).")] = None,
     max_length: Annotated[Optional[int], typer.Option(help="Token limit (default: the training max_length).")] = None,
+    pairs: Annotated[Optional[bool], typer.Option("--pairs/--single-texts", help="The model reads sentence pairs (default: as trained; single texts for a plain Hugging Face folder).")] = None,
     force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Export to ONNX, check against PyTorch on batches of 1, 3 and 17, write the package."""
     from .export import ExportConfig, export as export_package
 
-    package = export_package(checkpoint, out, ExportConfig(exporter=exporter, opset=opset, name=name, max_length=max_length), force=force)
+    config = ExportConfig(exporter=exporter, opset=opset, name=name, max_length=max_length, pairs=pairs)
+    package = export_package(checkpoint, out, config, force=force)
     m = package.manifest
     console.print(f"package: [bold]{package.root}[/] (opset {m.opset}, {m.exporter}, labels {m.labels}, "
                   f"self-check max |diff| {m.parity['max_abs_diff']:.1e})")
@@ -189,34 +191,102 @@ def _print_parity(report) -> None:
 def predict(
     package: Annotated[Path, typer.Argument(help="Package folder.")],
     texts: Annotated[Optional[list[str]], typer.Argument(help="Texts; none: read --file or stdin, a text per line.")] = None,
-    file: Annotated[Optional[Path], typer.Option("--file", help="Read texts from this file, one per line.")] = None,
+    pair: Annotated[bool, typer.Option("--pair", help="Read TEXTS two by two as sentence pairs: --pair A B [C D ...].")] = False,
+    file: Annotated[Optional[Path], typer.Option("--file", help="Texts, one per line; pairs as TSV (a<TAB>b) or JSON Lines.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write JSON lines here instead of stdout.")] = None,
     provider: Annotated[Optional[str], typer.Option(help="ONNX Runtime execution provider.")] = None,
     batch_size: Annotated[int, typer.Option(help="Texts per model call.")] = 32,
     variant: Annotated[Optional[str], typer.Option(help="fp32, optimized, int8, ... (default: the fastest accepted).")] = None,
+    threshold: Annotated[Optional[str], typer.Option(help="Multi-label: one threshold, or one per label comma-separated (default: the manifest's).")] = None,
 ) -> None:
-    """Print one JSON object per text: text, label, score and the score of every label."""
+    """Print one JSON object per text: text, label, score and the score of every label (and, for a
+    multi-label model, `labels`: those at or over their threshold)."""
     from .package import atomic_write_text
     from .runtime import Predictor
 
     if texts and file:
         raise OnnxpackError("give texts as arguments or --file, not both")
-    if file:
-        try:
-            texts = [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
-        except (OSError, UnicodeDecodeError) as e:
-            raise OnnxpackError(f"cannot read {file}: {e}", hint="pass a UTF-8 text file, one text per line") from None
-    elif not texts:
-        if sys.stdin is None or sys.stdin.isatty():
-            raise OnnxpackError("no texts to predict", hint="pass TEXT arguments, --file FILE, or pipe lines on stdin")
-        texts = [line for line in sys.stdin.read().splitlines() if line.strip()]
+    if pair and len(texts or []) % 2:
+        raise OnnxpackError(f"--pair reads texts two by two, got {len(texts)}", hint="pass --pair FIRST SECOND [...]")
     with Predictor(package, provider=provider, variant=variant) as predictor:
-        lines = [json.dumps(r, ensure_ascii=False) for r in predictor.predict(texts, batch_size=batch_size)]
+        if threshold is not None:
+            predictor.set_thresholds(_thresholds(threshold, len(predictor.labels)))
+        if file:
+            rows = _read_rows(file, predictor.pairs)
+        elif texts:
+            rows = list(zip(texts[::2], texts[1::2])) if pair else texts
+        else:
+            if sys.stdin is None or sys.stdin.isatty():
+                raise OnnxpackError("no texts to predict", hint="pass TEXT arguments, --pair A B, --file FILE, "
+                                                                "or pipe lines on stdin")
+            rows = _parse_rows(sys.stdin.read(), predictor.pairs, "stdin", json_lines=False)
+        lines = [json.dumps(r, ensure_ascii=False) for r in predictor.predict(rows, batch_size=batch_size)]
     if out:
         atomic_write_text(out, "\n".join(lines) + "\n")
     else:
         for line in lines:
             stdout.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _thresholds(value: str, labels: int) -> list[float]:
+    """--threshold: one value for every label, or one per label."""
+    try:
+        values = [float(v) for v in value.split(",")]
+    except ValueError:
+        raise OnnxpackError(f"--threshold takes numbers between 0 and 1, got {value!r}") from None
+    return values * labels if len(values) == 1 else values
+
+
+def _read_rows(path: Path, pairs: bool) -> list:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise OnnxpackError(f"cannot read {path}: {e}", hint="pass a UTF-8 text file, one text per line") from None
+    return _parse_rows(text, pairs, str(path), json_lines=path.suffix in (".jsonl", ".json"))
+
+
+def _parse_rows(text: str, pairs: bool, where: str, json_lines: bool) -> list:
+    """A text per line; for a pair model, a TSV line `first<TAB>second` or a JSON line `["a", "b"]`
+    or `{"text": "a", "text_pair": "b"}` (any two-column names data.PAIR_COLUMNS knows)."""
+    from .data import PAIR_COLUMNS
+
+    rows: list = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        if json_lines:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise OnnxpackError(f"{where}:{n} is not JSON ({e.msg})", hint="write one JSON value per line") from None
+            if isinstance(row, dict):
+                keys = next(((a, b) for a, b in PAIR_COLUMNS if a in row and b in row), None)
+                row = [row[k] for k in keys] if pairs and keys else row.get("text", row.get("sentence"))
+            rows.append(tuple(row) if isinstance(row, list) else row)
+        elif pairs:
+            parts = line.split("\t")
+            if len(parts) != 2:
+                raise OnnxpackError(f"{where}:{n} has {len(parts)} tab-separated fields; a pair model needs 2",
+                                    hint="write each pair as first<TAB>second")
+            rows.append((parts[0], parts[1]))
+        else:
+            rows.append(line)
+    return rows
+
+
+@app.command()
+def thresholds(
+    package: Annotated[Path, typer.Argument(help="Package folder of a multi-label model.")],
+    values: Annotated[str, typer.Argument(help="One threshold for every label, or one per label, comma-separated.")],
+) -> None:
+    """Store a multi-label package's per-label thresholds in its manifest."""
+    from .package import Package
+    from .runtime import Predictor
+
+    with Predictor(package) as predictor:
+        predictor.set_thresholds(_thresholds(values, len(predictor.labels)))  # checks count and range
+        predictor.package.update_manifest(thresholds=predictor.thresholds)
+        console.print(", ".join(f"{label} {t:g}" for label, t in zip(predictor.labels, predictor.thresholds)))
 
 
 @app.command()

@@ -99,9 +99,9 @@ class Predictor:
         self.max_length = manifest.max_length
         self.pairs = manifest.pairs
         self.multi_label = manifest.problem_type == MULTI_LABEL
-        self.thresholds = list(thresholds if thresholds is not None else manifest.thresholds or [])
+        self.thresholds: list[float] = []
         if self.multi_label:
-            check_thresholds(self.thresholds, self.labels)
+            self.set_thresholds(thresholds if thresholds is not None else manifest.thresholds or [])
         self.input_names = [t.name for t in manifest.inputs]
         check_input_names(self.input_names, f"package {self.package.root}")
         self.output_name = manifest.outputs[0].name
@@ -117,6 +117,13 @@ class Predictor:
                                 f"{', '.join(self.input_names)}", hint="re-export the package")
         self.tokenizer = package_tokenizer(self.package.tokenizer_path, self.max_length, manifest.pad_token_id)
         self.latencies_ms: collections.deque[float] = collections.deque(maxlen=10_000)
+
+    def set_thresholds(self, thresholds: Sequence[float]) -> None:
+        """A multi-label model's per-label thresholds for this predictor (the manifest keeps its own)."""
+        if not self.multi_label:
+            raise OnnxpackError("thresholds apply to multi-label models only; this one gives one label per text")
+        check_thresholds(list(thresholds), self.labels)
+        self.thresholds = list(thresholds)
 
     def __enter__(self) -> Predictor:
         return self
