@@ -157,13 +157,15 @@ def verify(
     min_agreement: Annotated[float, typer.Option(help="Minimum share of identical labels.")] = 1.0,
     provider: Annotated[Optional[str], typer.Option(help="ONNX Runtime execution provider.")] = None,
     batch_size: Annotated[int, typer.Option(help="Rows per batch.")] = 64,
+    localize: Annotated[bool, typer.Option("--localize", help="Report the first module whose output diverges, on the worst batch.")] = False,
 ) -> None:
     """Run PyTorch and ONNX Runtime on every validation row and compare."""
     from rich.progress import Progress
 
     from .verify import VerifyConfig, verify as verify_package
 
-    config = VerifyConfig(atol=atol, min_agreement=min_agreement, batch_size=batch_size, provider=provider)
+    config = VerifyConfig(atol=atol, min_agreement=min_agreement, batch_size=batch_size, provider=provider,
+                          localize=localize)
     with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
         task = progress.add_task("verifying", total=None)
         try:
@@ -184,6 +186,8 @@ def _print_parity(report) -> None:
                   f"{report.torch['mcc']:.4f}", f"{report.onnx['mcc']:.4f}", f"{report.torch['acc']:.4f}",
                   f"{report.onnx['acc']:.4f}")
     console.print(table)
+    if report.localization and report.passed:
+        console.print(f"localize: {report.localization['summary']}")
     console.print("[green]passed[/]" if report.passed else f"[red]failed[/]: {'; '.join(report.failures)}")
 
 

@@ -25,6 +25,7 @@ from ._registry import Registry
 from .errors import OnnxpackError, ParityError
 from .families import family
 from .feed import encode, package_tokenizer
+from .localize import localize
 from .model import TextClassifier, load_checkpoint
 from .package import Manifest, Package, TensorSpec, atomic_dir, check_target, hash_files, now, sha256_file
 from .package import write_manifest
@@ -197,7 +198,7 @@ def _tensors(feed: dict[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
 def _self_check(wrapper: LogitsModel, tokenizer: Any, path: Path, pairs: bool, atol: float) -> float:
     """The worst |logit difference| over batches of 1, 3 and 17; raises ParityError beyond atol."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    failures, worst = [], 0.0
+    failures, worst, failing = [], 0.0, None
     for size in CHECK_BATCH_SIZES:
         feed = encode(tokenizer, check_texts(size, pairs), wrapper.input_names)
         with torch.no_grad():
@@ -209,9 +210,11 @@ def _self_check(wrapper: LogitsModel, tokenizer: Any, path: Path, pairs: bool, a
         log.info("self-check batch %s tokens: max |diff| %.2e", shape, diff)
         if not diff <= atol:
             failures.append(f"batch {shape}: max |diff| {diff:.2e}")
+            failing = failing or feed
     if failures:
+        where = localize(wrapper, path, failing, max(atol, 0.0)).describe()
         raise ParityError(f"exported model disagrees with PyTorch beyond atol {atol:g}: {'; '.join(failures)}; "
-                          "nothing was written", hint="try another --exporter or --opset")
+                          f"{where}; nothing was written", hint="try another --exporter or --opset")
     return worst
 
 

@@ -14,6 +14,8 @@ import torch
 from .data import load_splits
 from .metrics import predictions, scores
 from .errors import CheckpointError, DataError, ParityError
+from .export import LogitsModel
+from .localize import localize
 from .model import load_checkpoint
 from .package import FP32, atomic_write_text, now
 from .runtime import Predictor
@@ -28,6 +30,7 @@ class VerifyConfig:
     batch_size: int = 64
     provider: str | None = None  # ONNX Runtime execution provider; None: the default
     variant: str = FP32  # the exported graph; optimized variants are gated by `optimize` instead
+    localize: bool = False  # find the first diverging module on the worst batch even when parity holds
 
 
 @dataclasses.dataclass
@@ -44,6 +47,9 @@ class ParityReport:
     passed: bool
     failures: list[str]
     provider: str
+    # Where the worst batch diverges: {"first": {"module", "onnx_value", "max_abs_diff"} | None, "summary"};
+    # run when max_abs_diff fails, or on request (--localize).
+    localization: dict[str, Any] | None
     checkpoint: str
     data: str
     at: str
@@ -77,12 +83,14 @@ def verify(package_dir: str | Path, data: str | None = None, checkpoint: str | P
 
     torch_logits = np.zeros((len(texts), len(predictor.labels)), dtype=np.float32)
     onnx_logits = np.zeros_like(torch_logits)
-    mismatches = 0
+    mismatches, worst_diff, worst_feed = 0, -1.0, None
     for batch, feed in predictor.encoded_batches(texts, config.batch_size):
         batch_texts = [texts[i] for i in batch]
         onnx_logits[batch] = predictor.run(feed)
         with torch.inference_mode():
             torch_logits[batch] = model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.numpy()
+        if (batch_diff := float(np.abs(onnx_logits[batch] - torch_logits[batch]).max())) > worst_diff:
+            worst_diff, worst_feed = batch_diff, feed
         if predictor.pairs:
             reference = hf_tokenizer([a for a, _ in batch_texts], [b for _, b in batch_texts], truncation=True,
                                      max_length=predictor.max_length)["input_ids"]
@@ -105,10 +113,16 @@ def verify(package_dir: str | Path, data: str | None = None, checkpoint: str | P
         agreement=float((torch_pred == onnx_pred).reshape(len(texts), -1).all(axis=1).mean()),
         torch=scores(torch_pred, y, num_classes), onnx=scores(onnx_pred, y, num_classes),
         tokenizer_mismatches=int(mismatches), atol=config.atol, min_agreement=config.min_agreement,
-        passed=True, failures=[], provider=predictor.providers[0], checkpoint=str(checkpoint),
+        passed=True, failures=[], provider=predictor.providers[0], localization=None, checkpoint=str(checkpoint),
         data=validation.source, at=now())
+    if report.max_abs_diff > config.atol or config.localize:
+        found = localize(LogitsModel(model, tuple(worst_feed)), package.variant_path(predictor.variant), worst_feed,
+                         max(config.atol, 0.0))
+        report.localization = {"first": dataclasses.asdict(found.first) if found.first else None,
+                               "summary": found.describe()}
     if report.max_abs_diff > config.atol:
-        report.failures.append(f"max_abs_diff {report.max_abs_diff:.2e} > atol {config.atol:g}")
+        report.failures.append(f"max_abs_diff {report.max_abs_diff:.2e} > atol {config.atol:g}; "
+                               f"{report.localization['summary']}")
     if report.agreement < config.min_agreement:
         report.failures.append(f"agreement {report.agreement:.4f} < {config.min_agreement:g}")
     if mismatches:
