@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -20,7 +21,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from . import __version__
+from . import __version__, onnxfile
 from ._registry import Registry
 from .errors import OnnxpackError, ParityError
 from .families import family
@@ -158,10 +159,14 @@ def export(checkpoint: str | Path, out: str | Path, config: ExportConfig | None 
         # The package's own tokenizer, through the same feed builder the runtime uses.
         tokenizer_json = package_tokenizer(tmp / TOKENIZER, max_length, pad_token_id)
         sample = _tensors(encode(tokenizer_json, check_texts(2, pairs), input_names))
+        # The exporter writes into a scratch folder: over 2 GiB it leaves a file per weight there.
+        scratch = tmp / ".export"
+        scratch.mkdir()
         with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporters' own deprecation chatter
-            exporter(wrapper, sample, tmp / MODEL, config.opset)
-        _stamp_metadata(tmp / MODEL, labels, max_length, problem_type)
+            exporter(wrapper, sample, scratch / MODEL, config.opset)
+        _stamp_metadata(scratch / MODEL, tmp / MODEL, labels, max_length, problem_type)
+        shutil.rmtree(scratch)
         self_check_diff = _self_check(wrapper, tokenizer_json, tmp / MODEL, pairs, config.atol)
         proto = onnx.load(str(tmp / MODEL), load_external_data=False)
         manifest = Manifest(
@@ -218,9 +223,10 @@ def _self_check(wrapper: LogitsModel, tokenizer: Any, path: Path, pairs: bool, a
     return worst
 
 
-def _stamp_metadata(path: Path, labels: list[str], max_length: int, problem_type: str) -> None:
-    """Labels and max length inside the .onnx itself, so any viewer shows what the model means."""
-    proto = onnx.load(str(path))
+def _stamp_metadata(exported: Path, path: Path, labels: list[str], max_length: int, problem_type: str) -> None:
+    """Labels and max length inside the .onnx itself, so any viewer shows what the model means;
+    saved as one graph file (and one weights file beside it when the weights pass 2 GiB)."""
+    proto = onnx.load(str(exported))
     props = {"onnxpack.task": "text-classification", "onnxpack.labels": json.dumps(labels),
              "onnxpack.id2label": json.dumps(dict(enumerate(labels))), "onnxpack.problem_type": problem_type,
              "onnxpack.max_length": str(max_length), "onnxpack.version": __version__}
@@ -228,8 +234,8 @@ def _stamp_metadata(path: Path, labels: list[str], max_length: int, problem_type
     for key, value in props.items():
         proto.metadata_props.add(key=key, value=value)
     proto.producer_name = proto.producer_name or "pytorch"
-    onnx.checker.check_model(proto, full_check=True)
-    onnx.save(proto, str(path))
+    onnxfile.save(proto, path)
+    onnxfile.check(path)
 
 
 def _tensor_spec(value: onnx.ValueInfoProto) -> TensorSpec:

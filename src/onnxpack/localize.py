@@ -18,6 +18,8 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from . import onnxfile
+
 
 @dataclasses.dataclass
 class ModuleDiff:
@@ -125,7 +127,7 @@ def _run_with_outputs(graph: onnx.ModelProto, onnx_path: Path, feed: dict[str, n
             graph.graph.output.append(types[name])
     with tempfile.TemporaryDirectory(prefix="onnxpack-localize-") as tmp:
         path = Path(tmp) / onnx_path.name
-        onnx.save(graph, str(path))
+        onnxfile.save(graph, path)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every value
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -30,7 +30,9 @@ from .errors import OnnxpackError
 from .inspect import op_histogram
 from .families import FAMILIES
 from .metrics import METRIC_NAMES, predictions, scores, task_metric
-from .package import FP32, MODEL, MULTI_LABEL, Package, now, sha256_file, variant_file
+from . import onnxfile
+from .package import FP32, MODEL, MULTI_LABEL, Package, graph_files, needs_external_data, now, sha256_file
+from .package import variant_file
 from .runtime import Predictor, available_providers
 
 log = logging.getLogger(__name__)
@@ -114,7 +116,7 @@ def _build_optimized(package: Package, base: Path, out: Path, recipe: dict[str, 
                 "first_token_only_nodes": _first_token_only(model)}
     model.prune_graph(allow_remove_graph_inputs=False)
     model.topological_sort()
-    model.save_model_to_file(str(out))
+    _save(model, out)
     return {"fusions": fusions, "rewrites": rewrites}
 
 
@@ -274,6 +276,12 @@ def _int8_recipes(config: OptimizeConfig) -> list[dict[str, Any]]:
     return [r for r in recipes if r["per_channel"]] if config.per_channel else recipes
 
 
+def _save(model: Any, out: Path) -> None:
+    """ORT's own save (it adds the com.microsoft opset its fused ops need); weights beside the graph,
+    as `<file>.data`, when they pass the protobuf limit."""
+    model.save_model_to_file(str(out), use_external_data_format=needs_external_data(onnxfile.weights_bytes(model.model)))
+
+
 def _build_int8(package: Package, base: Path, out: Path, recipe: dict[str, Any]) -> dict[str, Any]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -281,7 +289,9 @@ def _build_int8(package: Package, base: Path, out: Path, recipe: dict[str, Any])
     # ONNX shape inference cannot type the outputs of the fused contrib ops: they are float.
     with quiet_quantizer():
         quantize_dynamic(base, out, weight_type=QuantType[recipe["weight_type"]], per_channel=recipe["per_channel"],
-                         extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
+                         extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
+                         # a base whose weights live beside it: the quantized graph keeps them beside it too
+                         use_external_data_format=len(graph_files(Path(base))) > 1)
     return dict(recipe)
 
 
@@ -301,7 +311,7 @@ def quiet_quantizer() -> Iterator[None]:
 def _build_fp16(package: Package, base: Path, out: Path, recipe: dict[str, Any]) -> dict[str, Any]:
     model = _transformer_optimizer(package, base)
     model.convert_float_to_float16(keep_io_types=True)  # inputs stay int64, logits stay float32
-    model.save_model_to_file(str(out))
+    _save(model, out)
     return {"keep_io_types": True}
 
 
@@ -382,7 +392,9 @@ def optimize(package_dir: str | Path, config: OptimizeConfig | None = None,
             provider = gpu[0] if spec.needs_gpu else config.provider
             result = GateResult(name, False, "no recipe", {})
             for i, recipe in enumerate(spec.recipes(config)):
-                path = Path(tmp) / f"{i}-{variant_file(name)}"
+                # A folder per attempt, the file under its final name: a weights file beside it is named after it.
+                path = Path(tmp) / f"{name}-{i}" / variant_file(name)
+                path.parent.mkdir()
                 step(f"{name}: building from {base_variant} {recipe or ''}")
                 started = time.perf_counter()
                 info = spec.build(package, base, path, recipe)
@@ -459,14 +471,24 @@ def _add_variants(package: Package, files: dict[str, Path], entries: dict[str, d
     """Move accepted files in, then rewrite the manifest once (it never names a file not yet complete)."""
     m = package.manifest
     hashes = dict(m.files)
+    stale: list[Path] = []  # removed once the manifest no longer names them
     for name, path in files.items():
-        size = os.path.getsize(path)
-        entries[name] |= {"bytes": size, "ops": op_histogram(onnx.load(str(path), load_external_data=False))}
-        hashes[variant_file(name)] = sha256_file(path)
-        os.replace(path, package.root / variant_file(name))
-    variants = {FP32: {"file": MODEL, **fp32_figures, "bytes": os.path.getsize(package.model_path)},
+        moving = graph_files(path)
+        entries[name] |= {"bytes": sum(os.path.getsize(f) for f in moving),
+                          "ops": op_histogram(onnx.load(str(path), load_external_data=False))}
+        for old in graph_files(package.root / variant_file(name)):  # a previous run's files of this variant
+            hashes.pop(old.name, None)
+            if old.name not in {f.name for f in moving}:
+                stale.append(old)
+        for f in reversed(moving):  # the weights before the graph that names them
+            hashes[f.name] = sha256_file(f)
+            os.replace(f, package.root / f.name)
+    variants = {FP32: {"file": MODEL, **fp32_figures,
+                       "bytes": sum(os.path.getsize(f) for f in graph_files(package.model_path))},
                 **{k: v for k, v in m.variants.items() if k != FP32}, **entries}
     history = m.history + [{"step": "optimize", "at": now(), "max_mcc_drop": config.max_mcc_drop,
                             "accepted": list(files),
                             "rejected": {r.variant: r.reason for r in results if not r.accepted}}]
     package.update_manifest(files=hashes, variants=variants, history=history)
+    for path in stale:
+        path.unlink(missing_ok=True)

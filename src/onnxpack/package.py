@@ -203,6 +203,25 @@ def variant_file(variant: str) -> str:
     return f"model.{variant}.onnx"
 
 
+# ONNX's protobuf limit is 2 GiB; a graph whose weights pass this keeps them in `<file>.data` beside
+# it (the name ONNX Runtime's own tools give), so XLM-R large and its kind export and optimize.
+EXTERNAL_DATA_BYTES = 1_800_000_000
+
+
+def data_file(model_file: str | Path) -> str:
+    """The name of a graph file's external weights: `model.onnx` -> `model.onnx.data`."""
+    return f"{Path(model_file).name}.data"
+
+
+def graph_files(path: Path) -> list[Path]:
+    """A graph file and, when it keeps its weights outside, their file: what moves and hashes with it."""
+    return [path] + ([path.with_name(data_file(path))] if path.with_name(data_file(path)).is_file() else [])
+
+
+def needs_external_data(weights_bytes: int) -> bool:
+    return weights_bytes > EXTERNAL_DATA_BYTES
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a single file through a temp sibling and os.replace, so readers never see half of it."""
     _atomic_write(path, text, binary=False)

@@ -24,7 +24,7 @@ from .feed import synthetic_feed, vocab_size
 from .errors import OnnxpackError
 from .graph import Drawing, GraphConfig, render
 from .inspect import Source, load_model, node_key
-from .package import FP32, Package
+from .package import FP32, Package, data_file, graph_files
 from .runtime import resolve_providers
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,11 @@ def profile(package_dir: str | Path, config: ProfileConfig | None = None) -> Pro
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(tmp) / "ort")
         options.optimized_model_filepath = str(Path(tmp) / "ran.onnx")
+        if len(graph_files(path)) > 1:  # weights kept beside the graph: ORT must save them beside its graph too
+            options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                             data_file("ran.onnx"))
+            options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                             "1024")
         options.log_severity_level = 3  # ORT warns that the saved graph is machine-specific; that is the point
         if config.threads:
             options.intra_op_num_threads = config.threads
