@@ -210,3 +210,30 @@ def test_predicting_does_not_import_torch(package_dir):
     result = subprocess.run([sys.executable, "-c", code, str(package_dir)], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_graph_taking_an_unknown_input_is_refused(package_copy):
+    """The manifest records the input signature; a graph with an input onnxpack cannot feed is refused."""
+    import json
+
+    import onnx
+
+    from onnxpack.package import MANIFEST, MODEL, sha256_file
+
+    model = onnx.load(str(package_copy / MODEL))
+    old = model.graph.input[1].name
+    model.graph.input[1].name = "position_ids"
+    for node in model.graph.node:
+        node.input[:] = ["position_ids" if i == old else i for i in node.input]
+    onnx.save(model, str(package_copy / MODEL))
+    manifest = json.loads((package_copy / MANIFEST).read_text())
+    manifest["files"][MODEL] = sha256_file(package_copy / MODEL)
+    (package_copy / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(PackageError) as info:
+        Predictor(package_copy)
+    assert "takes input(s) position_ids that onnxpack cannot feed; it feeds input_ids, attention_mask, " \
+           "token_type_ids" in str(info.value)
+    manifest["inputs"][1]["name"] = "position_ids"
+    (package_copy / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(PackageError, match=f"package {package_copy} takes input"):
+        Predictor(package_copy)
