@@ -230,3 +230,13 @@ def test_load_checkpoint_dir_without_config(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"\0")
     with pytest.raises(CheckpointError, match=r"is not a Hugging Face model folder \(no config\.json\)"):
         load_checkpoint(tmp_path)
+
+
+def test_load_checkpoint_hub_name_offline_is_one_line(monkeypatch):
+    """A name that is no local path is taken as a hub name; offline, that is a clear error."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint("someone/tiny-classifier")
+    message = str(info.value)
+    assert message.startswith("checkpoint someone/tiny-classifier is not a local path, and the Hugging Face Hub "
+                              "could not give it") and "hub name when online" in message

@@ -194,6 +194,9 @@ def load_checkpoint(path: str | Path) -> tuple[PreTrainedModel, Any, dict[str, A
     A .ckpt is rebuilt from the Hugging Face folder `train` writes beside it (config and
     tokenizer) plus the checkpoint's weights, loaded with `weights_only=True`.
     """
+    hub_name = None
+    if not Path(path).exists() and _looks_like_hub_name(str(path)):
+        hub_name, path = str(path), _download(str(path))
     path = Path(path)
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -201,7 +204,7 @@ def load_checkpoint(path: str | Path) -> tuple[PreTrainedModel, Any, dict[str, A
                                   hint="pass best.ckpt from `onnxpack train` or a save_pretrained folder")
         model = AutoModelForSequenceClassification.from_pretrained(path)
         tokenizer = load_tokenizer(str(path))
-        kind = "hf-folder"
+        kind = "hub" if hub_name else "hf-folder"
     elif path.is_file():
         hf_dir = path.parent / HF_DIR
         if not (hf_dir / "config.json").is_file():
@@ -233,4 +236,24 @@ def load_checkpoint(path: str | Path) -> tuple[PreTrainedModel, Any, dict[str, A
     train_config_path = (path if path.is_dir() else path.parent) / TRAIN_CONFIG
     train_config = json.loads(train_config_path.read_text()) if train_config_path.is_file() else {}
     model.eval()
-    return model, tokenizer, {"kind": kind, "path": str(path.resolve()), "train_config": train_config}
+    return model, tokenizer, {"kind": kind, "path": str(path.resolve()), "train_config": train_config,
+                              **({"hub": hub_name} if hub_name else {})}
+
+
+def _looks_like_hub_name(name: str) -> bool:
+    """`owner/model` or `model`: no file suffix, at most one slash, not an absolute or relative path."""
+    return (name.count("/") <= 1 and not name.startswith((".", "/", "~")) and Path(name).suffix == ""
+            and all(part and part.replace("-", "").replace("_", "").replace(".", "").isalnum()
+                    for part in name.split("/")))
+
+
+def _download(name: str) -> str:
+    """A hub model's files in the local Hugging Face cache (online), as a folder."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.bin"])
+    except Exception as e:  # offline, unknown name, gated model: all the user's to fix
+        raise CheckpointError(f"checkpoint {name} is not a local path, and the Hugging Face Hub could not give it "
+                              f"({type(e).__name__})",
+                              hint="pass RUN_DIR/best.ckpt, a local Hugging Face folder, or a hub name when online") from None
