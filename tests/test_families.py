@@ -12,7 +12,8 @@ from conftest import tiny_family_folder
 from onnxpack.errors import OnnxpackError
 from onnxpack.export import ExportConfig, export
 from onnxpack.families import FAMILIES, family
-from onnxpack.runtime import Predictor
+from onnxpack.package import Package
+from onnxpack.runtime import Predictor, serving_variant
 
 # One case per registry key; test_registry.py checks this list against FAMILIES.
 FAMILY_CASES = ("bert", "distilbert", "roberta", "xlm-roberta", "electra", "albert", "deberta-v2", "mpnet")
@@ -101,3 +102,42 @@ def test_unknown_family_at_export_writes_nothing(tiny_model_dir, tmp_path):
     with pytest.raises(OnnxpackError, match="unknown model type 'gpt2'; known: albert, bert"):
         export(folder, tmp_path / "pkg")
     assert not (tmp_path / "pkg").exists()
+
+
+@pytest.mark.parametrize("model_type", FAMILY_CASES)
+def test_family_through_every_stage(model_type, tiny_model_dir, tmp_path):
+    """verify, optimize (or why a variant does not apply), bench and serve, for every family."""
+    from onnxpack.bench import BenchConfig, bench
+    from onnxpack.optimize import OptimizeConfig, optimize
+    from onnxpack.serve import create_app
+    from onnxpack.verify import verify
+    from test_serve import post, running
+
+    folder = tiny_family_folder(model_type, tiny_model_dir, tmp_path / "hf", LABELS)
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = "text\tlabel\n" + "".join(f"{t}\t{LABELS[i % 3]}\n" for i, t in enumerate(TEXTS * 4))
+    for split in ("train", "validation"):
+        (data / f"{split}.tsv").write_text(rows, encoding="utf-8")
+    package = export(folder, tmp_path / "pkg")
+    report = verify(package.root, str(data))
+    assert report.passed and report.n == 24 and report.agreement == 1.0
+
+    results = {r.variant: r for r in optimize(package.root, OptimizeConfig(data=str(data), batch_size=8))}
+    if family(model_type).fusion:
+        assert results["optimized"].accepted and results["optimized"].figures["max_abs_diff"] <= 1e-3
+    else:
+        assert results["optimized"].reason == (
+            f"not built: ONNX Runtime has no transformer fusions for {model_type}")
+    assert results["int8"].figures.get("n") == 24  # built (from optimized, or fp32) and gated
+    accepted = [name for name, r in results.items() if r.accepted]
+
+    figures = bench(package.root, BenchConfig(batch_sizes=(2,), seq_lens=(8,), rounds=1, block_seconds=0.01,
+                                              min_repeats=1, pause_seconds=0, data=str(data)))
+    timed = {row["variant"] for row in figures["results"] if row["engine"] == "onnxruntime"}
+    assert timed == set(accepted) and figures["dataset"]["n"] == 24
+
+    with running(create_app(package.root)) as url:
+        served = post(url, "/predict", {"texts": TEXTS[:3]}).json()["predictions"]
+    with Predictor(package.root, variant=serving_variant(Package.open(package.root))) as predictor:
+        assert [p["label"] for p in served] == [p["label"] for p in predictor.predict(TEXTS[:3])]

@@ -224,3 +224,14 @@ def test_fit_stops_at_the_time_limit_and_keeps_a_checkpoint(tmp_path, small_cola
 def test_shipped_yaml_config_matches_the_defaults():
     """configs/cola.yaml says it is the built-in defaults written out; keep it so."""
     assert TrainConfig.from_yaml(CONFIGS / "cola.yaml") == TrainConfig()
+
+
+def test_fit_refuses_an_unknown_family_before_training(tmp_path, small_cola):
+    from transformers import GPT2Config
+
+    GPT2Config(n_layer=1, n_head=2, n_embd=16).save_pretrained(tmp_path / "gpt2")
+    with pytest.raises(OnnxpackError) as info:
+        fit(TrainConfig(data=str(small_cola), model=str(tmp_path / "gpt2")), tmp_path / "run")
+    assert str(info.value).startswith("unknown model type 'gpt2'; known: albert, bert, deberta-v2, distilbert, "
+                                      "electra, mpnet, roberta, xlm-roberta")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpt2"]
