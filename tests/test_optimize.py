@@ -220,12 +220,22 @@ def test_a_variant_that_loses_accuracy_is_rejected_and_not_written(package_copy,
     data = _balanced_package_and_data(package_copy, small_cola, tmp_path / "data")
     monkeypatch.setitem(VARIANTS._items, "flipped", VariantSpec(_flipped, base=FP32))
     before = {p.name: p.read_bytes() for p in package_copy.iterdir()}
-    results = optimize(package_copy, OptimizeConfig(variants=("flipped",), data=str(data)))
+    results = optimize(package_copy, OptimizeConfig(variants=("flipped",), data=str(data), min_agreement=0.0))
     assert results[0].figures["mcc"] == pytest.approx(1.0)
     flipped = next(r for r in results if r.variant == "flipped")
     assert not flipped.accepted and "below fp32" in flipped.reason
     assert flipped.figures["agreement"] == 0.0 and flipped.figures["mcc"] == pytest.approx(-1.0)
     assert {p.name: p.read_bytes() for p in package_copy.iterdir()} == before  # untouched
+
+
+def test_a_variant_whose_labels_flip_is_rejected_even_when_the_metric_holds(package_copy, small_cola, tmp_path,
+                                                                          monkeypatch):
+    data = _balanced_package_and_data(package_copy, small_cola, tmp_path / "data")
+    monkeypatch.setitem(VARIANTS._items, "flipped", VariantSpec(_flipped, base=FP32))
+    results = optimize(package_copy, OptimizeConfig(variants=("flipped",), data=str(data), max_mcc_drop=1.0))
+    flipped = next(r for r in results if r.variant == "flipped")
+    assert not flipped.accepted and flipped.reason == "labels agree with fp32's on 0.00% of rows (< 99%)"
+    assert Package.open(package_copy).variant_names() == [FP32]
 
 
 def test_a_rewrite_that_moves_the_logits_is_rejected(package_copy, small_cola, monkeypatch):
@@ -239,6 +249,7 @@ def test_a_rewrite_that_moves_the_logits_is_rejected(package_copy, small_cola, m
 @pytest.mark.parametrize("config, message", [
     (OptimizeConfig(max_mcc_drop=1.5), "between 0 and 1"),
     (OptimizeConfig(max_mcc_drop=-0.1), "between 0 and 1"),
+    (OptimizeConfig(min_agreement=1.2), "--min-agreement must be between 0 and 1"),
     (OptimizeConfig(variants=("int4",)), "unknown variant 'int4'; known: fp16, int8, optimized"),
     (OptimizeConfig(batch_size=0), "positive integer"),
 ])

@@ -330,6 +330,7 @@ def optimize(
     package: Annotated[Path, typer.Argument(help="Package folder; variants are added to it.")],
     data: Annotated[Optional[str], typer.Option(help=f"Validation data for the accuracy gate; {DATA_DEFAULT}.")] = None,
     max_mcc_drop: Annotated[float, typer.Option(help="Reject a variant whose MCC (micro-F1 for multi-label) is lower than fp32's by more.")] = 0.01,
+    min_agreement: Annotated[float, typer.Option(help="Reject a variant whose labels agree with fp32's on fewer rows than this.")] = 0.99,
     per_channel: Annotated[bool, typer.Option(help="int8: one weight scale per output channel.")] = False,
     variants: Annotated[str, typer.Option(help="Comma-separated: optimized, int8, fp16 (GPU only).")] = "optimized,int8,fp16",
     provider: Annotated[Optional[str], typer.Option(help="ONNX Runtime execution provider for the gate.")] = None,
@@ -340,6 +341,7 @@ def optimize(
     from .package import Package
 
     config = OptimizeConfig(variants=tuple(_csv_list(variants, "--variants")), max_mcc_drop=max_mcc_drop,
+                            min_agreement=min_agreement,
                             per_channel=per_channel, data=data, provider=provider, batch_size=batch_size)
     with console.status("optimizing") as status:
         results = optimize_package(package, config, progress=lambda message: status.update(message))

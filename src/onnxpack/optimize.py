@@ -45,7 +45,9 @@ BATCH_INVARIANT_LOGITS = 1e-4  # float graphs: 1e-6 between alone and batched; d
 @dataclasses.dataclass
 class OptimizeConfig:
     variants: tuple[str, ...] = ("optimized", "int8", "fp16")
-    max_mcc_drop: float = 0.01  # reject a variant whose validation MCC is lower than fp32's by more
+    max_mcc_drop: float = 0.01  # reject a variant whose task metric (MCC; micro-F1 multi-label) is lower by more
+    # ...or whose labels agree with fp32's on fewer rows than this: a steady metric can hide flipped labels
+    min_agreement: float = 0.99
     per_channel: bool = False  # int8: one scale per output channel instead of per tensor
     data: str | None = None  # validation data for the gate; None looks in data.resolve_data's order (the bundled CoLA last)
     batch_size: int = 32
@@ -55,6 +57,8 @@ class OptimizeConfig:
     def validate(self) -> None:
         if not 0 <= self.max_mcc_drop <= 1:
             raise OnnxpackError(f"--max-mcc-drop must be between 0 and 1, got {self.max_mcc_drop}")
+        if not 0 <= self.min_agreement <= 1:
+            raise OnnxpackError(f"--min-agreement must be between 0 and 1, got {self.min_agreement}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise OnnxpackError(f"batch size must be a positive integer, got {self.batch_size!r}")
         if not self.variants:
@@ -411,6 +415,12 @@ def optimize(package_dir: str | Path, config: OptimizeConfig | None = None,
                                         f"(> {spec.exact_within}): the rewrite changed the model", figures)
                     log.info("%s rejected: %s", name, result.reason)
                     continue
+                if figures["agreement"] < config.min_agreement:
+                    result = GateResult(name, False, f"labels agree with fp32's on {figures['agreement']:.2%} of rows "
+                                        f"(< {config.min_agreement:.0%}){' with ' + str(recipe) if recipe else ''}",
+                                        figures)
+                    log.info("%s %s rejected: %s", name, recipe, result.reason)
+                    continue
                 if figures[f"{metric}_drop"] <= config.max_mcc_drop:
                     built[name] = path
                     accepted[name] = {"file": variant_file(name), "built_from": base_variant, **info,
@@ -487,6 +497,7 @@ def _add_variants(package: Package, files: dict[str, Path], entries: dict[str, d
                        "bytes": sum(os.path.getsize(f) for f in graph_files(package.model_path))},
                 **{k: v for k, v in m.variants.items() if k != FP32}, **entries}
     history = m.history + [{"step": "optimize", "at": now(), "max_mcc_drop": config.max_mcc_drop,
+                            "min_agreement": config.min_agreement,
                             "accepted": list(files),
                             "rejected": {r.variant: r.reason for r in results if not r.accepted}}]
     package.update_manifest(files=hashes, variants=variants, history=history)
