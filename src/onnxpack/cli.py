@@ -279,6 +279,47 @@ def _parse_rows(text: str, pairs: bool, where: str, json_lines: bool) -> list:
 
 
 @app.command()
+def batch(
+    package: Annotated[Path, typer.Argument(help="Package folder.")],
+    input: Annotated[str, typer.Option("--input", help="TSV, CSV, JSON Lines or Parquet: a file, a folder or a glob.")],
+    output: Annotated[Path, typer.Option("--output", help="A .parquet or .jsonl file to write (atomically).")],
+    engine: Annotated[str, typer.Option(help="local (streams in chunks) or ray (Ray Data: pip install 'onnxpack[ray]').")] = "local",
+    text_column: Annotated[Optional[str], typer.Option(help="The text column (default: sentence or text).")] = None,
+    pair_columns: Annotated[Optional[str], typer.Option(help="A pair model's two text columns, A,B (default: detected).")] = None,
+    id_column: Annotated[Optional[str], typer.Option(help="The column whose value identifies a row (default: the row number).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Texts per model call.")] = 32,
+    chunk_rows: Annotated[int, typer.Option(help="local: rows held in memory at a time.")] = 10_000,
+    variant: Annotated[Optional[str], typer.Option(help="fp32, optimized, int8, ... (default: the fastest accepted).")] = None,
+    address: Annotated[Optional[str], typer.Option(help="ray: an existing cluster's address (default: a local one on 127.0.0.1).")] = None,
+    num_workers: Annotated[Optional[int], typer.Option(help="ray: model actors (default: sized from the cluster's CPUs).")] = None,
+) -> None:
+    """Classify every row of a file (or many) into one Parquet or JSON Lines file, in input order."""
+    from rich.progress import Progress
+
+    from .batch import BatchConfig, run_local
+
+    pairs = _names(pair_columns, "--pair-columns")
+    if pairs is not None and len(pairs) != 2:
+        raise OnnxpackError(f"--pair-columns takes two column names, got {pair_columns!r}", hint="pass --pair-columns A,B")
+    config = BatchConfig(text_column=text_column, pair_columns=pairs, id_column=id_column, batch_size=batch_size,
+                         chunk_rows=chunk_rows, variant=variant)
+    if engine not in ("local", "ray"):
+        raise OnnxpackError(f"unknown engine {engine!r}; known: local, ray")
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
+        task = progress.add_task("classifying", total=None)
+        advance = lambda n: progress.advance(task, n)  # noqa: E731
+        if engine == "ray":
+            from .batch_ray import run_ray
+
+            summary = run_ray(package, input, output, config, address=address, num_workers=num_workers,
+                              progress=advance)
+        else:
+            summary = run_local(package, input, output, config, progress=advance)
+    console.print(f"{summary.rows} rows ({summary.errors} with an error) in {summary.seconds:.1f} s: "
+                  f"{summary.rows_per_s:.0f} rows/s, peak RSS {summary.peak_rss_mb:.0f} MB -> [bold]{summary.output}[/]")
+
+
+@app.command()
 def thresholds(
     package: Annotated[Path, typer.Argument(help="Package folder of a multi-label model.")],
     values: Annotated[str, typer.Argument(help="One threshold for every label, or one per label, comma-separated.")],
