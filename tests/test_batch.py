@@ -160,3 +160,14 @@ def test_ray_unreachable_address_fails_fast(package_dir, input_file, tmp_path):
                                       str(tmp_path / "o.jsonl"), "--engine", "ray", "--address", "127.0.0.1:1"])
     assert result.exit_code == 1 and "cannot reach a Ray cluster at 127.0.0.1:1" in result.output
     assert time.monotonic() - started < 30 and not (tmp_path / "o.jsonl").exists()
+
+
+def test_ray_missing_says_how_to_install(package_dir, input_file, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    result = CliRunner().invoke(app, ["batch", str(package_dir), "--input", str(input_file), "--output",
+                                      str(tmp_path / "o.jsonl"), "--engine", "ray"])
+    assert result.exit_code == 1
+    assert "error: the ray engine needs Ray Data (hint: pip install 'onnxpack[ray]')" in " ".join(result.output.split())
+    assert not (tmp_path / "o.jsonl").exists()

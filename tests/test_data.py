@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-import onnxpack.data
 from conftest import write_tsv
 from onnxpack.data import BUNDLED_COLA, DATA_ENV, load_splits, read_table, resolve_data
 from onnxpack.errors import DataError
@@ -153,7 +152,7 @@ def test_pair_column_missing_on_a_row(tmp_path):
     folder = _folder(tmp_path, header + "a\tb\t0\nc\t \t1\n", header + "g\th\t1\n")
     with pytest.raises(DataError) as info:
         load_splits(str(folder))
-    assert f"train.tsv:3 has no 'sentence2' text: every row of a pair data set needs both" in str(info.value)
+    assert "train.tsv:3 has no 'sentence2' text: every row of a pair data set needs both" in str(info.value)
 
 
 def test_multi_label_rows(tmp_path):

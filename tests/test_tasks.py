@@ -8,7 +8,6 @@ import json
 import random
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from typer.testing import CliRunner

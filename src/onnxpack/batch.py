@@ -227,22 +227,28 @@ def run_local(package: str | Path, input_spec: str, output: str | Path, config: 
     config.validate()
     started = time.perf_counter()
     with Predictor(package, provider=config.provider, threads=config.threads, variant=config.variant) as predictor:
-        chunks = read_chunks(input_spec, config, predictor.pairs)  # checks the columns before writing anything
-        first = next(chunks, None)
-        writer = OutputWriter(Path(output), predictor.labels, predictor.multi_label)
-        rows = errors = 0
-        try:
-            for ids, texts in _chain(first, chunks):
-                out = classify(predictor, ids, texts, config.batch_size)
-                writer.write(out)
-                rows += len(out)
-                errors += sum(r["error"] is not None for r in out)
-                if progress:
-                    progress(len(out))
-            writer.close()
-        except BaseException:
-            writer.abort()
-            raise
+        chunks = read_chunks(input_spec, config, predictor.pairs)
+        first = next(chunks, None)  # checks the input and its columns before anything is written
+        rows = (classify(predictor, ids, texts, config.batch_size) for ids, texts in _chain(first, chunks))
+        return write_rows(Path(output), predictor.labels, predictor.multi_label, rows, started, progress)
+
+
+def write_rows(output: Path, labels: list[str], multi_label: bool, chunks: Iterator[list[dict[str, Any]]],
+               started: float, progress: Callable[[int], None] | None) -> BatchSummary:
+    """Stream the engines' output rows into one file (atomically) and sum up the run."""
+    writer = OutputWriter(output, labels, multi_label)
+    rows = errors = 0
+    try:
+        for out in chunks:
+            writer.write(out)
+            rows += len(out)
+            errors += sum(r["error"] is not None for r in out)
+            if progress:
+                progress(len(out))
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
     seconds = time.perf_counter() - started
     return BatchSummary(rows=rows, errors=errors, seconds=round(seconds, 2),
                         rows_per_s=round(rows / seconds, 1) if seconds else 0.0, peak_rss_mb=peak_rss_mb(),

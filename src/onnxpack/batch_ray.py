@@ -14,11 +14,11 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .batch import BatchConfig, BatchSummary, OutputWriter, classify, input_files, peak_rss_mb, text_columns
+from .batch import BatchConfig, BatchSummary, classify, input_files, text_columns, write_rows
 from .errors import OnnxpackError
 from .runtime import Predictor
 
@@ -59,7 +59,6 @@ def run_ray(package: str | Path, input_spec: str, output: str | Path, config: Ba
         pairs, labels, multi_label = probe.pairs, probe.labels, probe.multi_label
     started_here = _init(ray, address)
     started = time.perf_counter()
-    writer = None
     try:
         dataset = _read(ray, files, fmt)
         texts_in = text_columns(dataset.schema().names, config, pairs)  # the local engine's rules
@@ -69,35 +68,26 @@ def run_ray(package: str | Path, input_spec: str, output: str | Path, config: Ba
         per_actor = max(0.1, (cpus - READ_RESERVE_CPUS) / workers)
         results = dataset.select_columns(columns).map_batches(
             _ActorPredictor, compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=per_actor,
-            batch_size=config.chunk_rows if config.chunk_rows < 4096 else 4096, batch_format="pyarrow",
+            batch_size=min(config.chunk_rows, 4096), batch_format="pyarrow",
             fn_constructor_kwargs={"package": str(Path(package).resolve()), "text_columns": texts_in,
                                    "id_column": config.id_column, "config": config,
                                    "threads": max(1, round(per_actor))})
-        writer = OutputWriter(Path(output), labels, multi_label)
-        rows = errors = 0
-        for table in results.iter_batches(batch_format="pyarrow", batch_size=None):
-            data = table.to_pydict()
-            out = []
-            for row_id, row in zip(data["id"], data["row"]):
-                r = json.loads(row)
-                out.append({"id": row_id if config.id_column else rows + len(out), **r})
-            writer.write(out)
-            rows += len(out)
-            errors += sum(r["error"] is not None for r in out)
-            if progress:
-                progress(len(out))
-        writer.close()
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
+        return write_rows(Path(output), labels, multi_label, _rows(results, config.id_column is not None),
+                          started, progress)
     finally:
         if started_here:
             ray.shutdown()
-    seconds = time.perf_counter() - started
-    return BatchSummary(rows=rows, errors=errors, seconds=round(seconds, 2),
-                        rows_per_s=round(rows / seconds, 1) if seconds else 0.0, peak_rss_mb=peak_rss_mb(),
-                        output=str(output))
+
+
+def _rows(results: Any, has_ids: bool) -> Iterator[list[dict[str, Any]]]:
+    """classify's rows back from the actors, in order; without an id column, numbered here."""
+    number = 0
+    for table in results.iter_batches(batch_format="pyarrow", batch_size=None):
+        data = table.to_pydict()
+        out = [{"id": row_id if has_ids else number + k, **json.loads(row)}
+               for k, (row_id, row) in enumerate(zip(data["id"], data["row"]))]
+        number += len(out)
+        yield out
 
 
 def _import_ray() -> Any:

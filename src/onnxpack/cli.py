@@ -325,7 +325,6 @@ def thresholds(
     values: Annotated[str, typer.Argument(help="One threshold for every label, or one per label, comma-separated.")],
 ) -> None:
     """Store a multi-label package's per-label thresholds in its manifest."""
-    from .package import Package
     from .runtime import Predictor
 
     with Predictor(package) as predictor:
