@@ -171,3 +171,25 @@ def test_ray_missing_says_how_to_install(package_dir, input_file, tmp_path, monk
     assert result.exit_code == 1
     assert "error: the ray engine needs Ray Data (hint: pip install 'onnxpack[ray]')" in " ".join(result.output.split())
     assert not (tmp_path / "o.jsonl").exists()
+
+
+@pytest.mark.parametrize("folder", ["parts/", "parts.jsonl/"])
+def test_folder_output_is_part_files_and_replaces_only_its_own(package_dir, input_file, tmp_path, folder):
+    out = f"{tmp_path}/{folder}"  # the trailing / asks for a folder
+    summary = run_local(package_dir, str(input_file), out, BatchConfig(id_column="id", chunk_rows=15))
+    path = tmp_path / folder.rstrip("/")
+    marker = json.loads((path / onnxpack.batch.FOLDER_MARKER).read_text())
+    suffix = ".jsonl" if "jsonl" in folder else ".parquet"
+    assert marker["parts"] == [f"part-0000{k}{suffix}" for k in range(3)] and marker["rows"] == summary.rows == 40
+    rows = [r for part in marker["parts"] for r in _rows(path / part)]
+    assert [str(r["id"]) for r in rows] == [f"r{i}" for i in range(40)]
+    run_local(package_dir, str(input_file), tmp_path / "one.jsonl", BatchConfig(id_column="id"))
+    assert [(r["label"], r["error"]) for r in rows] == [(r["label"], r["error"]) for r in _rows(tmp_path / "one.jsonl")]
+    run_local(package_dir, str(input_file), out, BatchConfig(chunk_rows=40))  # a rerun replaces its own output
+    assert json.loads((path / onnxpack.batch.FOLDER_MARKER).read_text())["parts"] == [f"part-00000{suffix}"]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(OnnxpackError, match="holds other files"):
+        run_local(package_dir, str(input_file), str(other), BatchConfig())
+    assert (other / "notes.txt").read_text() == "mine" and not list(tmp_path.glob(".*tmp-*"))

@@ -16,6 +16,7 @@ import glob
 import json
 import os
 import resource
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -30,11 +31,13 @@ import pyarrow.parquet as pq
 from .data import PAIR_COLUMNS, TEXT_COLUMNS
 from .errors import OnnxpackError
 from .feed import Text
+from .package import replace_dir
 from .runtime import Predictor
 
 INPUT_FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 OUTPUT_FORMATS = {".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl"}
 ID = "id"
+FOLDER_MARKER = "_onnxpack_batch.json"  # in a folder output: rows, parts and labels of a finished run
 
 
 @dataclasses.dataclass
@@ -179,10 +182,9 @@ class OutputWriter:
         self.path = Path(path)
         suffix = self.path.suffix.lower()
         if suffix not in OUTPUT_FORMATS:
-            raise OnnxpackError(f"--output {path} is not a supported format", hint="name a .parquet or .jsonl file")
-        if not self.path.parent.is_dir():
-            raise OnnxpackError(f"--output {path}: folder {self.path.parent} does not exist",
-                                hint="create it first, or write elsewhere")
+            raise OnnxpackError(f"--output {path} is not a supported format",
+                                hint="name a .parquet or .jsonl file, or a folder (ending in /) for part files")
+        _check_parent(self.path)
         self.format = OUTPUT_FORMATS[suffix]
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent)
         os.close(fd)
@@ -220,6 +222,53 @@ class OutputWriter:
         self.tmp.unlink(missing_ok=True)
 
 
+class FolderWriter:
+    """Rows to a folder of part files (`part-00000.parquet`, one per chunk), as Spark and Ray Data
+    write them, with FOLDER_MARKER summing up the run. The folder is built under a temp name and
+    renamed into place on close(); it replaces only an empty folder or an earlier batch output."""
+
+    def __init__(self, path: Path, labels: list[str], multi_label: bool) -> None:
+        self.path = Path(path)
+        _check_parent(self.path)
+        if self.path.is_file():
+            raise OnnxpackError(f"--output {path} is a file", hint="name a folder, or a .parquet/.jsonl file")
+        if self.path.is_dir() and any(self.path.iterdir()) and not (self.path / FOLDER_MARKER).is_file():
+            raise OnnxpackError(f"--output {path} is a folder that holds other files",
+                                hint="name a new or empty folder; batch replaces only its own earlier output")
+        self.suffix = ".jsonl" if self.path.suffix.lower() in (".jsonl", ".json") else ".parquet"
+        self.labels, self.multi_label = labels, multi_label
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent))
+        self.parts: list[str] = []
+        self.rows = 0
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        part = OutputWriter(self.tmp / f"part-{len(self.parts):05d}{self.suffix}", self.labels, self.multi_label)
+        part.write(rows)
+        part.close()
+        self.parts.append(part.path.name)
+        self.rows += len(rows)
+
+    def close(self) -> None:
+        marker = {"rows": self.rows, "parts": self.parts, "labels": self.labels, "format": self.suffix[1:]}
+        (self.tmp / FOLDER_MARKER).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
+        os.chmod(self.tmp, 0o755)
+        replace_dir(self.tmp, self.path)
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def open_output(output: Path | str, labels: list[str], multi_label: bool) -> OutputWriter | FolderWriter:
+    """A folder of part files when `output` ends in `/` or is a folder; else one file."""
+    is_folder = str(output).endswith(("/", os.sep)) or Path(output).is_dir()
+    return (FolderWriter if is_folder else OutputWriter)(Path(output), labels, multi_label)
+
+
+def _check_parent(path: Path) -> None:
+    if not path.parent.is_dir():
+        raise OnnxpackError(f"--output {path}: folder {path.parent} does not exist", hint="create it first, or write elsewhere")
+
+
 def run_local(package: str | Path, input_spec: str, output: str | Path, config: BatchConfig | None = None,
               progress: Callable[[int], None] | None = None) -> BatchSummary:
     """Classify every row of `input_spec` into `output`, a chunk at a time."""
@@ -230,13 +279,13 @@ def run_local(package: str | Path, input_spec: str, output: str | Path, config: 
         chunks = read_chunks(input_spec, config, predictor.pairs)
         first = next(chunks, None)  # checks the input and its columns before anything is written
         rows = (classify(predictor, ids, texts, config.batch_size) for ids, texts in _chain(first, chunks))
-        return write_rows(Path(output), predictor.labels, predictor.multi_label, rows, started, progress)
+        return write_rows(output, predictor.labels, predictor.multi_label, rows, started, progress)
 
 
-def write_rows(output: Path, labels: list[str], multi_label: bool, chunks: Iterator[list[dict[str, Any]]],
+def write_rows(output: str | Path, labels: list[str], multi_label: bool, chunks: Iterator[list[dict[str, Any]]],
                started: float, progress: Callable[[int], None] | None) -> BatchSummary:
-    """Stream the engines' output rows into one file (atomically) and sum up the run."""
-    writer = OutputWriter(output, labels, multi_label)
+    """Stream the engines' output rows into one file or folder (atomically) and sum up the run."""
+    writer = open_output(output, labels, multi_label)
     rows = errors = 0
     try:
         for out in chunks:

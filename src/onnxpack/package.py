@@ -273,16 +273,22 @@ def atomic_dir(target: str | os.PathLike[str], force: bool = False) -> Iterator[
             if path.is_file():
                 with open(path, "rb") as f:
                     os.fsync(f.fileno())
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def replace_dir(tmp: Path, target: Path) -> None:
+    """Put the finished directory `tmp` under the name `target`, replacing what was there; readers
+    see the old or the new one, never a mix."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
 
 
 def _umask() -> int:
