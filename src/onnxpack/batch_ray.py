@@ -72,7 +72,7 @@ def run_ray(package: str | Path, input_spec: str, output: str | Path, config: Ba
             fn_constructor_kwargs={"package": str(Path(package).resolve()), "text_columns": texts_in,
                                    "id_column": config.id_column, "config": config,
                                    "threads": max(1, round(per_actor))})
-        return write_rows(Path(output), labels, multi_label, _rows(results, config.id_column is not None),
+        return write_rows(output, labels, multi_label, _rows(results, config.id_column is not None),
                           started, progress)
     finally:
         if started_here:
