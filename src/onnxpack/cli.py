@@ -135,12 +135,15 @@ def export(
     name: Annotated[Optional[str], typer.Option(help="Model name in the manifest (default: OUT's name).")] = None,
     max_length: Annotated[Optional[int], typer.Option(help="Token limit (default: the training max_length).")] = None,
     pairs: Annotated[Optional[bool], typer.Option("--pairs/--single-texts", help="The model reads sentence pairs (default: as trained; single texts for a plain Hugging Face folder).")] = None,
+    target: Annotated[Optional[str], typer.Option(help="Refuse a graph this runtime cannot load: onnxruntime==X.Y or triton==YY.MM.")] = None,
     force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Export to ONNX, check against PyTorch on batches of 1, 3 and 17, write the package."""
+    from . import compat
     from .export import ExportConfig, export as export_package
 
-    config = ExportConfig(exporter=exporter, opset=opset, name=name, max_length=max_length, pairs=pairs)
+    config = ExportConfig(exporter=exporter, opset=opset, name=name, max_length=max_length, pairs=pairs,
+                          target=compat.parse_target(target) if target else None)
     package = export_package(checkpoint, out, config, force=force)
     m = package.manifest
     console.print(f"package: [bold]{package.root}[/] (opset {m.opset}, {m.exporter}, labels {m.labels}, "
@@ -282,7 +285,7 @@ def _parse_rows(text: str, pairs: bool, where: str, json_lines: bool) -> list:
 def batch(
     package: Annotated[Path, typer.Argument(help="Package folder.")],
     input: Annotated[str, typer.Option("--input", help="TSV, CSV, JSON Lines or Parquet: a file, a folder or a glob.")],
-    output: Annotated[Path, typer.Option("--output", help="A .parquet or .jsonl file to write (atomically).")],
+    output: Annotated[str, typer.Option("--output", help="A .parquet or .jsonl file, or a folder (DIR/) for part files; written atomically.")],
     engine: Annotated[str, typer.Option(help="local (streams in chunks) or ray (Ray Data: pip install 'onnxpack[ray]').")] = "local",
     text_column: Annotated[Optional[str], typer.Option(help="The text column (default: sentence or text).")] = None,
     pair_columns: Annotated[Optional[str], typer.Option(help="A pair model's two text columns, A,B (default: detected).")] = None,
@@ -317,6 +320,95 @@ def batch(
             summary = run_local(package, input, output, config, progress=advance)
     console.print(f"{summary.rows} rows ({summary.errors} with an error) in {summary.seconds:.1f} s: "
                   f"{summary.rows_per_s:.0f} rows/s, peak RSS {summary.peak_rss_mb:.0f} MB -> [bold]{summary.output}[/]")
+
+
+@app.command()
+def check(
+    package: Annotated[Path, typer.Argument(help="Package folder.")],
+    target: Annotated[Optional[str], typer.Option(help="onnxruntime==X.Y or triton==YY.MM (default: the installed onnxruntime).")] = None,
+    data: Annotated[Optional[str], typer.Option(help=f"Sentences for the second runtime's comparison; {DATA_DEFAULT}.")] = None,
+    rows: Annotated[int, typer.Option(help="Validation rows compared in the second runtime.")] = 64,
+    install_node_runtime: Annotated[bool, typer.Option("--install-node-runtime", help="First npm-install onnxruntime-node into onnxpack's cache.")] = False,
+) -> None:
+    """Will the package load where it is shipped? Its IR version and opsets against the target's, per
+    variant; then its logits in a second runtime (onnxruntime-node) against Python's."""
+    import onnxruntime
+
+    from . import compat, node_runtime
+    from .data import load_splits
+    from .package import Package
+    from .runtime import Predictor
+
+    opened = Package.open(package)
+    runtime = compat.parse_target(target or f"onnxruntime=={onnxruntime.__version__}")
+    findings = compat.check(opened, runtime)
+    table = Table(title=f"{opened.name} against {runtime}")
+    for col in ("variant", "file", "IR", "opsets", "loads"):
+        table.add_column(col)
+    for f in findings:
+        table.add_row(f.variant, f.file, str(f.ir), ", ".join(f"{d} {v}" for d, v in f.opsets.items()),
+                      "[green]yes[/]" if f.ok else f"[red]no[/]: {'; '.join(f.problems)}")
+    stdout.print(table)
+    for f in findings:
+        for warning in f.warnings:
+            console.print(f"[yellow]warning[/] {f.variant}: {warning}")
+    if install_node_runtime:
+        console.print(f"installed {node_runtime.PACKAGE} into {node_runtime.install()}")
+    reason = node_runtime.available()
+    if reason:
+        console.print(f"second runtime: not run, {reason}")
+    else:
+        node_target = compat.ort_target(node_runtime.version())
+        validation = load_splits(data, need_train=False).validation
+        texts = validation.texts[:rows]
+        if opened.manifest.pairs and not isinstance(texts[0], tuple):  # single sentences, paired up
+            texts = list(zip(texts[::2], texts[1::2]))
+        node_findings = {g.variant: g for g in compat.check(opened, node_target)}
+        for f in findings:
+            problems = node_findings[f.variant].problems
+            if problems:
+                console.print(f"second runtime: onnxruntime-node {node_runtime.version()} cannot load "
+                              f"{f.variant}: {'; '.join(problems)}")
+                continue
+            with Predictor(opened, variant=f.variant, provider="cpu") as predictor:
+                result = node_runtime.compare(predictor, texts)
+            stdout.print(f"{f.variant}: {result.runtime} vs Python onnxruntime {onnxruntime.__version__} on "
+                         f"{result.rows} rows: max |diff| {result.max_abs_diff:.1e}, same label {result.agreement:.1%}")
+    if not all(f.ok for f in findings):
+        raise typer.Exit(1)
+
+
+@app.command("export-serving")
+def export_serving(
+    package: Annotated[Path, typer.Argument(help="Package folder.")],
+    triton: Annotated[Path, typer.Option("--triton", help="Triton model repository folder to write (new, empty, or this package's own).")],
+    kserve: Annotated[Optional[Path], typer.Option("--kserve", help="Also write a KServe InferenceService YAML here.")] = None,
+    storage_uri: Annotated[Optional[str], typer.Option(help="--kserve: where the cluster finds the repository (default: pvc://onnxpack-models/<TRITON's name>).")] = None,
+    max_batch: Annotated[int, typer.Option(help="Triton's max_batch_size.")] = 32,
+    instances: Annotated[int, typer.Option(help="Instances of the ONNX model.")] = 1,
+    variant: Annotated[Optional[str], typer.Option(help="fp32, optimized, ... (default: as serve picks, the fastest batch-invariant one).")] = None,
+    gpu: Annotated[bool, typer.Option("--gpu", help="KIND_GPU instances for the ONNX model.")] = False,
+    target: Annotated[Optional[str], typer.Option(help="The Triton release to check the graph against: triton==YY.MM (default: the newest in onnxpack's table).")] = None,
+    model_backend: Annotated[str, typer.Option(help="onnxruntime (Triton's backend) or python (ONNX Runtime in a Python-backend model, for a Triton without that backend).")] = "onnxruntime",
+) -> None:
+    """Write a Triton model repository that takes raw text (tokenizer, model and labels as one ensemble)."""
+    from . import compat, kserve as kserve_doc
+    from .triton_repo import ServingConfig, write_repository
+
+    runtime = compat.parse_target(target or compat.newest_triton())
+    if runtime.kind != "triton":
+        raise OnnxpackError(f"--target {target} is not a Triton release", hint="pass --target triton==YY.MM")
+    config = ServingConfig(max_batch=max_batch, instances=instances, gpu=gpu, variant=variant,
+                           model_backend=model_backend, target=runtime)
+    written = write_repository(package, triton, config)
+    names = written["models"]
+    console.print(f"Triton repository [bold]{written['repository']}[/]: {names['ensemble']} (text in; logits, "
+                  f"label, score out) = {names['tokenizer']} -> {names['model']} ({written['variant']}) -> "
+                  f"{names['postprocess']}; padded to {written['max_length']} tokens; checked against {runtime}")
+    if kserve:
+        uri = storage_uri or f"pvc://onnxpack-models/{Path(written['repository']).name}"
+        kserve_doc.write(kserve, kserve_doc.inference_service(names["model"], uri, runtime.version, gpu))
+        console.print(f"KServe InferenceService [bold]{kserve}[/] (storageUri {uri})")
 
 
 @app.command()

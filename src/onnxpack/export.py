@@ -21,7 +21,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from . import __version__, onnxfile
+from . import __version__, compat, onnxfile
 from ._registry import Registry
 from .errors import OnnxpackError, ParityError
 from .families import family
@@ -74,6 +74,7 @@ class ExportConfig:
     max_length: int | None = None  # None: the training max_length, else the model's position limit
     name: str | None = None  # the package's model name; None: the output folder's name
     pairs: bool | None = None  # the model reads sentence pairs; None: as it was trained (train_config.json)
+    target: compat.Target | None = None  # the runtime the package ships to: refuse a graph it cannot load
 
 
 Exporter = Callable[[torch.nn.Module, tuple[torch.Tensor, ...], Path, int], None]
@@ -137,6 +138,8 @@ def export(checkpoint: str | Path, out: str | Path, config: ExportConfig | None 
     exporter = EXPORTERS.get(config.exporter)
     out = Path(out)
     check_target(out, force)
+    if config.target is not None:
+        compat.check_export(config.opset, config.target)
     model, tokenizer, source = load_checkpoint(checkpoint)
     spec = family(model.config.model_type)
     limit = spec.max_tokens(model.config)
@@ -167,6 +170,8 @@ def export(checkpoint: str | Path, out: str | Path, config: ExportConfig | None 
             exporter(wrapper, sample, scratch / MODEL, config.opset)
         _stamp_metadata(scratch / MODEL, tmp / MODEL, labels, max_length, problem_type)
         shutil.rmtree(scratch)
+        if config.target is not None:
+            compat.check_graph(*compat.graph_versions(tmp / MODEL), config.target)
         self_check_diff = _self_check(wrapper, tokenizer_json, tmp / MODEL, pairs, config.atol)
         proto = onnx.load(str(tmp / MODEL), load_external_data=False)
         manifest = Manifest(

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
 from ._registry import Registry
 from .data import load_splits
@@ -460,6 +461,7 @@ def _gate_run(package: Package, model_file: Path | None, texts: list[str], label
     figures = {"n": len(texts), **scores(predictions(logits, thresholds), labels, len(package.manifest.labels)),
                "items_per_s": round(len(texts) / seconds, 1), "provider": provider,
                "batch_size": config.batch_size, "batch_drift": drift, "batch_invariant": drift <= BATCH_INVARIANT_LOGITS,
+               "onnxruntime": ort.__version__,  # whose optimizer built it: its fused ops may be new
                "at": now()}
     return logits, figures
 
