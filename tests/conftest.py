@@ -214,3 +214,14 @@ def browser():
     yield session
     session.close_server()
     driver.quit()
+
+
+def v2_client():
+    """scripts/v2_client.py, the one client script the README gives for onnxpack serve and Triton."""
+    import importlib.util
+
+    path = Path(__file__).parent.parent / "scripts" / "v2_client.py"
+    spec = importlib.util.spec_from_file_location("v2_client", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

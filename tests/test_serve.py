@@ -179,6 +179,16 @@ def test_v2_infer_text(base, predictor, model_name, shape, data):
     assert outputs["score"]["data"] == pytest.approx([e["score"] for e in expected], abs=1e-5)
 
 
+def test_tritons_own_client_gets_predicts_answers(base, predictor, model_name):
+    """tritonclient.http, as scripts/v2_client.py uses it (no Content-Type, texts as [n, 1])."""
+    from conftest import v2_client
+
+    got = v2_client().classify(base.removeprefix("http://"), model_name, TEXTS)
+    want = predictor.predict(TEXTS)
+    assert [g["label"] for g in got] == [w["label"] for w in want]
+    assert [g["score"] for g in got] == pytest.approx([w["score"] for w in want], abs=1e-6)
+
+
 def test_v2_infer_tokens(base, predictor, model_name):
     feed = encode(predictor.tokenizer, TEXTS, predictor.input_names)
     # Extra padding columns (mask 0) must not change a row's logits.

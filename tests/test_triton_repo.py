@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -254,7 +255,7 @@ def triton(package_dir, tmp_path_factory):
                 pass
             assert time.monotonic() < deadline, (root / "server.log").read_text()[-2000:]
             time.sleep(0.2)
-        yield client
+        yield types.SimpleNamespace(client=client, url=f"127.0.0.1:{http}")
     finally:
         client.close()
         process.terminate()
@@ -273,7 +274,7 @@ def test_real_triton_answers_raw_text_as_predict_does(triton, package_dir):
     text = httpclient.InferInput("text", list(texts.shape), "BYTES")
     text.set_data_from_numpy(texts)
     outputs = [httpclient.InferRequestedOutput(n) for n in ("logits", "label", "score")]
-    result = triton.infer("tiny-cola_text", [text], outputs=outputs)
+    result = triton.client.infer("tiny-cola_text", [text], outputs=outputs)
     with Predictor(package_dir) as predictor:
         want = predictor.predict(TEXTS)
         want_logits = predictor.predict_logits(TEXTS)
@@ -282,10 +283,15 @@ def test_real_triton_answers_raw_text_as_predict_does(triton, package_dir):
     np.testing.assert_allclose(result.as_numpy("score")[:, 0], [w["score"] for w in want], atol=1e-5)
     # Triton's classification extension, through labels.txt: "score:index:label" for the top class. (An
     # ensemble asked for only some outputs can fail with "unexpected deadlock": Triton issue #7482.)
-    top = triton.infer("tiny-cola_text", [text], outputs=[httpclient.InferRequestedOutput("logits", class_count=1),
+    top = triton.client.infer("tiny-cola_text", [text], outputs=[httpclient.InferRequestedOutput("logits", class_count=1),
                                                           httpclient.InferRequestedOutput("label")])
     assert [v[0].decode().split(":")[2] for v in top.as_numpy("logits")] == [w["label"] for w in want]
+    from conftest import v2_client  # the README's one client script, as against onnxpack serve
+
+    got = v2_client().classify(triton.url, "tiny-cola_text", TEXTS)
+    assert [g["label"] for g in got] == [w["label"] for w in want]
+    assert [g["score"] for g in got] == pytest.approx([w["score"] for w in want], abs=1e-5)
     blank = httpclient.InferInput("text", [1, 1], "BYTES")
     blank.set_data_from_numpy(np.array([[b"   "]], dtype=object))
     with pytest.raises(InferenceServerException, match="text 0 is empty"):
-        triton.infer("tiny-cola_text", [blank])
+        triton.client.infer("tiny-cola_text", [blank])

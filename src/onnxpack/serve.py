@@ -436,6 +436,7 @@ def create_app(package_dir: str | Path, config: ServeConfig | None = None) -> Fa
                               "Protocol (KServe V2).")
     app.state.service = service
     app.add_middleware(_BodyLimit, limit=config.max_body_bytes)
+    app.add_middleware(_V2JsonBody)
     app.add_middleware(_MetricsMiddleware, metrics=service.metrics)
     _add_error_handlers(app)
 
@@ -698,6 +699,20 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def server_error(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"error": f"internal server error ({type(exc).__name__})"}, 500)
+
+
+class _V2JsonBody:
+    """A V2 inference body sent without a Content-Type is JSON: Triton's own clients (tritonclient)
+    send none, and Triton reads it as JSON."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith("/v2/models/")
+                and not any(name == b"content-type" for name, _ in scope["headers"])):
+            scope = {**scope, "headers": [*scope["headers"], (b"content-type", b"application/json")]}
+        await self.app(scope, receive, send)
 
 
 class _BodyLimit:
