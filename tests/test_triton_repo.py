@@ -146,6 +146,15 @@ def test_folder_rules(package_dir, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["models", "shared"]  # no temp folder left
 
 
+def test_pad_to_a_shorter_fixed_length(package_dir, tmp_path):
+    configs = validate(write_repository(package_dir, tmp_path / "m", ServingConfig(pad_to=16))["repository"])
+    tokenizer = configs["tiny-cola_tokenizer"]
+    assert [list(t.dims) for t in tokenizer.output] == [[16], [16]]
+    assert tokenizer.parameters["max_length"].string_value == "16"
+    with pytest.raises(OnnxpackError, match="--pad-to 999 must be between 2 and the package's max_length 64"):
+        write_repository(package_dir, tmp_path / "n", ServingConfig(pad_to=999))
+
+
 def test_pair_and_multi_label_packages(tmp_path, tiny_model_dir):
     from conftest import tiny_family_folder
     from onnxpack.export import ExportConfig, export

@@ -389,6 +389,7 @@ def export_serving(
     variant: Annotated[Optional[str], typer.Option(help="fp32, optimized, ... (default: as serve picks, the fastest batch-invariant one).")] = None,
     gpu: Annotated[bool, typer.Option("--gpu", help="KIND_GPU instances for the ONNX model.")] = False,
     target: Annotated[Optional[str], typer.Option(help="The Triton release to check the graph against: triton==YY.MM (default: the newest in onnxpack's table).")] = None,
+    pad_to: Annotated[Optional[int], typer.Option(help="Pad (and cut) every text to this many tokens (default: the package's max_length, so answers equal predict's; shorter is faster on short texts).")] = None,
     model_backend: Annotated[str, typer.Option(help="onnxruntime (Triton's backend) or python (ONNX Runtime in a Python-backend model, for a Triton without that backend).")] = "onnxruntime",
 ) -> None:
     """Write a Triton model repository that takes raw text (tokenizer, model and labels as one ensemble)."""
@@ -399,12 +400,12 @@ def export_serving(
     if runtime.kind != "triton":
         raise OnnxpackError(f"--target {target} is not a Triton release", hint="pass --target triton==YY.MM")
     config = ServingConfig(max_batch=max_batch, instances=instances, gpu=gpu, variant=variant,
-                           model_backend=model_backend, target=runtime)
+                           model_backend=model_backend, target=runtime, pad_to=pad_to)
     written = write_repository(package, triton, config)
     names = written["models"]
     console.print(f"Triton repository [bold]{written['repository']}[/]: {names['ensemble']} (text in; logits, "
                   f"label, score out) = {names['tokenizer']} -> {names['model']} ({written['variant']}) -> "
-                  f"{names['postprocess']}; padded to {written['max_length']} tokens; checked against {runtime}")
+                  f"{names['postprocess']}; padded to {written['pad_to']} tokens; checked against {runtime}")
     if kserve:
         uri = storage_uri or f"pvc://onnxpack-models/{Path(written['repository']).name}"
         kserve_doc.write(kserve, kserve_doc.inference_service(names["model"], uri, runtime.version, gpu))

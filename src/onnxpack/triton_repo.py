@@ -50,6 +50,9 @@ class ServingConfig:
     # model, for a Triton built without that backend (PyPI's nvidia-pytriton server)
     model_backend: str = "onnxruntime"
     target: compat.Target | None = None  # refuse a graph this Triton release cannot load
+    # The fixed length every text is padded (and truncated) to; None: the package's max_length, so
+    # answers equal `predict`'s. Shorter is faster on short texts, but cuts longer ones.
+    pad_to: int | None = None
 
     def check(self) -> None:
         if self.model_backend not in MODEL_BACKENDS:
@@ -108,6 +111,9 @@ def write_repository(package_dir: str | Path, out: str | Path, config: ServingCo
         compat.require(package, config.target, variant)
     proto = onnx.load(str(graph), load_external_data=False)
     m = package.manifest
+    length = config.pad_to or m.max_length
+    if not 2 <= length <= m.max_length:
+        raise OnnxpackError(f"--pad-to {length} must be between 2 and the package's max_length {m.max_length}")
     inputs = [(t.name, _triton_type(t.type.tensor_type.elem_type, t.name)) for t in proto.graph.input]
     num_labels = len(m.labels)
     multi_label = m.problem_type == MULTI_LABEL
@@ -134,10 +140,10 @@ def write_repository(package_dir: str | Path, out: str | Path, config: ServingCo
         string_inputs = [pb.ModelInput(name=n, data_type=pb.TYPE_STRING, dims=[1]) for n in text_inputs]
         tokenizer = pb.ModelConfig(
             name=names["tokenizer"], backend="python", max_batch_size=config.max_batch, input=string_inputs,
-            output=[pb.ModelOutput(name=n, data_type=pb.DataType.Value(t), dims=[m.max_length]) for n, t in inputs],
+            output=[pb.ModelOutput(name=n, data_type=pb.DataType.Value(t), dims=[length]) for n, t in inputs],
             dynamic_batching=pb.ModelDynamicBatching(max_queue_delay_microseconds=config.max_queue_delay_us),
             instance_group=[pb.ModelInstanceGroup(count=1, kind=pb.ModelInstanceGroup.KIND_CPU)],
-            parameters=_parameters(tokenizer_file="tokenizer.json", max_length=m.max_length,
+            parameters=_parameters(tokenizer_file="tokenizer.json", max_length=length,
                                    pad_token_id=m.pad_token_id))
         label_outputs = [pb.ModelOutput(name="label", data_type=pb.TYPE_STRING, dims=[1]),
                          pb.ModelOutput(name="score", data_type=pb.TYPE_FP32, dims=[1])]
@@ -173,7 +179,7 @@ def write_repository(package_dir: str | Path, out: str | Path, config: ServingCo
         shutil.copyfile(package.tokenizer_path, tmp / names["tokenizer"] / "1" / "tokenizer.json")
         validate(tmp)
     return {"repository": str(out), "models": names, "variant": variant, "graph": graph.name,
-            "max_length": m.max_length, "text_inputs": text_inputs}
+            "pad_to": length, "text_inputs": text_inputs}
 
 
 def _parameters(**values: Any) -> dict[str, Any]:
