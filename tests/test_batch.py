@@ -108,6 +108,10 @@ def test_pairs(tiny_model_dir, tmp_path):
     (lambda d: _tsv(d / "in.tsv", [("1", "x")]), ["--input", "{d}/in.tsv", "--output", "{d}/o.csv"],
      "is not a supported format"),
     (lambda d: None, ["--input", "{d}/nothing*.tsv", "--output", "{d}/o.jsonl"], "names no file"),
+    (lambda d: _tsv(d / "in.tsv", [("1", "x")]), ["--input", "{d}/in.tsv", "--output", "{d}/missing/parts/"],
+     "folder {d}/missing does not exist"),
+    (lambda d: _tsv(d / "in.tsv", [("1", "x")]) and (d / "in.tsv"), ["--input", "{d}/in.tsv", "--output", "{d}/"],
+     "is a folder that holds other files"),
     (lambda d: _tsv(d / "in.tsv", [("1", "x")]), ["--input", "{d}/in.tsv", "--output", "{d}/o.jsonl", "--engine", "spark"],
      "unknown engine 'spark'; known: local, ray"),
 ])

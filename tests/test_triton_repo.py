@@ -192,12 +192,21 @@ def test_cli_export_serving(package_dir, tmp_path):
     assert result.exit_code == 0, result.output
     assert "tiny-cola_text" in result.output and (tmp_path / "isvc.yaml").is_file()
     assert read_config(tmp_path / "models" / "tiny-cola_text" / "config.pbtxt").max_batch_size == 16
+    (tmp_path / "shared" / "other_model").mkdir(parents=True)
     for args, message in ((["--max-batch", "0"], "--max-batch must be a positive integer"),
                           (["--variant", "int4"], "has no variant 'int4'"),
-                          (["--target", "triton==99.01"], "unknown Triton release 99.01")):
+                          (["--target", "triton==99.01"], "unknown Triton release 99.01"),
+                          (["--target", "onnxruntime==1.20"], "is not a Triton release"),
+                          (["--target", "triton==22.03"], "cannot load fp32 (model.onnx): ai.onnx opset 18 > 15"),
+                          (["--kserve", str(tmp_path / "nowhere" / "x.yaml")], "does not exist"),
+                          (["--model-backend", "tensorrt"], "unknown model backend 'tensorrt'"),
+                          (["--triton", str(tmp_path / "shared")], "already holds other_model")):
+        before = sorted(p.name for p in tmp_path.iterdir())
         result = runner.invoke(app, ["export-serving", str(package_dir), "--triton", str(tmp_path / "m2"), *args])
-        assert result.exit_code == 1 and message in result.output and len(result.output.strip().splitlines()) == 1
-        assert not (tmp_path / "m2").exists()
+        assert result.exit_code == 1 and message in " ".join(result.output.split()), result.output
+        assert len(result.output.strip().splitlines()) == 1 and result.output.startswith("error: ")
+        assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+        assert [p.name for p in (tmp_path / "shared").iterdir()] == ["other_model"]
 
 
 # --- a real Triton ------------------------------------------------------------------------------------------

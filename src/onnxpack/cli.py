@@ -396,6 +396,8 @@ def export_serving(
     from . import compat, kserve as kserve_doc
     from .triton_repo import ServingConfig, write_repository
 
+    if kserve:
+        kserve_doc.check_path(kserve)
     runtime = compat.parse_target(target or compat.newest_triton())
     if runtime.kind != "triton":
         raise OnnxpackError(f"--target {target} is not a Triton release", hint="pass --target triton==YY.MM")

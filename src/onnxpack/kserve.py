@@ -79,11 +79,19 @@ def validate(document: Any) -> None:
              f"resources.{part} must map names to quantity strings")
 
 
-def write(path: str | Path, document: dict[str, Any]) -> None:
-    """Validate, dump, re-read and validate again, then write atomically."""
+def check_path(path: str | Path) -> None:
+    """Refuse an output path in a missing folder (called before the repository is written)."""
     path = Path(path)
     if not path.parent.is_dir():
         raise OnnxpackError(f"--kserve {path}: folder {path.parent} does not exist", hint="create it first")
+    if path.is_dir():
+        raise OnnxpackError(f"--kserve {path} is a folder", hint="name a .yaml file")
+
+
+def write(path: str | Path, document: dict[str, Any]) -> None:
+    """Validate, dump, re-read and validate again, then write atomically."""
+    path = Path(path)
+    check_path(path)
     validate(document)
     text = yaml.safe_dump(document, sort_keys=False)
     validate(yaml.safe_load(text))
