@@ -21,6 +21,7 @@ import onnx
 import onnxruntime as ort
 
 from .data import load_splits
+from . import untrusted
 from .errors import DataError, OnnxpackError
 from .feed import encode, synthetic_feed, vocab_size
 from .inspect import node_flops
@@ -199,6 +200,8 @@ def bench(package_dir: str | Path, config: BenchConfig | None = None,
     variants = list(config.variants or package.variant_names())
     for name in variants:
         package.variant_path(name)  # an unknown variant fails here, before any timing
+    for name in variants:
+        untrusted.trust(package.variant_path(name), package)
     notes: list[str] = []
     torch_models = _torch_engines(package, config, notes)
     sessions = {name: ort.InferenceSession(str(package.variant_path(name)), _session_options(config.threads),

@@ -449,6 +449,9 @@ def serve(
     config = ServeConfig(max_batch=max_batch, max_delay_ms=max_delay_ms, max_concurrency=max_concurrency,
                          max_queue=max_queue, provider=provider, variant=variant, threads=threads)
     server = create_app(package, config)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        console.print(f"[yellow]warning[/]: listening on {host}, not loopback only: anyone who can reach this "
+                      "machine can send requests")
     console.print(f"serving {package} on [bold]http://{host}:{port}/[/] (Ctrl-C or SIGTERM to stop)")
     run(server, host=host, port=port, access_log=access_log)
 

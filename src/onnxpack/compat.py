@@ -18,6 +18,7 @@ from typing import Any
 
 import onnx
 
+from . import untrusted
 from .errors import OnnxpackError
 from .package import FP32, Package
 
@@ -108,6 +109,7 @@ def check(package: Package, target: Target) -> list[Finding]:
     findings = []
     for variant in package.variant_names():
         path = package.variant_path(variant)
+        untrusted.trust(path, package)
         ir, opsets = graph_versions(path)
         problems, warnings = [], []
         if ir > target.ir:

@@ -21,7 +21,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from . import __version__, compat, onnxfile
+from . import __version__, compat, onnxfile, untrusted
 from ._registry import Registry
 from .errors import OnnxpackError, ParityError
 from .families import family
@@ -169,6 +169,7 @@ def export(checkpoint: str | Path, out: str | Path, config: ExportConfig | None 
             warnings.simplefilter("ignore")  # the exporters' own deprecation chatter
             exporter(wrapper, sample, scratch / MODEL, config.opset)
         _stamp_metadata(scratch / MODEL, tmp / MODEL, labels, max_length, problem_type)
+        untrusted.remember(tmp / MODEL)  # exported here from torch: no need to probe it
         shutil.rmtree(scratch)
         if config.target is not None:
             compat.check_graph(*compat.graph_versions(tmp / MODEL), config.target)

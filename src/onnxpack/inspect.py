@@ -20,6 +20,7 @@ import onnx
 import onnxruntime as ort
 from google.protobuf.message import DecodeError
 
+from . import untrusted
 from .errors import OnnxpackError
 from .package import FP32, Package, sha256_file
 
@@ -58,6 +59,7 @@ def resolve(path: str | Path, variant: str | None = None) -> Source:
     if path.is_dir():
         package = Package.open(path)
         variant = variant or FP32
+        untrusted.trust(package.variant_path(variant), package)
         return Source(package.variant_path(variant), package, variant)
     if not path.is_file():
         raise OnnxpackError(f"{path} does not exist", hint="pass a package folder or an .onnx file")
@@ -68,6 +70,7 @@ def resolve(path: str | Path, variant: str | None = None) -> Source:
 
 def load_model(path: Path, load_weights: bool = True) -> onnx.ModelProto:
     """Parse an .onnx file, turning a file that is not one (or is cut short) into a one-line user error."""
+    untrusted.trust(path)
     try:
         model = onnx.load(str(path), load_external_data=load_weights)
     except DecodeError as e:

@@ -31,7 +31,7 @@ from .errors import OnnxpackError
 from .inspect import op_histogram
 from .families import FAMILIES
 from .metrics import METRIC_NAMES, predictions, scores, task_metric
-from . import onnxfile
+from . import onnxfile, untrusted
 from .package import FP32, MODEL, MULTI_LABEL, Package, graph_files, needs_external_data, now, sha256_file
 from .package import variant_file
 from .runtime import Predictor, available_providers
@@ -403,6 +403,7 @@ def optimize(package_dir: str | Path, config: OptimizeConfig | None = None,
                 step(f"{name}: building from {base_variant} {recipe or ''}")
                 started = time.perf_counter()
                 info = spec.build(package, base, path, recipe)
+                untrusted.remember(path)  # built here from a checked graph: no need to probe it
                 build_seconds = round(time.perf_counter() - started, 1)
                 step(f"{name}: validation run")
                 logits, figures = _gate_run(package, path, validation.texts, labels, thresholds,

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from . import untrusted
 from .errors import OnnxpackError
 from .feed import Text, check_input_names, check_texts, encode, package_tokenizer
 from .package import MULTI_LABEL, Package, check_thresholds
@@ -109,12 +110,8 @@ class Predictor:
         if threads:
             options.intra_op_num_threads = threads
         path = model_file or self.package.variant_path(self.variant)
+        untrusted.trust(path, self.package)  # checked, and first run in a sandboxed subprocess, before this process loads it
         self.session = ort.InferenceSession(str(path), options, providers=self.providers)
-        graph_inputs = [i.name for i in self.session.get_inputs()]
-        check_input_names(graph_inputs, str(path))
-        if sorted(graph_inputs) != sorted(self.input_names):
-            raise OnnxpackError(f"{path} takes {', '.join(graph_inputs)} but the manifest says "
-                                f"{', '.join(self.input_names)}", hint="re-export the package")
         self.tokenizer = package_tokenizer(self.package.tokenizer_path, self.max_length, manifest.pad_token_id)
         self.latencies_ms: collections.deque[float] = collections.deque(maxlen=10_000)
 

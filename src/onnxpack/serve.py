@@ -23,6 +23,8 @@ import html
 import importlib.resources
 import logging
 import math
+import os
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -40,7 +42,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import __version__
+from . import __version__, untrusted
 from .errors import OnnxpackError
 from .package import Package
 from .feed import Text, check_texts, columns, pad_rows, vocab_size
@@ -289,22 +291,24 @@ class _Service:
         self.batcher: MicroBatcher | None = None
         self.ready = False
         self.failed: str | None = None
+        self.on_failure: Callable[[], None] | None = None  # set by run(): stop the server
 
     def load(self) -> None:
         """Create the session and run one warm-up inference (ONNX Runtime allocates its buffers on
         the first run); only then is the server ready. Runs in a thread, so `live` answers meanwhile."""
         try:
             predictor = Predictor(self.package, provider=self.config.provider, threads=self.config.threads,
-                                  variant=self.config.variant or serving_variant(self.package))
+                                  variant=self.config.variant)
             warm_up = ("warm-up", "warm-up") if predictor.pairs else "warm-up"
             predictor.predict_logits([warm_up])
             self.predictor = predictor
             self.batcher = MicroBatcher(predictor, self.config.max_batch, self.config.max_delay_ms / 1000, self.metrics)
             self.ready = True
             log.info("serving %s (%s variant, %s)", self.manifest.name, predictor.variant, predictor.providers[0])
-        except Exception as e:
-            self.failed = f"{type(e).__name__}: {e}"
-            log.exception("could not load %s", self.package.root)
+        except Exception as e:  # noqa: BLE001 -- the server then exits with this one line (see run)
+            self.failed = e.message if isinstance(e, OnnxpackError) else f"{type(e).__name__}: {e}"
+            if self.on_failure:
+                self.on_failure()
 
     def close(self) -> None:
         self.ready = False
@@ -415,9 +419,11 @@ def create_app(package_dir: str | Path, config: ServeConfig | None = None) -> Fa
     config = config or ServeConfig()
     config.check()
     package = Package.open(package_dir)
-    # Mistakes in the options show now, as one error line, not later in the background load.
+    # Mistakes in the options show now, as one error line, not later in the background load; so does a
+    # graph that is malformed, hostile, or cannot finish a first run within its time limit (untrusted.py).
     resolve_providers(config.provider)
-    package.variant_path(config.variant)
+    config = dataclasses.replace(config, variant=config.variant or serving_variant(package))
+    untrusted.trust(package.variant_path(config.variant), package)
     service = _Service(package, config)
     model = package.manifest.name
 
@@ -786,9 +792,32 @@ def _drop_unused_422(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+GRACE_S = 30  # after SIGTERM: in-flight requests get this long, then the process ends regardless
+
+
 def run(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, access_log: bool = False) -> None:
     """Serve until SIGINT or SIGTERM: uvicorn then stops accepting connections, finishes the
-    requests in flight and runs the lifespan's shutdown, which drains the batcher."""
+    requests in flight and runs the lifespan's shutdown, which drains the batcher. A model call that
+    never returns cannot hold the process: GRACE_S after the signal it exits anyway. A model that
+    fails to load ends the server with that one line (OnnxpackError), as Triton's --exit-on-error."""
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, access_log=access_log, timeout_graceful_shutdown=30, log_level="info")
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if not self.should_exit:
+                threading.Thread(target=_exit_after, args=(GRACE_S + 5,), daemon=True).start()
+            super().handle_exit(sig, frame)
+
+    server = Server(uvicorn.Config(app, host=host, port=port, access_log=access_log,
+                                   timeout_graceful_shutdown=GRACE_S, log_level="info"))
+    service: _Service = app.state.service
+    service.on_failure = lambda: setattr(server, "should_exit", True)
+    server.run()
+    if service.failed:
+        raise OnnxpackError(f"could not serve {service.package.root}: {service.failed}")
+
+
+def _exit_after(seconds: float) -> None:
+    time.sleep(seconds)
+    print(f"error: shutdown took over {seconds:.0f} s (a model call did not return); exiting", file=sys.stderr)
+    os._exit(1)

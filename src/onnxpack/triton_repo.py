@@ -27,7 +27,7 @@ from typing import Any
 
 import onnx
 
-from . import compat
+from . import compat, untrusted
 from .errors import OnnxpackError
 from .package import MULTI_LABEL, Package, atomic_dir, graph_files
 
@@ -107,6 +107,7 @@ def write_repository(package_dir: str | Path, out: str | Path, config: ServingCo
     variant = config.variant or package.default_variant(
         ["CUDAExecutionProvider" if config.gpu else "CPUExecutionProvider"], batch_invariant=True)
     graph = package.variant_path(variant)
+    untrusted.trust(graph, package)
     if config.target is not None:
         compat.require(package, config.target, variant)
     proto = onnx.load(str(graph), load_external_data=False)

@@ -1,0 +1,223 @@
+"""Malformed and hostile ONNX files, each written into a folder of its own as `model.onnx` (with
+whatever files beside it the case needs). Every one looks like a classifier from outside
+(input_ids and attention_mask in, logits out) where a graph is involved, so it gets as far as a
+user's file would."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OUTSIDE = "/etc/hostname"  # a file outside every package folder
+
+
+def _io() -> tuple[list, list]:
+    inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "sequence"])
+              for n in ("input_ids", "attention_mask")]
+    return inputs, [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])]
+
+
+def _classifier(nodes: list, initializers: list | None = None, opset: int = 18, ir: int = 8,
+                functions: list | None = None, domains: tuple[str, ...] = ()) -> onnx.ModelProto:
+    inputs, outputs = _io()
+    graph = helper.make_graph(nodes, "hostile", inputs, outputs, initializers or [])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]
+                              + [helper.make_opsetid(d, 1) for d in domains], functions=functions or [])
+    model.ir_version = ir
+    return model
+
+
+def _logits_from(value: str) -> list:
+    """Nodes turning any float tensor `value` into [batch, 2] logits that depend on it."""
+    return [helper.make_node("ReduceSum", [value], ["total"], keepdims=0),
+            helper.make_node("Cast", ["input_ids"], ["ids_f"], to=TensorProto.FLOAT),
+            helper.make_node("ReduceSum", ["ids_f", "axis1"], ["row"], keepdims=1),
+            helper.make_node("Concat", ["row", "row"], ["pair"], axis=1),
+            helper.make_node("Add", ["pair", "total"], ["logits"])]
+
+
+def _axis1() -> onnx.TensorProto:
+    return numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1")
+
+
+def _save(model: onnx.ModelProto, folder: Path) -> Path:
+    path = folder / "model.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def _external(folder: Path, location: str, extra: dict[str, str] | None = None, offset: int = 0,
+              length: int = 8) -> Path:
+    weight = numpy_helper.from_array(np.ones(2, dtype=np.float32), "w")
+    weight.ClearField("raw_data")
+    weight.data_location = TensorProto.EXTERNAL
+    for key, value in {"location": location, "offset": str(offset), "length": str(length), **(extra or {})}.items():
+        entry = weight.external_data.add()
+        entry.key, entry.value = key, value
+    return _save(_classifier(_logits_from("w") , [weight, _axis1()]), folder)
+
+
+def empty(folder: Path) -> Path:
+    (folder / "model.onnx").write_bytes(b"")
+    return folder / "model.onnx"
+
+
+def truncated(folder: Path) -> Path:
+    data = _classifier(_logits_from("w"), [numpy_helper.from_array(np.ones(4096, np.float32), "w"), _axis1()])
+    raw = data.SerializeToString()
+    (folder / "model.onnx").write_bytes(raw[: len(raw) // 2])
+    return folder / "model.onnx"
+
+
+def random_bytes(folder: Path) -> Path:
+    (folder / "model.onnx").write_bytes(np.random.default_rng(0).bytes(4096))
+    return folder / "model.onnx"
+
+
+def text_file(folder: Path) -> Path:
+    (folder / "model.onnx").write_text("<html><body>404 Not Found</body></html>\n")
+    return folder / "model.onnx"
+
+
+def external_parent(folder: Path) -> Path:
+    return _external(folder, "../../x")
+
+
+def external_absolute(folder: Path) -> Path:
+    return _external(folder, OUTSIDE)
+
+
+def external_symlink(folder: Path) -> Path:
+    os.symlink(OUTSIDE, folder / "w.bin")
+    return _external(folder, "w.bin")
+
+
+def external_parent_symlink(folder: Path) -> Path:
+    os.symlink("/etc", folder / "sub")
+    return _external(folder, "sub/hostname")
+
+
+def external_offset_past_end(folder: Path) -> Path:
+    (folder / "w.bin").write_bytes(b"\0" * 8)
+    return _external(folder, "w.bin", offset=1 << 20)
+
+
+def external_extra_keys(folder: Path) -> Path:
+    (folder / "w.bin").write_bytes(b"\0" * 8)
+    return _external(folder, "w.bin", extra={"__class__": "x", "basepath": "/"})
+
+
+def huge_declared_dims(folder: Path) -> Path:
+    weight = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[1 << 31, 1 << 31], raw_data=b"\0" * 8)
+    return _save(_classifier(_logits_from("w"), [weight, _axis1()]), folder)
+
+
+def constant_of_shape_bomb(folder: Path) -> Path:
+    shape = numpy_helper.from_array(np.array([1_000_000, 1_000_000], dtype=np.int64), "shape")
+    nodes = [helper.make_node("ConstantOfShape", ["shape"], ["big"],
+                              value=numpy_helper.from_array(np.ones(1, np.float32)))] + _logits_from("big")
+    return _save(_classifier(nodes, [shape, _axis1()]), folder)
+
+
+def loop_bomb(folder: Path) -> Path:
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Add", ["acc_in", "one"], ["acc_out"])], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [1])],
+        [numpy_helper.from_array(np.ones(1, np.float32), "one")])
+    inits = [numpy_helper.from_array(np.array(1 << 62, dtype=np.int64), "trips"),
+             numpy_helper.from_array(np.array(True), "cond"),
+             numpy_helper.from_array(np.zeros(1, np.float32), "acc0"), _axis1()]
+    nodes = [helper.make_node("Loop", ["trips", "cond", "acc0"], ["acc"], body=body)] + _logits_from("acc")
+    return _save(_classifier(nodes, inits), folder)
+
+
+def nested_if(folder: Path) -> Path:
+    """An If whose then-branch is an If ... 5,000 deep, built in place (copies would be quadratic)."""
+    out = helper.make_tensor_value_info("v", TensorProto.FLOAT, [1])
+    leaf = helper.make_graph([helper.make_node("Constant", [], ["v"], value=numpy_helper.from_array(
+        np.ones(1, np.float32)))], "leaf", [], [out])
+    model = _classifier(_logits_from("v"), [numpy_helper.from_array(np.array(True), "c"), _axis1()])
+    graph = model.graph
+    for depth in range(5000):
+        node = graph.node.add() if depth else model.graph.node.add()
+        node.op_type, node.name = "If", f"if{depth}"
+        node.input.append("c")
+        node.output.append("v")
+        then_branch, else_branch = node.attribute.add(), node.attribute.add()
+        then_branch.name, then_branch.type = "then_branch", onnx.AttributeProto.GRAPH
+        else_branch.name, else_branch.type = "else_branch", onnx.AttributeProto.GRAPH
+        else_branch.g.CopyFrom(leaf)
+        graph = then_branch.g
+        graph.name = f"level{depth}"
+        graph.output.append(out)
+    graph.node.extend(leaf.node)
+    return _save(model, folder)
+
+
+def cycle(folder: Path) -> Path:
+    nodes = [helper.make_node("Add", ["b", "w"], ["a"]), helper.make_node("Add", ["a", "w"], ["b"])] + _logits_from("a")
+    return _save(_classifier(nodes, [numpy_helper.from_array(np.ones(1, np.float32), "w"), _axis1()]), folder)
+
+
+def recursive_function(folder: Path) -> Path:
+    function = helper.make_function("local", "Recurse", ["x"], ["y"], [helper.make_node("Recurse", ["x"], ["y"],
+                                                                                       domain="local")],
+                                    [helper.make_opsetid("", 18), helper.make_opsetid("local", 1)])
+    nodes = [helper.make_node("Recurse", ["w"], ["r"], domain="local")] + _logits_from("r")
+    return _save(_classifier(nodes, [numpy_helper.from_array(np.ones(1, np.float32), "w"), _axis1()],
+                             functions=[function], domains=("local",)), folder)
+
+
+def custom_domain(folder: Path) -> Path:
+    nodes = [helper.make_node("Steal", ["w"], ["r"], domain="com.evil.ops")] + _logits_from("r")
+    return _save(_classifier(nodes, [numpy_helper.from_array(np.ones(1, np.float32), "w"), _axis1()],
+                             domains=("com.evil.ops",)), folder)
+
+
+def ir_version_99(folder: Path) -> Path:
+    nodes = _logits_from("w")
+    return _save(_classifier(nodes, [numpy_helper.from_array(np.ones(1, np.float32), "w"), _axis1()], ir=99), folder)
+
+
+def negative_dims(folder: Path) -> Path:
+    weight = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[-4], raw_data=b"")
+    return _save(_classifier(_logits_from("w"), [weight, _axis1()]), folder)
+
+
+def renamed_inputs(folder: Path) -> Path:
+    model = _classifier(_logits_from("w"), [numpy_helper.from_array(np.ones(1, np.float32), "w"), _axis1()])
+    for node in model.graph.node:
+        node.input[:] = ["ids" if i == "input_ids" else i for i in node.input]
+    model.graph.input[0].name = "ids"
+    return _save(model, folder)
+
+
+def float_inputs(folder: Path) -> Path:
+    model = _classifier(_logits_from("w"), [numpy_helper.from_array(np.ones(1, np.float32), "w"), _axis1()])
+    model.graph.input[0].type.tensor_type.elem_type = TensorProto.FLOAT
+    return _save(model, folder)
+
+
+def swapped_graph(folder: Path) -> Path:
+    """A well-formed graph put in place of a package's model.onnx, the manifest's hashes left as they were."""
+    return _save(_classifier(_logits_from("w"), [numpy_helper.from_array(np.ones(1, np.float32), "w"), _axis1()]),
+                 folder)
+
+
+# name -> writer. Each is refused (the last three as a package's graph: as files they are well formed).
+CASES: dict[str, Callable[[Path], Path]] = {f.__name__: f for f in (
+    empty, truncated, random_bytes, text_file, external_parent, external_absolute, external_symlink,
+    external_parent_symlink, external_offset_past_end, external_extra_keys, huge_declared_dims,
+    constant_of_shape_bomb, loop_bomb, nested_if, cycle, recursive_function, custom_domain, ir_version_99,
+    negative_dims, renamed_inputs, float_inputs, swapped_graph)}
+PACKAGE_ONLY = {"renamed_inputs", "float_inputs", "swapped_graph"}
