@@ -225,3 +225,25 @@ def v2_client():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def hostile_package(package_dir: Path, folder: Path, case: str) -> Path:
+    """A copy of a real package whose model.onnx is the hostile one, its manifest's hashes made to
+    match: self-consistent, as an attacker would ship it."""
+    import json
+
+    import hostile
+    from onnxpack.package import MANIFEST, hash_files
+
+    made = folder / "made"
+    made.mkdir(parents=True)
+    getattr(hostile, case)(made)
+    package = Path(shutil.copytree(package_dir, folder / "pkg"))
+    (package / "model.onnx").unlink()
+    for path in made.iterdir():
+        os.rename(path, package / path.name)
+    if case != "swapped_graph":
+        manifest = json.loads((package / MANIFEST).read_text())
+        manifest["files"] = hash_files(package)
+        (package / MANIFEST).write_text(json.dumps(manifest))
+    return package

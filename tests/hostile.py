@@ -208,6 +208,28 @@ def float_inputs(folder: Path) -> Path:
     return _save(model, folder)
 
 
+def input_dependent_loop(folder: Path) -> Path:
+    """Well-behaved on the probe's feed (8 tokens of id 5: 0 iterations), a Loop of over 2^40 iterations on
+    any other: what a first run cannot catch. Not in CASES; serve's time limits must handle it."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Add", ["acc_in", "one"], ["acc_out"])],
+        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                 helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+                 helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [1])],
+        [numpy_helper.from_array(np.ones(1, np.float32), "one")])
+    inits = [numpy_helper.from_array(np.array(40, dtype=np.int64), "forty"),
+             numpy_helper.from_array(np.array(1 << 40, dtype=np.int64), "scale"),
+             numpy_helper.from_array(np.array(True), "cond"), numpy_helper.from_array(np.zeros(1, np.float32), "acc0"),
+             _axis1()]
+    nodes = [helper.make_node("ReduceSum", ["input_ids"], ["sum"], keepdims=0),
+             helper.make_node("Sub", ["sum", "forty"], ["delta"]), helper.make_node("Abs", ["delta"], ["far"]),
+             helper.make_node("Mul", ["far", "scale"], ["trips"]),
+             helper.make_node("Loop", ["trips", "cond", "acc0"], ["acc"], body=body)] + _logits_from("acc")
+    return _save(_classifier(nodes, inits), folder)
+
+
 def swapped_graph(folder: Path) -> Path:
     """A well-formed graph put in place of a package's model.onnx, the manifest's hashes left as they were."""
     return _save(_classifier(_logits_from("w"), [numpy_helper.from_array(np.ones(1, np.float32), "w"), _axis1()]),

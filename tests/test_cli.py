@@ -243,7 +243,7 @@ def bad_files(tmp_path, package_dir) -> dict:
 @pytest.mark.parametrize("kind, message", [
     ("text", "is not a readable ONNX model (Error parsing message"),
     ("truncated", "is not a readable ONNX model (Error parsing message"),
-    ("empty", "is not an ONNX model (no IR version or graph in it)"),
+    ("empty", "is empty (0 bytes), not an ONNX model"),
 ])
 def test_looking_at_a_file_that_is_not_onnx(runner, bad_files, tmp_path, command, kind, message):
     result = runner.invoke(app, _looking(command, bad_files[kind], tmp_path / "out"))

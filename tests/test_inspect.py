@@ -103,16 +103,15 @@ def test_validity_of_a_good_model(tiny_onnx):
     assert v["onnxruntime"]["loads"] is True and v["parity"] is None
 
 
-def test_validity_of_a_broken_model(tmp_path):
-    """A node reading a tensor nothing defines: the report still comes, saying both checks fail."""
+def test_a_broken_model_is_refused_naming_the_problem(tmp_path):
+    """A node reading a tensor nothing defines: refused before any library loads it (untrusted.py)."""
     graph = helper.make_graph([helper.make_node("Relu", ["nowhere"], ["y"], name="r")], "broken",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
     path = _write(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8),
                   tmp_path / "broken.onnx")
-    v = summarize(path)["validity"]
-    assert v["checker"]["ok"] is False and "nowhere" in v["checker"]["error"]
-    assert v["onnxruntime"]["loads"] is False and v["onnxruntime"]["error"]
+    with pytest.raises(OnnxpackError, match="is not a valid ONNX graph: .*nowhere"):
+        summarize(path)
 
 
 def test_fused_ops_of_optimized_graphs(tmp_path):
@@ -158,7 +157,7 @@ def test_unknown_variant(package_dir):
 
 
 @pytest.mark.parametrize("content, message", [
-    (b"", "is not an ONNX model"),
+    (b"", "is empty \\(0 bytes\\), not an ONNX model"),
     (b"hello, I am a text file\n", "is not a readable ONNX model"),
 ])
 def test_not_onnx(tmp_path, content, message):

@@ -31,8 +31,8 @@ class _BrokenInExport(torch.nn.Module):
 @pytest.fixture()
 def broken_export(monkeypatch):
     """load_checkpoint as export sees it: layer 1's output projection exports wrong."""
-    def load(path):
-        model, tokenizer, source = load_checkpoint(path)
+    def load(path, *args):
+        model, tokenizer, source = load_checkpoint(path, *args)
         layer = model.bert.encoder.layer[1].output
         layer.dense = _BrokenInExport(layer.dense)
         return model, tokenizer, source

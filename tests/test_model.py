@@ -240,3 +240,30 @@ def test_load_checkpoint_hub_name_offline_is_one_line(monkeypatch):
     message = str(info.value)
     assert message.startswith("checkpoint someone/tiny-classifier is not a local path, and the Hugging Face Hub "
                               "could not give it") and "hub name when online" in message
+
+
+def test_a_folder_that_ships_code_is_refused_unless_trusted(tiny_model_dir, tmp_path):
+    """A config naming its own module (auto_map): loading would run it, so every loader refuses, naming
+    the file and the flag, and the code never runs."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from onnxpack.cli import app
+
+    folder = Path(shutil.copytree(tiny_model_dir, tmp_path / "remote"))
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForSequenceClassification": "evil.EvilModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+    marker = tmp_path / "ran"
+    (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    for load in (lambda: model_family(str(folder)), lambda: load_checkpoint(folder),
+                 lambda: build_model(str(folder), ["a", "b"])):
+        with pytest.raises(CheckpointError, match="ships its own code \\(evil.py, named by auto_map in config.json\\)"):
+            load()
+    for args in (["export", str(folder), "--out", str(tmp_path / "pkg")],
+                 ["train", "--model", str(folder), "--out", str(tmp_path / "run")]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 1 and "--trust-remote-code" in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1
+    assert not marker.exists() and not (tmp_path / "pkg").exists() and not (tmp_path / "run").exists()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import signal
 import socket
@@ -31,7 +32,7 @@ from onnxpack.feed import encode
 from onnxpack import serve
 from onnxpack.cli import app as cli_app
 from onnxpack.runtime import Predictor
-from onnxpack.serve import MicroBatcher, ServeConfig, create_app, length_groups
+from onnxpack.serve import MicroBatcher, ServeConfig, create_app, length_groups, uvicorn_config
 from schemathesis.checks import positive_data_acceptance
 
 HOST = "127.0.0.1"
@@ -67,7 +68,7 @@ def running(app, wait_ready: bool = True) -> Iterator[str]:
     """Serve `app` with uvicorn on a free loopback port in a thread; yields the base URL."""
     sock = socket.socket()
     sock.bind((HOST, 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server = uvicorn.Server(uvicorn_config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     base = f"http://{HOST}:{sock.getsockname()[1]}"
@@ -522,17 +523,20 @@ def test_web_page_in_headless_chromium(base, predictor):
 
 @pytest.mark.parametrize("mode", list(schemathesis.GenerationMode))
 def test_schema_fuzzing_finds_no_5xx(base, mode):
-    """Requests generated from /openapi.json, fitting it (positive) or not (negative): never a
-    5xx, and every status, content type and body is one the schema documents."""
+    """Requests generated from /openapi.json, fitting it (positive) or not (negative), 500 of each
+    kind: never a 5xx, and every status, content type and body is one the schema documents."""
     schema = schemathesis.openapi.from_url(f"{base}/openapi.json")
+    sent = []
 
     @given(case=schema.as_strategy(generation_mode=mode))
-    @settings(max_examples=50, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=500, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     def check(case):
         # Schema-valid token ids may still lie outside the vocabulary: a 400 there is right.
-        case.call_and_validate(excluded_checks=[positive_data_acceptance], timeout=30)
+        sent.append(case.call_and_validate(excluded_checks=[positive_data_acceptance], timeout=30).status_code)
+        assert sent[-1] < 500
 
     check()
+    assert len(sent) >= 500 and metric(base, "onnxpack_requests_in_progress") == 0
 
 
 def test_loadtest_script_runs(package_dir, small_cola, tmp_path):
@@ -545,3 +549,122 @@ def test_loadtest_script_runs(package_dir, small_cola, tmp_path):
     (row,) = json.loads(out.read_text())["results"]
     assert row["batching"] == "on" and row["concurrency"] == 4 and row["requests"] > 0
     assert row["errors"] == row["mismatches"] == 0
+
+
+# ---- hostile clients and stuck models ----
+
+@pytest.fixture()
+def quick_deadlines(monkeypatch):
+    import onnxpack.serve
+
+    monkeypatch.setattr(onnxpack.serve, "HEADER_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(onnxpack.serve, "BODY_TIMEOUT_S", 1.0)
+
+
+def _raw(port: int, data: bytes, wait: float = 5.0) -> bytes:
+    """Send raw bytes on a fresh connection; what came back before the server closed it (or `wait` passed)."""
+    with socket.create_connection((HOST, port), timeout=wait) as s:
+        s.sendall(data)
+        chunks = []
+        try:
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+        except (TimeoutError, ConnectionResetError):
+            pass
+    return b"".join(chunks)
+
+
+def _status(response: bytes) -> int | None:
+    return int(response.split(b" ", 2)[1]) if response.startswith(b"HTTP/1.1 ") else None
+
+
+def test_slow_clients_are_cut_off_and_others_still_answered(package_dir, quick_deadlines):
+    with running(create_app(package_dir)) as base:
+        port = int(base.rsplit(":", 1)[1])
+        slow = [socket.create_connection((HOST, port)) for _ in range(30)]  # slow-loris: headers never finish
+        for s in slow:
+            s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n")
+        for _ in range(5):  # the server keeps answering meanwhile
+            assert post(base, "/predict", {"texts": ["go"]}).status_code == 200
+        time.sleep(1.5)
+        for s in slow:
+            s.settimeout(5)
+            assert _status(s.recv(4096)) == 408  # cut off at the header deadline
+            s.close()
+        body = json.dumps({"texts": ["go"]}).encode()
+        slow_body = socket.create_connection((HOST, port))
+        slow_body.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: %d\r\n\r\n%s" % (len(body), body[:5]))
+        slow_body.settimeout(5)
+        assert _status(slow_body.recv(4096)) == 408  # the body never finished either
+        slow_body.close()
+        wait_until(lambda: metric(base, "onnxpack_requests_in_progress") == 0, what="nothing held")
+        assert post(base, "/predict", {"texts": ["go"]}).status_code == 200
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}",
+    b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n{}",
+    b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 7\r\n\r\n{}",
+    b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\ngarbage\r\n0\r\n\r\n",
+    b"POST /predict HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (10 << 20) + b"\r\n\r\n",
+    b"GARBAGE / HTTP/9.9\r\n\r\n",
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(64),  # a TLS hello on the plain port
+], ids=["content-length-text", "content-length-negative", "content-length-twice", "chunked-garbage",
+        "10MB-header", "bad-method-version", "tls-hello"])
+def test_malformed_http_gets_4xx_or_a_closed_connection(base, request_bytes):
+    port = int(base.rsplit(":", 1)[1])
+    try:
+        response = _raw(port, request_bytes)
+    except (BrokenPipeError, ConnectionResetError):  # closed while we were still sending the 10 MB
+        response = b""
+    status = _status(response)
+    assert status is None or 400 <= status < 500, response[:200]
+    assert post(base, "/predict", {"texts": ["go"]}).status_code == 200  # and the server is fine
+
+
+def test_a_body_cut_short_or_a_client_gone_frees_what_it_held(package_dir):
+    with running(create_app(package_dir, ServeConfig(max_delay_ms=1500))) as base:
+        port = int(base.rsplit(":", 1)[1])
+        short = socket.create_connection((HOST, port))
+        short.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 1000\r\n\r\n{\"texts\": [")
+        short.close()  # the body ends 990 bytes early
+        gone = socket.create_connection((HOST, port))
+        body = json.dumps({"texts": ["go"] * 20}).encode()
+        gone.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        wait_until(lambda: metric(base, "onnxpack_queue_depth") == 20, what="the rows to be queued")
+        gone.close()  # the client dies while its rows wait for the model
+        wait_until(lambda: metric(base, "onnxpack_queue_depth") == 0, what="the queue to drain")
+        wait_until(lambda: metric(base, "onnxpack_requests_in_progress") == 0, what="nothing held")
+        assert post(base, "/predict", {"texts": ["go"]}).status_code == 200
+
+
+def test_a_stuck_warm_up_ends_the_server_and_sigterm_always_works(package_dir, tmp_path):
+    """A graph that passes its first run but loops on real text (hostile.input_dependent_loop): the
+    warm-up never ends, so the server exits at the time limit with one line; SIGTERM before that
+    ends it within --grace-s."""
+    from conftest import hostile_package
+
+    package = hostile_package(package_dir, tmp_path, "input_dependent_loop")
+    env = {**os.environ, "ONNXPACK_PROBE_TIMEOUT": "6"}
+    command = [sys.executable, "-m", "onnxpack", "serve", str(package), "--host", HOST]
+    started = time.monotonic()
+    result = subprocess.run(command + ["--port", str(free_port())], capture_output=True, text=True, timeout=60,
+                            env=env)
+    assert result.returncode == 1 and "did not finish within 6 s" in result.stderr
+    assert time.monotonic() - started < 30
+    port = free_port()
+    proc = subprocess.Popen(command + ["--port", str(port), "--grace-s", "2"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**env, "ONNXPACK_PROBE_TIMEOUT": "60"})
+    try:
+        wait_until(lambda: _accepts(port), what="the server to listen")
+        assert not ready(f"http://{HOST}:{port}")  # live, never ready: the warm-up is stuck
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        assert proc.wait(20) != 0 and time.monotonic() - started < 10
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()

@@ -3,23 +3,21 @@ that reads a graph, with one line and exit status 1, no traceback, no hang, and 
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 import hostile
+from conftest import hostile_package
 from onnxpack import untrusted
 from onnxpack.cli import app
 from onnxpack.errors import OnnxpackError
-from onnxpack.package import MANIFEST, hash_files
+from onnxpack.package import MANIFEST
 
 PROBE_TIMEOUT_S = 5  # the tests' limit for a first run (the default is 60)
 
@@ -27,23 +25,6 @@ PROBE_TIMEOUT_S = 5  # the tests' limit for a first run (the default is 60)
 @pytest.fixture(autouse=True)
 def short_probe(monkeypatch):
     monkeypatch.setattr(untrusted, "PROBE_TIMEOUT_S", PROBE_TIMEOUT_S)
-
-
-def hostile_package(package_dir: Path, folder: Path, case: str) -> Path:
-    """A copy of a real package whose model.onnx is the hostile one, its manifest's hashes made to
-    match: self-consistent, as an attacker would ship it."""
-    made = folder / "made"
-    made.mkdir(parents=True)
-    hostile.CASES[case](made)
-    package = Path(shutil.copytree(package_dir, folder / "pkg"))
-    (package / "model.onnx").unlink()
-    for path in made.iterdir():
-        os.rename(path, package / path.name)
-    if case != "swapped_graph":
-        manifest = json.loads((package / MANIFEST).read_text())
-        manifest["files"] = {name: digest for name, digest in hash_files(package).items()}
-        (package / MANIFEST).write_text(json.dumps(manifest))
-    return package
 
 
 COMMANDS = {

@@ -96,6 +96,7 @@ def train(
     labels: Annotated[Optional[str], typer.Option(help="Label names in id order, comma-separated (default: from the data).")] = None,
     text_columns: Annotated[Optional[str], typer.Option(help="The text column, or two comma-separated for sentence pairs (default: detected).")] = None,
     multi_label: Annotated[Optional[bool], typer.Option("--multi-label", help="Several labels per row, comma-separated in the label cell.")] = None,
+    trust_remote_code: Annotated[Optional[bool], typer.Option("--trust-remote-code", help="Run the code a model folder ships (auto_map); refused without this.")] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML file of training settings; flags override it.")] = None,
     force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
 ) -> None:
@@ -106,7 +107,7 @@ def train(
     flags = dict(data=data, model=model, epochs=epochs, batch_size=batch_size, lr=lr, max_length=max_length,
                  seed=seed, limit_train_batches=_train_limit(limit_train_batches), max_minutes=max_minutes,
                  labels=_names(labels, "--labels"), text_columns=_names(text_columns, "--text-columns"),
-                 multi_label=multi_label)
+                 multi_label=multi_label, trust_remote_code=trust_remote_code)
     if config:
         train_config = TrainConfig.from_yaml(config, **flags)
     else:
@@ -136,6 +137,7 @@ def export(
     max_length: Annotated[Optional[int], typer.Option(help="Token limit (default: the training max_length).")] = None,
     pairs: Annotated[Optional[bool], typer.Option("--pairs/--single-texts", help="The model reads sentence pairs (default: as trained; single texts for a plain Hugging Face folder).")] = None,
     target: Annotated[Optional[str], typer.Option(help="Refuse a graph this runtime cannot load: onnxruntime==X.Y or triton==YY.MM.")] = None,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Run the code a model folder ships (auto_map); refused without this.")] = False,
     force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Export to ONNX, check against PyTorch on batches of 1, 3 and 17, write the package."""
@@ -143,7 +145,7 @@ def export(
     from .export import ExportConfig, export as export_package
 
     config = ExportConfig(exporter=exporter, opset=opset, name=name, max_length=max_length, pairs=pairs,
-                          target=compat.parse_target(target) if target else None)
+                          target=compat.parse_target(target) if target else None, trust_remote_code=trust_remote_code)
     package = export_package(checkpoint, out, config, force=force)
     m = package.manifest
     console.print(f"package: [bold]{package.root}[/] (opset {m.opset}, {m.exporter}, labels {m.labels}, "
@@ -442,12 +444,13 @@ def serve(
         help="fp32, optimized, int8, ... (default: the fastest whose answers do not depend on the batch).")] = None,
     threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime intra-op threads (default: ONNX Runtime's).")] = None,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
+    grace_s: Annotated[float, typer.Option(help="After SIGTERM, seconds in-flight requests get before the process ends regardless.")] = 30.0,
 ) -> None:
     """Serve the package over HTTP: /predict, the Open Inference Protocol (KServe V2), /metrics and a web page."""
     from .serve import ServeConfig, create_app, run
 
     config = ServeConfig(max_batch=max_batch, max_delay_ms=max_delay_ms, max_concurrency=max_concurrency,
-                         max_queue=max_queue, provider=provider, variant=variant, threads=threads)
+                         max_queue=max_queue, provider=provider, variant=variant, threads=threads, grace_s=grace_s)
     server = create_app(package, config)
     if host not in ("127.0.0.1", "localhost", "::1"):
         console.print(f"[yellow]warning[/]: listening on {host}, not loopback only: anyone who can reach this "

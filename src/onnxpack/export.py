@@ -75,6 +75,7 @@ class ExportConfig:
     name: str | None = None  # the package's model name; None: the output folder's name
     pairs: bool | None = None  # the model reads sentence pairs; None: as it was trained (train_config.json)
     target: compat.Target | None = None  # the runtime the package ships to: refuse a graph it cannot load
+    trust_remote_code: bool = False  # load a model whose folder ships its own code (auto_map)
 
 
 Exporter = Callable[[torch.nn.Module, tuple[torch.Tensor, ...], Path, int], None]
@@ -140,7 +141,7 @@ def export(checkpoint: str | Path, out: str | Path, config: ExportConfig | None 
     check_target(out, force)
     if config.target is not None:
         compat.check_export(config.opset, config.target)
-    model, tokenizer, source = load_checkpoint(checkpoint)
+    model, tokenizer, source = load_checkpoint(checkpoint, config.trust_remote_code)
     spec = family(model.config.model_type)
     limit = spec.max_tokens(model.config)
     pairs = config.pairs if config.pairs is not None else bool(source["train_config"].get("pairs", False))

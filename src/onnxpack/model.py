@@ -46,11 +46,31 @@ def resolve_model_source(name_or_path: str) -> str:
 DROPOUT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
 
 
-def model_family(name_or_path: str) -> Family:
+def refuse_remote_code(folder: str | Path, trust_remote_code: bool) -> None:
+    """A model folder whose config or tokenizer names its own Python code (`auto_map`) is refused
+    unless the user said to trust it: loading it would run that code."""
+    if trust_remote_code or not Path(folder).is_dir():
+        return
+    for name in ("config.json", "tokenizer_config.json"):
+        path = Path(folder) / name
+        try:
+            auto_map = json.loads(path.read_text(encoding="utf-8")).get("auto_map") if path.is_file() else None
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            raise CheckpointError(f"{path} is not valid JSON", hint="pass a save_pretrained folder") from None
+        if auto_map:
+            code = sorted({str(v).split(".")[0] + ".py" for v in (auto_map.values() if isinstance(auto_map, dict)
+                                                                 else [auto_map]) if v})
+            raise CheckpointError(f"{folder} ships its own code ({', '.join(code)}, named by auto_map in {name}), "
+                                  "which loading it would run",
+                                  hint="read that code first; pass --trust-remote-code only if you trust it")
+
+
+def model_family(name_or_path: str, trust_remote_code: bool = False) -> Family:
     """The family of a model, read from its config alone: an unknown one fails before any training."""
     source = resolve_model_source(name_or_path)
+    refuse_remote_code(source, trust_remote_code)
     try:
-        config = AutoConfig.from_pretrained(source)
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise CheckpointError(f"cannot load model {name_or_path!r}: {str(e).splitlines()[0]}",
                               hint="pass a local Hugging Face folder, or a hub name when online") from None
@@ -58,13 +78,14 @@ def model_family(name_or_path: str) -> Family:
 
 
 def build_model(name_or_path: str, labels: Sequence[str], dropout: float | None = None,
-                multi_label: bool = False) -> PreTrainedModel:
+                multi_label: bool = False, trust_remote_code: bool = False) -> PreTrainedModel:
     """A pretrained encoder with a classification head for `labels`; `dropout` overrides the config's.
 
     An encoder gets a fresh head; a classifier's own head is kept only when it has as many labels."""
     source = resolve_model_source(name_or_path)
+    refuse_remote_code(source, trust_remote_code)
     try:
-        existing = AutoConfig.from_pretrained(source)
+        existing = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
         head = getattr(existing, "num_labels", None)
         if _has_trained_head(existing) and head != len(labels):
             raise CheckpointError(f"model {name_or_path!r} has a classification head of {head} labels, "
@@ -72,12 +93,14 @@ def build_model(name_or_path: str, labels: Sequence[str], dropout: float | None 
                                   hint="pass --labels matching its head, or start from the base encoder")
         config = AutoConfig.from_pretrained(source, num_labels=len(labels), id2label=dict(enumerate(labels)),
                                             label2id={label: i for i, label in enumerate(labels)},
-                                            problem_type=MULTI_LABEL if multi_label else "single_label_classification")
+                                            problem_type=MULTI_LABEL if multi_label else "single_label_classification",
+                                            trust_remote_code=trust_remote_code)
         if dropout is not None:
             for field in DROPOUT_FIELDS:
                 if hasattr(config, field):
                     setattr(config, field, dropout)
-        return AutoModelForSequenceClassification.from_pretrained(source, config=config, ignore_mismatched_sizes=True)
+        return AutoModelForSequenceClassification.from_pretrained(source, config=config, ignore_mismatched_sizes=True,
+                                                                  trust_remote_code=trust_remote_code)
     except CheckpointError:
         raise
     except (OSError, ValueError) as e:
@@ -85,10 +108,11 @@ def build_model(name_or_path: str, labels: Sequence[str], dropout: float | None 
                               hint="pass a local Hugging Face folder, or a hub name when online") from None
 
 
-def load_tokenizer(name_or_path: str):
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     source = resolve_model_source(name_or_path)
+    refuse_remote_code(source, trust_remote_code)
     try:
-        return AutoTokenizer.from_pretrained(source)
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise CheckpointError(f"cannot load a tokenizer from {name_or_path!r}: {str(e).splitlines()[0]}",
                               hint="the folder needs tokenizer.json or vocab.txt") from None
@@ -188,7 +212,7 @@ def _is_head(parameter_name: str) -> bool:
     return any(part in parameter_name for part in ("classifier", "pooler"))
 
 
-def load_checkpoint(path: str | Path) -> tuple[PreTrainedModel, Any, dict[str, Any]]:
+def load_checkpoint(path: str | Path, trust_remote_code: bool = False) -> tuple[PreTrainedModel, Any, dict[str, Any]]:
     """(model in eval mode, tokenizer, info) from a Lightning .ckpt or a Hugging Face folder.
 
     A .ckpt is rebuilt from the Hugging Face folder `train` writes beside it (config and
@@ -202,8 +226,13 @@ def load_checkpoint(path: str | Path) -> tuple[PreTrainedModel, Any, dict[str, A
         if not (path / "config.json").is_file():
             raise CheckpointError(f"{path} is not a Hugging Face model folder (no config.json)",
                                   hint="pass best.ckpt from `onnxpack train` or a save_pretrained folder")
-        model = AutoModelForSequenceClassification.from_pretrained(path)
-        tokenizer = load_tokenizer(str(path))
+        refuse_remote_code(path, trust_remote_code)
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"cannot load model {path}: {str(e).splitlines()[0]}",
+                                  hint="pass a save_pretrained folder with a sequence classifier") from None
+        tokenizer = load_tokenizer(str(path), trust_remote_code)
         kind = "hub" if hub_name else "hf-folder"
     elif path.is_file():
         hf_dir = path.parent / HF_DIR
@@ -218,8 +247,9 @@ def load_checkpoint(path: str | Path) -> tuple[PreTrainedModel, Any, dict[str, A
         state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
         if not state:
             raise CheckpointError(f"{path} has no state_dict", hint="pass a Lightning checkpoint from `onnxpack train`")
-        config = AutoConfig.from_pretrained(hf_dir)
-        model = AutoModelForSequenceClassification.from_config(config)
+        refuse_remote_code(hf_dir, trust_remote_code)
+        config = AutoConfig.from_pretrained(hf_dir, trust_remote_code=trust_remote_code)
+        model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=trust_remote_code)
         weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
         missing, unexpected = model.load_state_dict(weights, strict=False)
         # Tied or buffer-only entries may legitimately be absent; real weights may not.
@@ -228,7 +258,7 @@ def load_checkpoint(path: str | Path) -> tuple[PreTrainedModel, Any, dict[str, A
             raise CheckpointError(f"{path} does not match {hf_dir}/config.json "
                                   f"(missing {missing[:3]}, unexpected {unexpected[:3]})",
                                   hint="export the checkpoint together with the run folder it was trained in")
-        tokenizer = load_tokenizer(str(hf_dir))
+        tokenizer = load_tokenizer(str(hf_dir), trust_remote_code)
         kind = "lightning-checkpoint"
     else:
         raise CheckpointError(f"checkpoint {path} does not exist",

@@ -481,8 +481,16 @@ def _batch_drift(predictor: Predictor, texts: list[str]) -> float:
 
 def _add_variants(package: Package, files: dict[str, Path], entries: dict[str, dict[str, Any]],
                   fp32_figures: dict[str, Any], results: list[GateResult], config: OptimizeConfig) -> None:
-    """Move accepted files in, then rewrite the manifest once (it never names a file not yet complete)."""
+    """Move accepted files in, then rewrite the manifest (it never names a file not yet complete). A
+    variant built again first leaves the manifest, so a kill between the two never leaves it naming
+    a file whose bytes changed."""
     m = package.manifest
+    again = [name for name in files if name in m.variants]
+    if again:
+        package.update_manifest(
+            files={f: h for f, h in m.files.items()
+                   if f not in {g.name for name in again for g in graph_files(package.root / variant_file(name))}},
+            variants={k: v for k, v in m.variants.items() if k not in again})
     hashes = dict(m.files)
     stale: list[Path] = []  # removed once the manifest no longer names them
     for name, path in files.items():

@@ -73,13 +73,15 @@ class ServeConfig:
     provider: str | None = None  # ONNX Runtime execution provider (default: the runtime's choice)
     variant: str | None = None  # package variant (default: serving_variant)
     threads: int | None = None  # ONNX Runtime intra-op threads (default: ONNX Runtime's)
+    # After SIGTERM, in-flight requests get this long; then the process ends even if a model call is stuck.
+    grace_s: float = 30.0
 
     def check(self) -> None:
         for name in ("max_batch", "max_concurrency", "max_body_bytes", "max_texts", "max_chars"):
             if getattr(self, name) < 1:
                 raise OnnxpackError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.max_queue < 0 or self.max_delay_ms < 0:
-            raise OnnxpackError("--max-queue and --max-delay-ms cannot be negative")
+        if self.max_queue < 0 or self.max_delay_ms < 0 or self.grace_s < 0:
+            raise OnnxpackError("--max-queue, --max-delay-ms and --grace-s cannot be negative")
 
 
 # ---- the micro-batcher: rows from many requests, one model call per length group ----
@@ -123,6 +125,8 @@ class _Metrics:
         self.queue_depth = Gauge("onnxpack_queue_depth", "Rows waiting for the model", registry=self.registry)
         self.waiting = Gauge("onnxpack_requests_waiting", "Requests waiting for a slot (over --max-concurrency)",
                              registry=self.registry)
+        self.in_progress = Gauge("onnxpack_requests_in_progress", "Inference requests holding a slot",
+                                 registry=self.registry)
 
 
 class MicroBatcher:
@@ -255,11 +259,12 @@ def length_groups(lengths: Sequence[int], call_cost: int) -> list[list[int]]:
 class _Admission:
     """At most `limit` requests in progress; up to `queue` more wait their turn; beyond that, refuse."""
 
-    def __init__(self, limit: int, queue: int, waiting: Gauge) -> None:
+    def __init__(self, limit: int, queue: int, waiting: Gauge, in_progress: Gauge) -> None:
         self._slots = asyncio.Semaphore(limit)
         self._queue = queue
         self._waiting = 0
         self._gauge = waiting
+        self._in_progress = in_progress
 
     async def enter(self) -> bool:
         if self._slots.locked() and self._waiting >= self._queue:
@@ -271,9 +276,11 @@ class _Admission:
         finally:
             self._waiting -= 1
             self._gauge.dec()
+        self._in_progress.inc()
         return True
 
     def leave(self) -> None:
+        self._in_progress.dec()
         self._slots.release()
 
 
@@ -285,7 +292,8 @@ class _Service:
         self.manifest = package.manifest
         self.config = config
         self.metrics = _Metrics()
-        self.admission = _Admission(config.max_concurrency, config.max_queue, self.metrics.waiting)
+        self.admission = _Admission(config.max_concurrency, config.max_queue, self.metrics.waiting,
+                                    self.metrics.in_progress)
         self.vocab_size = vocab_size(package)
         self.predictor: Predictor | None = None
         self.batcher: MicroBatcher | None = None
@@ -792,29 +800,96 @@ def _drop_unused_422(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-GRACE_S = 30  # after SIGTERM: in-flight requests get this long, then the process ends regardless
+HEADER_TIMEOUT_S = 10  # a request's headers must arrive within this (slow-loris clients are cut off)
+BODY_TIMEOUT_S = 30  # and its body within this after them
+
+
+def _timed_protocol() -> type:
+    """uvicorn's httptools protocol with read deadlines, which uvicorn lacks: a connection that sends
+    its headers (or body) too slowly gets 408 and is closed, so slow clients cannot hold the server."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class TimedProtocol(HttpToolsProtocol):
+        _deadline: asyncio.TimerHandle | None = None
+
+        def _expect(self, seconds: float | None) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            self._deadline = self.loop.call_later(seconds, self._too_slow) if seconds else None
+
+        def _too_slow(self) -> None:
+            if not self.transport.is_closing():
+                body = b'{"error": "the request came too slowly"}'
+                self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                                     b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+                self.transport.close()
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._expect(HEADER_TIMEOUT_S)
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._expect(HEADER_TIMEOUT_S)
+
+        def on_headers_complete(self) -> None:
+            self._expect(BODY_TIMEOUT_S)
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            self._expect(None)
+            super().on_message_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._expect(None)
+            super().connection_lost(exc)
+
+    return TimedProtocol
 
 
 def run(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, access_log: bool = False) -> None:
     """Serve until SIGINT or SIGTERM: uvicorn then stops accepting connections, finishes the
     requests in flight and runs the lifespan's shutdown, which drains the batcher. A model call that
-    never returns cannot hold the process: GRACE_S after the signal it exits anyway. A model that
+    never returns cannot hold the process: `grace_s` after the signal it exits anyway. A model that
     fails to load ends the server with that one line (OnnxpackError), as Triton's --exit-on-error."""
     import uvicorn
+
+    service: _Service = app.state.service
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
             if not self.should_exit:
-                threading.Thread(target=_exit_after, args=(GRACE_S + 5,), daemon=True).start()
+                threading.Thread(target=_exit_after, args=(service.config.grace_s + 2,), daemon=True).start()
             super().handle_exit(sig, frame)
 
-    server = Server(uvicorn.Config(app, host=host, port=port, access_log=access_log,
-                                   timeout_graceful_shutdown=GRACE_S, log_level="info"))
-    service: _Service = app.state.service
+    server = Server(uvicorn_config(app, host, port, access_log))
     service.on_failure = lambda: setattr(server, "should_exit", True)
+    threading.Thread(target=_exit_unless_ready, args=(service, untrusted.PROBE_TIMEOUT_S), daemon=True).start()
     server.run()
     if service.failed:
         raise OnnxpackError(f"could not serve {service.package.root}: {service.failed}")
+
+
+def uvicorn_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, access_log: bool = False,
+                   log_level: str = "info") -> Any:
+    """How every onnxpack server runs on uvicorn: read deadlines, and a bounded graceful shutdown."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, access_log=access_log, http=_timed_protocol(),
+                          timeout_graceful_shutdown=app.state.service.config.grace_s, log_level=log_level)
+
+
+def _exit_unless_ready(service: _Service, seconds: float) -> None:
+    """A warm-up (the first inference) over the first-run time limit ends the server: a stuck model
+    call cannot be interrupted, so the process exits with one line."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if service.ready or service.failed:
+            return
+        time.sleep(0.2)
+    print(f"error: the warm-up inference of {service.package.root} did not finish within {seconds:.0f} s",
+          file=sys.stderr)
+    os._exit(1)
 
 
 def _exit_after(seconds: float) -> None:

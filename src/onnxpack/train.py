@@ -57,6 +57,7 @@ class TrainConfig:
     # Wall-clock limit on training (Lightning's max_time); it then validates and keeps the best
     # checkpoint. The learning rate decays to 0 by whichever of the steps or the time runs out first.
     max_minutes: float | None = None
+    trust_remote_code: bool = False  # load a model whose folder ships its own code (auto_map)
     threads: int | None = None  # torch intra-op threads; None leaves torch's default
 
     @classmethod
@@ -109,7 +110,7 @@ def fit(config: TrainConfig, run_dir: str | Path, force: bool = False) -> TrainR
     config.validate()
     run_dir = Path(run_dir)
     check_target(run_dir, force)
-    spec = model_family(config.model)  # an unknown family fails here, before any data or weights load
+    spec = model_family(config.model, config.trust_remote_code)  # an unknown family fails here, before any data or weights load
     splits = load_splits(config.data, labels=config.labels, text_columns=config.text_columns,
                          multi_label=config.multi_label)
     log.info("%d labels (%s)%s", len(splits.labels), ", ".join(splits.labels),
@@ -117,8 +118,9 @@ def fit(config: TrainConfig, run_dir: str | Path, force: bool = False) -> TrainR
     if config.threads:
         torch.set_num_threads(config.threads)
     L.seed_everything(config.seed, workers=True, verbose=False)
-    tokenizer = load_tokenizer(config.model)
-    model = build_model(config.model, splits.labels, config.dropout, multi_label=config.multi_label)
+    tokenizer = load_tokenizer(config.model, config.trust_remote_code)
+    model = build_model(config.model, splits.labels, config.dropout, multi_label=config.multi_label,
+                        trust_remote_code=config.trust_remote_code)
     if config.freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
     module = TextClassifier(model, lr=config.lr, weight_decay=config.weight_decay, warmup_ratio=config.warmup_ratio,

@@ -30,7 +30,7 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
-from .errors import OnnxpackError
+from .errors import OnnxpackError, PackageError
 from .package import Package
 
 KNOWN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onnx.preview.training"}
@@ -40,7 +40,7 @@ PROBE_MEMORY_BYTES = int(os.environ.get("ONNXPACK_PROBE_MEMORY", 8 << 30))
 PROBE_SEQ = 8  # tokens per row of the probe's feed
 HINT = "only load ONNX files you trust; re-export it with `onnxpack export` if it is yours"
 
-_refused: dict[str, str] = {}  # sha256 -> why, for this process: a hostile file is probed once
+_refused: dict[str, str] = {}  # sha256 -> why ("{path}" for its name), for this process: probed once
 
 
 def _cache_dir() -> Path:
@@ -76,8 +76,8 @@ def trust(path: str | Path, package: Package | None = None) -> None:
     if not path.is_file():
         raise OnnxpackError(f"{path} does not exist", hint="pass a package folder or an .onnx file")
     digest = file_sha256(path)
-    if digest in _refused:
-        raise OnnxpackError(_refused[digest], hint=HINT)
+    if digest in _refused:  # the same bytes, perhaps under another name
+        raise OnnxpackError(_refused[digest].replace("{path}", str(path)), hint=HINT)
     if _marker(digest).is_file():
         if package is not None:
             check_inputs(path, [(t.name, t.dtype) for t in package.manifest.inputs])
@@ -88,7 +88,7 @@ def trust(path: str | Path, package: Package | None = None) -> None:
             check_inputs(path, [(t.name, t.dtype) for t in package.manifest.inputs])
         probe(path)
     except OnnxpackError as e:
-        _refused[digest] = e.message
+        _refused[digest] = e.message.replace(str(path), "{path}")
         raise
     remember(path)
 
@@ -100,7 +100,7 @@ def check_inputs(path: Path, manifest_inputs: list[tuple[str, str]]) -> None:
     found = sorted((i.name, onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).name
                     if i.type.tensor_type.elem_type else "?") for i in graph.input)
     if found != sorted(manifest_inputs):
-        raise OnnxpackError(f"{path} takes {', '.join(f'{n} ({t})' for n, t in found)} but the manifest says "
+        raise PackageError(f"{path} takes {', '.join(f'{n} ({t})' for n, t in found)} but the manifest says "
                             f"{', '.join(f'{n} ({t})' for n, t in sorted(manifest_inputs))}", hint="re-export the package")
 
 
