@@ -276,3 +276,24 @@ def test_hash_files_skips_manifest(tmp_path):
     assert hash_files(tmp_path) == {"a": sha256_file(tmp_path / "a")}
     assert sha256_file(tmp_path / "a") == "ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb"
 
+
+
+def test_a_later_write_sweeps_what_a_killed_one_left(tmp_path):
+    """Temp siblings carry their process id: those of a dead process go at the next write, a live
+    process's stay."""
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    target = tmp_path / "pkg"
+    stale = [tmp_path / f".pkg.tmp-{dead_pid}-abc", tmp_path / f".pkg.old-{dead_pid}"]
+    for path in stale:
+        path.mkdir()
+        (path / "half-written").write_text("x")
+    live = tmp_path / f".pkg.tmp-{os.getpid()}-def"
+    live.mkdir()
+    (tmp_path / f".other.tmp-{dead_pid}-x").mkdir()  # another target's: not ours to sweep
+    with atomic_dir(target) as tmp:
+        (tmp / "f").write_text("done")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, f".other.tmp-{dead_pid}-x", "pkg"])

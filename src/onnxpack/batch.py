@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from .data import PAIR_COLUMNS, TEXT_COLUMNS
 from .errors import OnnxpackError
 from .feed import Text
-from .package import replace_dir
+from .package import replace_dir, sweep_stale, temp_prefix
 from .runtime import Predictor
 
 INPUT_FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -186,7 +186,8 @@ class OutputWriter:
                                 hint="name a .parquet or .jsonl file, or a folder (ending in /) for part files")
         _check_parent(self.path)
         self.format = OUTPUT_FORMATS[suffix]
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent)
+        sweep_stale(self.path)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(self.path), dir=self.path.parent)
         os.close(fd)
         self.tmp = Path(tmp)
         self.schema = pa.schema([(ID, pa.string()), ("label", pa.string()), ("score", pa.float64()),
@@ -237,7 +238,8 @@ class FolderWriter:
                                 hint="name a new or empty folder; batch replaces only its own earlier output")
         self.suffix = ".jsonl" if self.path.suffix.lower() in (".jsonl", ".json") else ".parquet"
         self.labels, self.multi_label = labels, multi_label
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent))
+        sweep_stale(self.path)
+        self.tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(self.path), dir=self.path.parent))
         self.parts: list[str] = []
         self.rows = 0
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import OnnxpackError
 from .feed import Text, encode
-from .package import replace_dir
+from .package import replace_dir, sweep_stale, temp_prefix
 from .runtime import Predictor
 
 SCRIPT = Path(__file__).parent / "node" / "run.js"
@@ -55,7 +55,8 @@ def install() -> Path:
         raise OnnxpackError("npm is not installed", hint="install Node.js and npm (e.g. apt-get install nodejs npm)")
     target = home()
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    sweep_stale(target)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(target), dir=target.parent))
     try:
         result = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--prefix", str(tmp), PACKAGE],
                                 env={**os.environ, "ONNXRUNTIME_NODE_INSTALL": "skip"}, capture_output=True,

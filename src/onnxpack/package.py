@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import hashlib
 import json
 import os
@@ -222,6 +223,32 @@ def needs_external_data(weights_bytes: int) -> bool:
     return weights_bytes > EXTERNAL_DATA_BYTES
 
 
+def temp_prefix(target: Path) -> str:
+    """How a temp sibling of `target` is named: with this process's id, so that a later run can
+    remove what a killed one left (`sweep_stale`)."""
+    return f".{target.name}.tmp-{os.getpid()}-"
+
+
+def sweep_stale(target: Path) -> None:
+    """Remove the temp siblings of `target` whose process is gone: what a SIGKILLed run left."""
+    for marker in (".tmp-", ".old-"):
+        prefix = f".{target.name}{marker}"
+        for path in target.parent.glob(f"{glob.escape(prefix)}*"):
+            pid = path.name[len(prefix):].split("-", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a single file through a temp sibling and os.replace, so readers never see half of it."""
     _atomic_write(path, text, binary=False)
@@ -235,7 +262,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def _atomic_write(path: Path, content: str | bytes, binary: bool) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    sweep_stale(path)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), dir=path.parent)
     try:
         with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(content)
@@ -265,7 +293,8 @@ def atomic_dir(target: str | os.PathLike[str], force: bool = False) -> Iterator[
     target = Path(target)
     check_target(target, force)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    sweep_stale(target)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(target), dir=target.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the directory the usual mode
     try:
         yield tmp
