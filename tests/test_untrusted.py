@@ -18,6 +18,7 @@ from onnxpack import untrusted
 from onnxpack.cli import app
 from onnxpack.errors import OnnxpackError
 from onnxpack.package import MANIFEST
+from onnxpack.serve import create_app
 
 PROBE_TIMEOUT_S = 5  # the tests' limit for a first run (the default is 60)
 
@@ -60,6 +61,8 @@ def test_every_command_refuses_a_hostile_model(package_dir, tmp_path, case):
         assert time.monotonic() - started < PROBE_TIMEOUT_S + 60, command
         assert sorted(p.name for p in out.iterdir()) == ["in.tsv"], command  # no partial output
         assert (package / MANIFEST).read_bytes() == manifest, command  # the package is left as it was
+    with pytest.raises(OnnxpackError):  # `serve` refuses before it listens (its CLI run: the test below)
+        create_app(package)
 
 
 def test_refusals_name_the_problem(tmp_path):

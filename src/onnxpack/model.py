@@ -6,10 +6,11 @@ with `load_checkpoint` alone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,15 +66,21 @@ def refuse_remote_code(folder: str | Path, trust_remote_code: bool) -> None:
                                   hint="read that code first; pass --trust-remote-code only if you trust it")
 
 
+@contextlib.contextmanager
+def _loading(name: str | Path, hint: str = "pass a local Hugging Face folder, or a hub name when online") -> Iterator[None]:
+    """transformers' load errors (a missing file, a bad config) as one user-facing line."""
+    try:
+        yield
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot load model {str(name)!r}: {str(e).splitlines()[0]}", hint=hint) from None
+
+
 def model_family(name_or_path: str, trust_remote_code: bool = False) -> Family:
     """The family of a model, read from its config alone: an unknown one fails before any training."""
     source = resolve_model_source(name_or_path)
     refuse_remote_code(source, trust_remote_code)
-    try:
+    with _loading(name_or_path):
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"cannot load model {name_or_path!r}: {str(e).splitlines()[0]}",
-                              hint="pass a local Hugging Face folder, or a hub name when online") from None
     return family(config.model_type)
 
 
@@ -84,7 +91,7 @@ def build_model(name_or_path: str, labels: Sequence[str], dropout: float | None 
     An encoder gets a fresh head; a classifier's own head is kept only when it has as many labels."""
     source = resolve_model_source(name_or_path)
     refuse_remote_code(source, trust_remote_code)
-    try:
+    with _loading(name_or_path):
         existing = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
         head = getattr(existing, "num_labels", None)
         if _has_trained_head(existing) and head != len(labels):
@@ -101,11 +108,6 @@ def build_model(name_or_path: str, labels: Sequence[str], dropout: float | None 
                     setattr(config, field, dropout)
         return AutoModelForSequenceClassification.from_pretrained(source, config=config, ignore_mismatched_sizes=True,
                                                                   trust_remote_code=trust_remote_code)
-    except CheckpointError:
-        raise
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"cannot load model {name_or_path!r}: {str(e).splitlines()[0]}",
-                              hint="pass a local Hugging Face folder, or a hub name when online") from None
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
@@ -227,11 +229,8 @@ def load_checkpoint(path: str | Path, trust_remote_code: bool = False) -> tuple[
             raise CheckpointError(f"{path} is not a Hugging Face model folder (no config.json)",
                                   hint="pass best.ckpt from `onnxpack train` or a save_pretrained folder")
         refuse_remote_code(path, trust_remote_code)
-        try:
+        with _loading(path, hint="pass a save_pretrained folder with a sequence classifier"):
             model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=trust_remote_code)
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"cannot load model {path}: {str(e).splitlines()[0]}",
-                                  hint="pass a save_pretrained folder with a sequence classifier") from None
         tokenizer = load_tokenizer(str(path), trust_remote_code)
         kind = "hub" if hub_name else "hf-folder"
     elif path.is_file():

@@ -19,7 +19,6 @@ so the probe runs once per file; graphs onnxpack writes itself are remembered as
 
 from __future__ import annotations
 
-import hashlib
 import os
 import resource
 import subprocess
@@ -31,7 +30,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from .errors import OnnxpackError, PackageError
-from .package import Package
+from .package import Package, sha256_file
 
 KNOWN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onnx.preview.training"}
 EXTERNAL_KEYS = {"location", "offset", "length", "checksum"}
@@ -54,17 +53,9 @@ def _marker(digest: str) -> Path:
     return _cache_dir() / f"{digest}-ort{onnxruntime.__version__}"
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def remember(path: Path) -> None:
     """Mark a graph onnxpack wrote itself (export, optimize) as checked, so it is not probed again."""
-    marker = _marker(file_sha256(path))
+    marker = _marker(sha256_file(path))
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.touch()
 
@@ -75,7 +66,7 @@ def trust(path: str | Path, package: Package | None = None) -> None:
     path = Path(path)
     if not path.is_file():
         raise OnnxpackError(f"{path} does not exist", hint="pass a package folder or an .onnx file")
-    digest = file_sha256(path)
+    digest = sha256_file(path)
     if digest in _refused:  # the same bytes, perhaps under another name
         raise OnnxpackError(_refused[digest].replace("{path}", str(path)), hint=HINT)
     if _marker(digest).is_file():
