@@ -668,3 +668,67 @@ def test_a_stuck_warm_up_ends_the_server_and_sigterm_always_works(package_dir, t
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
+
+
+# ---- Triton's own client, in its default binary form ----
+
+def test_tritonclient_binary_and_json_text_and_tokens(base, predictor, model_name):
+    """tritonclient.http unchanged: BYTES text and INT64 tokens, binary (its default) and JSON, in
+    and out; answers equal predict's."""
+    import tritonclient.http as httpclient
+
+    from onnxpack.feed import encode
+
+    want = predictor.predict(TEXTS)
+    texts = np.array([t.encode() for t in TEXTS], dtype=np.object_)
+    feed = encode(predictor.tokenizer, TEXTS, predictor.input_names)
+    with httpclient.InferenceServerClient(url=base.removeprefix("http://")) as client:
+        for binary_in in (True, False):
+            for binary_out in (True, False):
+                text = httpclient.InferInput("text", [len(TEXTS)], "BYTES")
+                text.set_data_from_numpy(texts, binary_data=binary_in)
+                outputs = [httpclient.InferRequestedOutput(n, binary_data=binary_out) for n in ("label", "score")]
+                result = client.infer(model_name, [text], outputs=outputs)
+                labels = [v.decode() if isinstance(v, bytes) else v for v in result.as_numpy("label")]
+                assert labels == [w["label"] for w in want], (binary_in, binary_out)
+                assert result.as_numpy("score").tolist() == pytest.approx([w["score"] for w in want], abs=1e-6)
+        tokens = []
+        for name, values in feed.items():
+            tensor = httpclient.InferInput(name, list(values.shape), "INT64")
+            tensor.set_data_from_numpy(values)  # binary
+            tokens.append(tensor)
+        result = client.infer(model_name, tokens)  # no outputs named: all of them, in binary
+        np.testing.assert_allclose(result.as_numpy("logits"), predictor.predict_logits(TEXTS), atol=1e-5)
+
+
+@pytest.mark.parametrize("header_length, tail, message", [
+    ("9999", b"", "does not fit a body"),
+    ("abc", b"", "does not fit a body"),
+    (None, b"\x05\x00\x00\x00go", "runs past the body's end"),
+    (None, b"\x02\x00\x00\x00go" + b"extra", "5 bytes after the last binary tensor"),
+])
+def test_binary_requests_that_lie_get_4xx(base, model_name, header_length, tail, message):
+    """A header length that lies, a body shorter than it claims, a tensor's bytes that do not match."""
+    header = json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1],
+                                     "parameters": {"binary_data_size": 6 if tail.startswith(b"\x02") else 9}}]})
+    body = header.encode() + tail
+    r = httpx.post(f"{base}/v2/models/{model_name}/infer", content=body, timeout=30,
+                   headers={"Inference-Header-Content-Length": header_length or str(len(header))})
+    assert 400 <= r.status_code < 500 and message in r.json()["error"], r.text
+
+
+def test_malformed_binary_flags_are_4xx_not_5xx(base, model_name):
+    """Found by the fuzzer: `parameters` that is not an object, on the request or an output."""
+    for body in ({"inputs": [], "parameters": "x"}, {"inputs": [], "outputs": [{"name": "label", "parameters": ""}]},
+                 {"inputs": [], "outputs": "all"}):
+        assert 400 <= post(base, f"/v2/models/{model_name}/infer", body).status_code < 500
+
+
+def test_binary_token_bytes_must_match_their_shape(base, model_name):
+    ids = np.array([[101, 2000, 102]], dtype=np.int64).tobytes()
+    header = json.dumps({"inputs": [
+        {"name": "input_ids", "datatype": "INT64", "shape": [1, 4], "parameters": {"binary_data_size": len(ids)}},
+        {"name": "attention_mask", "datatype": "INT64", "shape": [1, 3], "parameters": {"binary_data_size": len(ids)}}]})
+    r = httpx.post(f"{base}/v2/models/{model_name}/infer", content=header.encode() + ids + ids, timeout=30,
+                   headers={"Inference-Header-Content-Length": str(len(header))})
+    assert r.status_code == 400 and "24 bytes for shape [1, 4] of INT64 (32 expected)" in r.json()["error"]

@@ -20,6 +20,7 @@ import collections
 import contextlib
 import dataclasses
 import html
+import json
 import importlib.resources
 import logging
 import math
@@ -42,7 +43,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import __version__, untrusted
+from . import __version__, untrusted, v2_binary
 from .errors import OnnxpackError
 from .package import Package
 from .feed import Text, check_texts, columns, pad_rows, vocab_size
@@ -449,8 +450,8 @@ def create_app(package_dir: str | Path, config: ServeConfig | None = None) -> Fa
                   description="Text classification with an onnxpack package: `/predict` and the Open Inference "
                               "Protocol (KServe V2).")
     app.state.service = service
+    app.add_middleware(_V2Body)
     app.add_middleware(_BodyLimit, limit=config.max_body_bytes)
-    app.add_middleware(_V2JsonBody)
     app.add_middleware(_MetricsMiddleware, metrics=service.metrics)
     _add_error_handlers(app)
 
@@ -715,18 +716,85 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"error": f"internal server error ({type(exc).__name__})"}, 500)
 
 
-class _V2JsonBody:
-    """A V2 inference body sent without a Content-Type is JSON: Triton's own clients (tritonclient)
-    send none, and Triton reads it as JSON."""
+class _V2Body:
+    """V2 inference bodies as Triton's own clients send them: JSON without a Content-Type, and the
+    binary tensor data extension (v2_binary), turned into the plain JSON the one handler reads; the
+    answer goes back in binary where the request asks for it. Inside _BodyLimit, so its limit holds."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith("/v2/models/")
-                and not any(name == b"content-type" for name, _ in scope["headers"])):
-            scope = {**scope, "headers": [*scope["headers"], (b"content-type", b"application/json")]}
-        await self.app(scope, receive, send)
+        if not (scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith("/v2/models/")
+                and scope["path"].endswith("/infer")):
+            return await self.app(scope, receive, send)
+        headers = Headers(scope=scope)
+        try:
+            body = b""
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                body += message.get("body", b"")
+                if not message.get("more_body"):
+                    break
+            request = (v2_binary.decode_request(body, headers[v2_binary.HEADER]) if v2_binary.HEADER in headers
+                       else _json_or_none(body))
+        except HTTPException as e:  # the body limit, while reading
+            return await JSONResponse({"error": str(e.detail)}, e.status_code)(scope, receive, send)
+        except OnnxpackError as e:
+            return await JSONResponse({"error": e.message}, 400)(scope, receive, send)
+        if v2_binary.HEADER in headers:
+            body = json.dumps(request).encode()
+        kept = [(k, v) for k, v in scope["headers"]
+                if k not in (b"content-type", b"content-length", v2_binary.HEADER.encode())]
+        scope = {**scope, "headers": kept + [(b"content-type", b"application/json"),
+                                              (b"content-length", str(len(body)).encode())]}
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        binary = v2_binary.wants_binary(request) if isinstance(request, dict) else set()
+        await self.app(scope, replay, _binary_answer(send, binary) if binary else send)
+
+
+def _json_or_none(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None  # the handler answers it with its usual 4xx
+
+
+def _binary_answer(send: Send, binary: set[str] | bool) -> Send:
+    """Re-encode a 200 JSON answer in the binary extension's form."""
+    start: dict[str, Any] = {}
+    chunks: list[bytes] = []
+
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            start.update(message)
+            if message["status"] != 200:
+                start.clear()
+                await send(message)
+            return
+        if not start:
+            return await send(message)
+        chunks.append(message.get("body", b""))
+        if message.get("more_body"):
+            return
+        body, header_length = v2_binary.encode_response(json.loads(b"".join(chunks)), binary)
+        headers = [(k, v) for k, v in start.get("headers", []) if k not in (b"content-type", b"content-length")]
+        headers += [(b"content-type", b"application/octet-stream"), (b"content-length", str(len(body)).encode()),
+                    (v2_binary.HEADER.encode(), str(header_length).encode())]
+        await send({**start, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    return wrapped
 
 
 class _BodyLimit:
