@@ -130,11 +130,11 @@ def test_a_graph_without_a_dynamic_batch_axis_is_refused(repo, tmp_path):
 
 
 def test_folder_rules(package_dir, tmp_path):
-    shared = tmp_path / "shared"
-    (shared / "someone_elses_model").mkdir(parents=True)
+    occupied = tmp_path / "occupied"
+    (occupied / "someone_elses_model").mkdir(parents=True)
     with pytest.raises(OnnxpackError, match="already holds someone_elses_model"):
-        write_repository(package_dir, shared)
-    assert [p.name for p in shared.iterdir()] == ["someone_elses_model"]
+        write_repository(package_dir, occupied)
+    assert [p.name for p in occupied.iterdir()] == ["someone_elses_model"]
     with pytest.raises(OnnxpackError, match="does not exist"):
         write_repository(package_dir, tmp_path / "missing" / "models")
     out = tmp_path / "models"
@@ -143,7 +143,7 @@ def test_folder_rules(package_dir, tmp_path):
     write_repository(package_dir, out, ServingConfig(max_batch=8, instances=2))  # a rerun replaces its own models
     assert read_config(out / "tiny-cola" / "config.pbtxt").instance_group[0].count == 2
     assert (out / "tiny-cola" / "labels.txt").read_text() != "stale\n"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["models", "shared"]  # no temp folder left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models", "occupied"]  # no temp folder left
 
 
 def test_pad_to_a_shorter_fixed_length(package_dir, tmp_path):
@@ -192,7 +192,7 @@ def test_cli_export_serving(package_dir, tmp_path):
     assert result.exit_code == 0, result.output
     assert "tiny-cola_text" in result.output and (tmp_path / "isvc.yaml").is_file()
     assert read_config(tmp_path / "models" / "tiny-cola_text" / "config.pbtxt").max_batch_size == 16
-    (tmp_path / "shared" / "other_model").mkdir(parents=True)
+    (tmp_path / "occupied" / "other_model").mkdir(parents=True)
     for args, message in ((["--max-batch", "0"], "--max-batch must be a positive integer"),
                           (["--variant", "int4"], "has no variant 'int4'"),
                           (["--target", "triton==99.01"], "unknown Triton release 99.01"),
@@ -200,13 +200,13 @@ def test_cli_export_serving(package_dir, tmp_path):
                           (["--target", "triton==22.03"], "cannot load fp32 (model.onnx): ai.onnx opset 18 > 15"),
                           (["--kserve", str(tmp_path / "nowhere" / "x.yaml")], "does not exist"),
                           (["--model-backend", "tensorrt"], "unknown model backend 'tensorrt'"),
-                          (["--triton", str(tmp_path / "shared")], "already holds other_model")):
+                          (["--triton", str(tmp_path / "occupied")], "already holds other_model")):
         before = sorted(p.name for p in tmp_path.iterdir())
         result = runner.invoke(app, ["export-serving", str(package_dir), "--triton", str(tmp_path / "m2"), *args])
         assert result.exit_code == 1 and message in " ".join(result.output.split()), result.output
         assert len(result.output.strip().splitlines()) == 1 and result.output.startswith("error: ")
         assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
-        assert [p.name for p in (tmp_path / "shared").iterdir()] == ["other_model"]
+        assert [p.name for p in (tmp_path / "occupied").iterdir()] == ["other_model"]
 
 
 # --- a real Triton ------------------------------------------------------------------------------------------

@@ -738,8 +738,10 @@ class _V2Body:
                 body += message.get("body", b"")
                 if not message.get("more_body"):
                     break
-            request = (v2_binary.decode_request(body, headers[v2_binary.HEADER]) if v2_binary.HEADER in headers
-                       else _json_or_none(body))
+            if v2_binary.HEADER in headers:
+                request = v2_binary.decode_request(body, headers[v2_binary.HEADER])
+            else:  # plain JSON: parsed here only when it may ask for binary outputs (the handler parses it anyway)
+                request = _json_or_none(body) if b'"binary_data' in body else None
         except HTTPException as e:  # the body limit, while reading
             return await JSONResponse({"error": str(e.detail)}, e.status_code)(scope, receive, send)
         except OnnxpackError as e:
