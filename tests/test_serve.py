@@ -1,4 +1,4 @@
-"""serve.py: a real uvicorn server on a free loopback port, spoken to over HTTP.
+"""onnxpack.serve (HTTP): a real uvicorn server on a free loopback port, spoken to over HTTP.
 
 Most tests share one server on the default limits; those about loading, the concurrency
 cap and SIGTERM start their own (in a thread, or as `python -m onnxpack serve`).
@@ -29,10 +29,12 @@ from hypothesis import HealthCheck, given, settings
 from typer.testing import CliRunner
 
 from onnxpack.feed import encode
-from onnxpack import serve
+from onnxpack.serve import http_api, service as serve_service
 from onnxpack.cli import app as cli_app
 from onnxpack.runtime import Predictor
-from onnxpack.serve import MicroBatcher, ServeConfig, create_app, length_groups, uvicorn_config
+from onnxpack.serve import ServeConfig, create_app, uvicorn_config
+from onnxpack.serve.batcher import MicroBatcher, length_groups
+from onnxpack.serve.metrics import Metrics
 from schemathesis.checks import positive_data_acceptance
 
 HOST = "127.0.0.1"
@@ -333,7 +335,7 @@ def test_concurrent_requests_each_get_their_own_answers_in_order(base, predictor
 
 
 def test_batcher_gathers_rows_from_concurrent_requests(predictor):
-    metrics = serve._Metrics()
+    metrics = Metrics()
     batcher = MicroBatcher(predictor, max_batch=8, max_delay_s=30, metrics=metrics)
 
     async def eight_requests():
@@ -405,7 +407,7 @@ class Gate:
 
 def test_ready_only_after_warm_up(package_dir, monkeypatch, model_name):
     gate = Gate(open_=False)
-    monkeypatch.setattr(serve, "Predictor", gate.predictor_class())
+    monkeypatch.setattr(serve_service, "Predictor", gate.predictor_class())
     with running(create_app(package_dir), wait_ready=False) as base:
         assert gate.entered.wait(30)  # the warm-up inference has started, and is held
         assert httpx.get(f"{base}/v2/health/live").status_code == 200
@@ -421,7 +423,7 @@ def test_ready_only_after_warm_up(package_dir, monkeypatch, model_name):
 
 def test_over_the_cap_requests_queue_then_get_503(package_dir, monkeypatch):
     gate = Gate(open_=True)
-    monkeypatch.setattr(serve, "Predictor", gate.predictor_class())
+    monkeypatch.setattr(serve_service, "Predictor", gate.predictor_class())
     config = ServeConfig(max_concurrency=1, max_queue=1)
     with running(create_app(package_dir, config)) as base:
         gate.opened.clear()
@@ -448,7 +450,7 @@ def test_sigterm_finishes_in_flight_requests_then_exits(package_dir):
     base = f"http://{HOST}:{port}"
     # A long batching delay keeps a lone request in flight while SIGTERM arrives.
     proc = subprocess.Popen([sys.executable, "-m", "onnxpack", "serve", str(package_dir), "--host", HOST,
-                             "--port", str(port), "--max-delay-ms", "3000"],
+                             "--port", str(port), "--grpc-port", str(free_port()), "--max-delay-ms", "3000"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_until(lambda: ready(base), what="the server to be ready")
@@ -555,10 +557,9 @@ def test_loadtest_script_runs(package_dir, small_cola, tmp_path):
 
 @pytest.fixture()
 def quick_deadlines(monkeypatch):
-    import onnxpack.serve
 
-    monkeypatch.setattr(onnxpack.serve, "HEADER_TIMEOUT_S", 1.0)
-    monkeypatch.setattr(onnxpack.serve, "BODY_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(http_api, "HEADER_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(http_api, "BODY_TIMEOUT_S", 1.0)
 
 
 def _raw(port: int, data: bytes, wait: float = 5.0) -> bytes:
@@ -649,7 +650,7 @@ def test_a_stuck_warm_up_ends_the_server_and_sigterm_always_works(package_dir, t
 
     package = hostile_package(package_dir, tmp_path, "input_dependent_loop")
     env = {**os.environ, "ONNXPACK_PROBE_TIMEOUT": "6"}
-    command = [sys.executable, "-m", "onnxpack", "serve", str(package), "--host", HOST]
+    command = [sys.executable, "-m", "onnxpack", "serve", str(package), "--host", HOST, "--grpc-port", str(free_port())]
     started = time.monotonic()
     result = subprocess.run(command + ["--port", str(free_port())], capture_output=True, text=True, timeout=60,
                             env=env)

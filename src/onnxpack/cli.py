@@ -445,17 +445,20 @@ def serve(
     threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime intra-op threads (default: ONNX Runtime's).")] = None,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
     grace_s: Annotated[float, typer.Option(help="After SIGTERM, seconds in-flight requests get before the process ends regardless.")] = 30.0,
+    grpc_port: Annotated[int, typer.Option(help="Port of the V2 gRPC service (Triton's GRPCInferenceService); 0 for none.")] = 8001,
 ) -> None:
-    """Serve the package over HTTP: /predict, the Open Inference Protocol (KServe V2), /metrics and a web page."""
+    """Serve the package: /predict, the Open Inference Protocol (KServe V2) over HTTP and gRPC, /metrics and a web page."""
     from .serve import ServeConfig, create_app, run
 
     config = ServeConfig(max_batch=max_batch, max_delay_ms=max_delay_ms, max_concurrency=max_concurrency,
-                         max_queue=max_queue, provider=provider, variant=variant, threads=threads, grace_s=grace_s)
+                         max_queue=max_queue, provider=provider, variant=variant, threads=threads, grace_s=grace_s,
+                         grpc_port=grpc_port or None, host=host)
     server = create_app(package, config)
     if host not in ("127.0.0.1", "localhost", "::1"):
         console.print(f"[yellow]warning[/]: listening on {host}, not loopback only: anyone who can reach this "
                       "machine can send requests")
-    console.print(f"serving {package} on [bold]http://{host}:{port}/[/] (Ctrl-C or SIGTERM to stop)")
+    console.print(f"serving {package} on [bold]http://{host}:{port}/[/]"
+                  f"{f' and gRPC {host}:{grpc_port}' if grpc_port else ''} (Ctrl-C or SIGTERM to stop)")
     run(server, host=host, port=port, access_log=access_log)
 
 

@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from .errors import OnnxpackError
+from ..errors import OnnxpackError
 
 HEADER = "inference-header-content-length"
+EXTENSIONS = ("binary_tensor_data",)  # what /v2 lists for it
 NUMPY = {"INT64": "<i8", "INT32": "<i4", "FP32": "<f4", "FP64": "<f8", "BOOL": "?"}
 
 
@@ -41,15 +42,15 @@ def decode_request(body: bytes, header_length: str) -> dict[str, Any]:
         n = parameters.pop("binary_data_size")
         if not isinstance(n, int) or n < 0 or offset + n > len(body):
             raise OnnxpackError(f"input {tensor.get('name')!r}: binary_data_size {n!r} runs past the body's end")
-        tensor["data"] = _elements(body[offset:offset + n], tensor)
+        tensor["data"] = elements(body[offset:offset + n], tensor.get("name"), tensor.get("datatype"), tensor.get("shape"))
         offset += n
     if offset != len(body):
         raise OnnxpackError(f"{len(body) - offset} bytes after the last binary tensor")
     return request
 
 
-def _elements(raw: bytes, tensor: dict[str, Any]) -> list[Any]:
-    name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
+def elements(raw: bytes, name: Any, datatype: Any, shape: Any) -> list[Any]:
+    """A tensor's raw bytes (a binary-extension part, or gRPC's raw_input_contents) as a flat list."""
     if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
         raise OnnxpackError(f"input {name!r}: shape must be a list of sizes")
     count = math.prod(shape)
@@ -96,12 +97,15 @@ def encode_response(response: dict[str, Any], binary: set[str] | bool) -> tuple[
     chunks = []
     for output in response.get("outputs", []):
         if binary is True or output["name"] in binary:
-            data = output.pop("data")
-            if output["datatype"] == "BYTES":
-                raw = b"".join(struct.pack("<I", len(b)) + b for b in (str(v).encode("utf-8") for v in data))
-            else:
-                raw = np.asarray(data, dtype=NUMPY[output["datatype"]]).tobytes()
+            raw = tensor_bytes(output["datatype"], output.pop("data"))
             output.setdefault("parameters", {})["binary_data_size"] = len(raw)
             chunks.append(raw)
     header = json.dumps(response, separators=(",", ":")).encode()
     return header + b"".join(chunks), len(header)
+
+
+def tensor_bytes(datatype: str, data: Any) -> bytes:
+    """A tensor's values in raw form: BYTES length-prefixed, numbers little-endian."""
+    if datatype == "BYTES":
+        return b"".join(struct.pack("<I", len(b)) + b for b in (str(v).encode("utf-8") for v in data))
+    return np.asarray(data, dtype=NUMPY[datatype]).tobytes()
