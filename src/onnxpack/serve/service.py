@@ -112,7 +112,11 @@ class Service:
         started: list[Frontend] = []
         try:
             for frontend in self.frontends:
-                await frontend.start()
+                try:
+                    await frontend.start()
+                except OnnxpackError as e:  # its port is taken: the server ends with this one line (see run)
+                    self._fail(e.message)
+                    break
                 started.append(frontend)
             yield
         finally:
@@ -135,9 +139,12 @@ class Service:
             self.ready = True
             log.info("serving %s (%s variant, %s)", self.manifest.name, predictor.variant, predictor.providers[0])
         except Exception as e:  # noqa: BLE001 -- the server then exits with this one line (see run)
-            self.failed = e.message if isinstance(e, OnnxpackError) else f"{type(e).__name__}: {e}"
-            if self.on_failure:
-                self.on_failure()
+            self._fail(e.message if isinstance(e, OnnxpackError) else f"{type(e).__name__}: {e}")
+
+    def _fail(self, message: str) -> None:
+        self.failed = message
+        if self.on_failure:
+            self.on_failure()
 
     def close(self) -> None:
         self.ready = False
