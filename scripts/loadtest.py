@@ -1,19 +1,24 @@
 #!/usr/bin/env python3
-"""Load-test `onnxpack serve` on loopback: p50/p99 latency and throughput, micro-batching on and off.
+"""Load-test `onnxpack serve` on loopback: throughput and p50/p99 latency over HTTP and gRPC, with
+micro-batching on and off, next to the served variant's own offline throughput, in one run.
 
 For each batching mode it starts a real server (`python -m onnxpack serve`, --max-batch 32 for
-"on", 1 for "off") on a free 127.0.0.1 port, then for each concurrency runs that many
-closed-loop clients (each sends a one-text POST /predict, waits for the answer, sends the
-next) for a warm-up second and then `--duration` seconds. Texts are the CoLA validation
-sentences; every answer is checked against `onnxpack predict` on the same text (same label,
-score within --atol). Exits 1 on any error or mismatch.
+"on", 1 for "off") with HTTP and gRPC on free 127.0.0.1 ports; then for each protocol and
+concurrency it runs that many closed-loop clients (each sends a one-text request, waits for the
+answer, sends the next) for a warm-up second and then `--duration` seconds: HTTP `POST /predict`,
+gRPC V2 `ModelInfer` with a BYTES `text` tensor. Texts are the CoLA validation sentences; every
+answer is checked against `onnxpack predict` for the served variant on the same text (same label,
+score within --atol). Offline, with no server running (before the first server and after the last),
+it times that variant on the same texts as `onnxpack predict` runs it: length-sorted batches of 32.
+It prints each run, then the ratio of the served throughput at the highest concurrency to the
+offline one. Exits 1 on any error or mismatch.
 
-    python scripts/loadtest.py PACKAGE                              # c = 1, 8, 32; batching on and off; 10 s each
-    python scripts/loadtest.py PACKAGE --concurrency 32 --duration 60 --batching on   # the soak run
-    python scripts/loadtest.py PACKAGE --serve-args "--max-delay-ms 20 --threads 1"   # other server settings
+    python scripts/loadtest.py PACKAGE                              # c = 1, 8, 32; HTTP and gRPC; batching on and off
+    python scripts/loadtest.py PACKAGE --concurrency 32 --duration 60 --batching on --protocols http   # the soak run
+    python scripts/loadtest.py PACKAGE --serve-args "--instances 1"   # other server settings
 
-The client speaks raw HTTP/1.1 over keep-alive connections on asyncio: on a 2-core machine
-it shares the CPU with the server, so it has to cost little per request.
+The clients speak raw HTTP/1.1 over keep-alive connections, and gRPC with pre-serialized requests,
+on asyncio: on a 2-core machine they share the CPU with the server, so they have to cost little.
 """
 
 from __future__ import annotations
@@ -27,52 +32,96 @@ import re
 import shlex
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import grpc
 import numpy as np
+import orjson
+from tritonclient.grpc import service_pb2 as pb
 
 from onnxpack.data import load_splits, resolve_data
 from onnxpack.package import Package
-from onnxpack.runtime import serving_variant
+from onnxpack.runtime import Predictor, serving_variant
 
 HOST = "127.0.0.1"  # loopback only: the server and the clients live on this machine
 MAX_BATCH = {"on": 32, "off": 1}
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 
-class Connection:
-    """One keep-alive HTTP/1.1 connection; reconnects after an error."""
+class HttpClient:
+    """One keep-alive HTTP/1.1 connection sending `POST /predict`; reconnects after an error."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, model: str) -> None:
         self.port = port
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+    @staticmethod
+    def request(text: str, model: str) -> bytes:
+        body = orjson.dumps({"texts": [text]})
+        return (b"POST /predict HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                % (HOST.encode(), len(body)) + body)
+
+    async def send(self, request: bytes) -> tuple[str, float]:
+        """(label, score) of the answer; raises on anything but a 200."""
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(HOST, self.port)
-        self.writer.write(b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
-                          % (path.encode(), HOST.encode(), len(body)) + body)
+        self.writer.write(request)
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head.split(b" ", 2)[1])
         length = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)[1])
         payload = await self.reader.readexactly(length)
         if re.search(rb"(?i)\r\nconnection: *close", head):
-            self.close()
-        return status, payload
+            await self.close()
+        if status != 200:
+            raise RuntimeError(f"{status}: {payload[:100]!r}")
+        got = orjson.loads(payload)["predictions"][0]
+        return got["label"], got["score"]
 
-    def close(self) -> None:
+    async def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
         self.reader = self.writer = None
 
 
-async def run_clients(port: int, texts: list[str], reference: dict[str, dict], concurrency: int, warmup_s: float,
-                      duration_s: float, atol: float, server_pid: int) -> dict:
+class GrpcClient:
+    """One gRPC channel calling V2 ModelInfer with pre-serialized requests (a BYTES `text` tensor)."""
+
+    def __init__(self, port: int, model: str) -> None:
+        self.channel = grpc.aio.insecure_channel(f"{HOST}:{port}")
+        self.infer = self.channel.unary_unary(MODEL_INFER)  # bytes in, bytes out
+
+    @staticmethod
+    def request(text: str, model: str) -> bytes:
+        request = pb.ModelInferRequest(model_name=model)
+        request.inputs.add(name="text", datatype="BYTES", shape=[1])
+        request.outputs.add(name="label")
+        request.outputs.add(name="score")
+        raw = text.encode()
+        request.raw_input_contents.append(struct.pack("<I", len(raw)) + raw)
+        return request.SerializeToString()
+
+    async def send(self, request: bytes) -> tuple[str, float]:
+        response = pb.ModelInferResponse.FromString(await self.infer(request))
+        label, score = response.raw_output_contents
+        return label[4:].decode(), float(np.frombuffer(score, dtype="<f4")[0])
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+CLIENTS = {"http": HttpClient, "grpc": GrpcClient}
+
+
+async def run_clients(client_type: type, port: int, model: str, texts: list[str], reference: dict[str, dict],
+                      concurrency: int, warmup_s: float, duration_s: float, atol: float, server_pid: int) -> dict:
     """`concurrency` closed-loop clients for warmup_s + duration_s; statistics over the timed part."""
+    requests = {text: client_type.request(text, model) for text in texts}
     latencies: list[float] = []
     cpu_at: list[float] = []
     failures: list[str] = []
@@ -82,28 +131,27 @@ async def run_clients(port: int, texts: list[str], reference: dict[str, dict], c
 
     async def client(k: int) -> None:
         nonlocal errors, mismatches
-        conn = Connection(port)
+        connection = client_type(port, model)
         i = k * len(texts) // concurrency  # clients start at different texts
         while (sent := time.perf_counter()) < stop_at:
             text = texts[i % len(texts)]
             i += 1
             try:
-                status, payload = await conn.post("/predict", json.dumps({"texts": [text]}).encode())
-            except (OSError, asyncio.IncompleteReadError, ValueError, TypeError) as e:
-                conn.close()
-                status, payload = 0, repr(e).encode()
-            done = time.perf_counter()
-            if status != 200:
+                label, score = await connection.send(requests[text])
+            except Exception as e:  # noqa: BLE001 -- counted and shown, the run goes on
+                await connection.close()
+                connection = client_type(port, model)
                 errors += 1
-                failures.append(f"{status}: {payload[:100]!r}")
+                failures.append(repr(e)[:200])
                 continue
-            got, want = json.loads(payload)["predictions"][0], reference[text]
-            if got["label"] != want["label"] or abs(got["score"] - want["score"]) > atol:
+            done = time.perf_counter()
+            want = reference[text]
+            if label != want["label"] or abs(score - want["score"]) > atol:
                 mismatches += 1
-                failures.append(f"mismatch on {text!r}: {got['label']} {got['score']} vs {want['label']} {want['score']}")
+                failures.append(f"mismatch on {text!r}: {label} {score} vs {want['label']} {want['score']}")
             if sent >= measure_from:
                 latencies.append(done - sent)
-        conn.close()
+        await connection.close()
 
     async def note_cpu_at_start() -> None:
         await asyncio.sleep(warmup_s)
@@ -116,8 +164,7 @@ async def run_clients(port: int, texts: list[str], reference: dict[str, dict], c
     return {"concurrency": concurrency, "requests": len(latencies), "seconds": round(elapsed, 2),
             "req_per_s": round(len(latencies) / elapsed, 1), "p50_ms": round(float(np.percentile(ms, 50)), 2),
             "p99_ms": round(float(np.percentile(ms, 99)), 2), "server_cpu_ms_per_req": round(cpu_ms, 2),
-            "errors": errors, "mismatches": mismatches,
-            "failures": failures[:5]}
+            "errors": errors, "mismatches": mismatches, "failures": failures[:5]}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -135,10 +182,11 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def server(package: Path, batching: str, extra: list[str], log: Path):
-    """A real `onnxpack serve` process on a free loopback port, until SIGTERM at the end."""
-    port = free_port()
+    """A real `onnxpack serve` process on free loopback ports, until SIGTERM at the end:
+    yields (HTTP port, gRPC port, pid)."""
+    port, grpc_port = free_port(), free_port()
     cmd = [sys.executable, "-m", "onnxpack", "serve", str(package), "--host", HOST, "--port", str(port),
-           "--max-batch", str(MAX_BATCH[batching]), *extra]
+           "--grpc-port", str(grpc_port), "--max-batch", str(MAX_BATCH[batching]), *extra]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -147,7 +195,7 @@ def server(package: Path, batching: str, extra: list[str], log: Path):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"server did not become ready; see {log}")
             time.sleep(0.2)
-        yield port, proc.pid
+        yield port, grpc_port, proc.pid
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -174,59 +222,97 @@ def ready(port: int) -> bool:
         return False
 
 
-def reference_predictions(package: Path, texts: list[str], work: Path, extra: list[str]) -> dict[str, dict]:
+def served_variant(package: Path, extra: list[str]) -> str:
+    """The graph the server runs: --variant if given, else the one it picks itself."""
+    return extra[extra.index("--variant") + 1] if "--variant" in extra else serving_variant(Package.open(package))
+
+
+def reference_predictions(package: Path, variant: str, texts: list[str], work: Path) -> dict[str, dict]:
     """What `onnxpack predict` prints for each text: the answers every response must match."""
     (work / "texts.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
-    # The graph the server runs: --variant if given, else the one it picks itself.
-    variant = extra[extra.index("--variant") + 1] if "--variant" in extra else serving_variant(Package.open(package))
     subprocess.run([sys.executable, "-m", "onnxpack", "predict", str(package), "--file", str(work / "texts.txt"),
                     "--out", str(work / "reference.jsonl"), "--variant", variant], check=True)
     rows = [json.loads(line) for line in (work / "reference.jsonl").read_text(encoding="utf-8").splitlines()]
     return {row["text"]: row for row in rows}
 
 
+def offline_texts_per_s(package: Path, variant: str, texts: list[str], rounds: int = 3) -> float:
+    """The variant on the same texts as `onnxpack predict` runs it (length-sorted batches of 32,
+    ONNX Runtime's default threads): the best of `rounds` timed passes."""
+    with Predictor(package, variant=variant) as predictor:
+        predictor.predict_logits(texts[:64])  # warm-up: allocations, kernels
+        best = 0.0
+        for _ in range(rounds):
+            started = time.perf_counter()
+            predictor.predict_logits(texts, 32)
+            best = max(best, len(texts) / (time.perf_counter() - started))
+    return best
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("package", type=Path)
     parser.add_argument("--concurrency", default="1,8,32", help="comma-separated client counts")
-    parser.add_argument("--batching", default="on,off", help="on, off or both")
+    parser.add_argument("--batching", default="on,off", help="on, off, or both (= on,off)")
+    parser.add_argument("--protocols", default="http,grpc", help="http, grpc, or both (comma-separated)")
     parser.add_argument("--duration", type=float, default=10.0, help="timed seconds per run")
     parser.add_argument("--warmup", type=float, default=1.0, help="untimed seconds before each run")
     parser.add_argument("--data", help="CoLA folder (default: the usual places)")
     parser.add_argument("--atol", type=float, default=1e-4, help="allowed score difference from `onnxpack predict`")
     parser.add_argument("--json", type=Path, help="write the results here")
-    parser.add_argument("--serve-args", default="", help='more `onnxpack serve` options, e.g. "--threads 1"')
+    parser.add_argument("--serve-args", default="", help='more `onnxpack serve` options, e.g. "--instances 1"')
     args = parser.parse_args()
     serve_args = shlex.split(args.serve_args)
+    modes = ["on", "off"] if args.batching == "both" else args.batching.split(",")
+    protocols = list(CLIENTS) if args.protocols == "both" else args.protocols.split(",")
+    if unknown := [m for m in modes if m not in MAX_BATCH] + [p for p in protocols if p not in CLIENTS]:
+        parser.error(f"unknown batching mode or protocol {unknown[0]!r}")
+    concurrencies = [int(x) for x in args.concurrency.split(",")]
 
     texts = [t for t in load_splits(resolve_data(args.data), need_train=False).validation.texts if t.strip()]
+    variant = served_variant(args.package, serve_args)
+    model = Package.open(args.package).manifest.name
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        reference = reference_predictions(args.package, texts, work, serve_args)
-        for batching in args.batching.split(","):
-            with server(args.package, batching, serve_args, work / f"serve-{batching}.log") as (port, pid):
-                for c in (int(x) for x in args.concurrency.split(",")):
-                    calls_before = batch_stats(port)
-                    row = {"batching": batching, **asyncio.run(run_clients(port, texts, reference, c, args.warmup,
-                                                                           args.duration, args.atol, pid))}
-                    calls_after = batch_stats(port)
-                    row["rows_per_call"] = round((calls_after[0] - calls_before[0])
-                                                 / max(calls_after[1] - calls_before[1], 1), 1)
-                    results.append(row)
-                    print(f"batching {batching:>3}  c={c:<3} {row['req_per_s']:>8.1f} req/s  p50 {row['p50_ms']:>7.2f} ms"
-                          f"  p99 {row['p99_ms']:>7.2f} ms  server CPU {row['server_cpu_ms_per_req']:.2f} ms/req  "
-                          f"{row['rows_per_call']} rows/call  "
-                          f"{row['requests']} requests, {row['errors']} errors, "
-                          f"{row['mismatches']} mismatches", flush=True)
-                    for failure in row["failures"]:
-                        print(f"    {failure}")
-    by = {(r["batching"], r["concurrency"]): r["req_per_s"] for r in results}
-    for c in sorted({r["concurrency"] for r in results}):
-        if ("on", c) in by and ("off", c) in by:
-            print(f"c={c}: micro-batching gives {by['on', c] / by['off', c]:.2f}x the throughput of batching off")
+        reference = reference_predictions(args.package, variant, texts, work)
+        offline = [offline_texts_per_s(args.package, variant, texts)]
+        print(f"offline: {variant} on {len(texts)} texts, batches of 32: {offline[0]:.1f} texts/s", flush=True)
+        for batching in modes:
+            with server(args.package, batching, serve_args, work / f"serve-{batching}.log") as (port, grpc_port, pid):
+                for protocol in protocols:
+                    for c in concurrencies:
+                        calls_before = batch_stats(port)
+                        run = run_clients(CLIENTS[protocol], grpc_port if protocol == "grpc" else port, model, texts,
+                                          reference, c, args.warmup, args.duration, args.atol, pid)
+                        row = {"protocol": protocol, "batching": batching, **asyncio.run(run)}
+                        calls_after = batch_stats(port)
+                        row["rows_per_call"] = round((calls_after[0] - calls_before[0])
+                                                     / max(calls_after[1] - calls_before[1], 1), 1)
+                        results.append(row)
+                        print(f"{protocol:>4}  batching {batching:>3}  c={c:<3} {row['req_per_s']:>8.1f} req/s  "
+                              f"p50 {row['p50_ms']:>7.2f} ms  p99 {row['p99_ms']:>7.2f} ms  "
+                              f"server CPU {row['server_cpu_ms_per_req']:.2f} ms/req  {row['rows_per_call']} rows/call  "
+                              f"{row['requests']} requests, {row['errors']} errors, {row['mismatches']} mismatches",
+                              flush=True)
+                        for failure in row["failures"]:
+                            print(f"    {failure}")
+        offline.append(offline_texts_per_s(args.package, variant, texts))
+        print(f"offline again: {offline[1]:.1f} texts/s", flush=True)
+    top = max(concurrencies)
+    reference_rate = float(np.mean(offline))
+    ratios = {}
+    for protocol in protocols:
+        for batching in modes:
+            rate = next(r["req_per_s"] for r in results if (r["protocol"], r["batching"], r["concurrency"])
+                        == (protocol, batching, top))
+            ratios[f"{protocol} batching {batching}"] = rate / reference_rate
+            print(f"{protocol} batching {batching}, c={top}: {rate:.1f} req/s = {rate / reference_rate:.0%} of the "
+                  f"{variant} variant's offline {reference_rate:.1f} texts/s")
     if args.json:
-        args.json.write_text(json.dumps({"texts": len(texts), "cpus": os.cpu_count(), "results": results}, indent=2))
+        args.json.write_text(json.dumps({"texts": len(texts), "cpus": os.cpu_count(), "variant": variant,
+                                         "offline_texts_per_s": offline, "ratios": ratios, "results": results},
+                                        indent=2))
     return 1 if any(r["errors"] or r["mismatches"] for r in results) else 0
 
 

@@ -336,7 +336,7 @@ def test_concurrent_requests_each_get_their_own_answers_in_order(base, predictor
 
 def test_batcher_gathers_rows_from_concurrent_requests(predictor):
     metrics = Metrics()
-    batcher = MicroBatcher(predictor, max_batch=8, max_delay_s=30, metrics=metrics)
+    batcher = MicroBatcher([predictor], max_batch=8, max_delay_s=30, metrics=metrics)
 
     async def eight_requests():
         return await asyncio.gather(*(batcher.infer(texts=["the cat sat"]) for _ in range(8)))
@@ -733,3 +733,73 @@ def test_binary_token_bytes_must_match_their_shape(base, model_name):
     r = httpx.post(f"{base}/v2/models/{model_name}/infer", content=header.encode() + ids + ids, timeout=30,
                    headers={"Inference-Header-Content-Length": str(len(header))})
     assert r.status_code == 400 and "24 bytes for shape [1, 4] of INT64 (32 expected)" in r.json()["error"]
+
+
+# ---- the fast path ahead of FastAPI ----
+
+def test_the_fast_path_answers_well_formed_requests_and_hands_on_the_rest(package_dir, predictor):
+    """Well-formed /predict and V2 JSON requests are answered ahead of FastAPI, as the route would
+    answer them; every other request goes on to the route with its body intact."""
+    import orjson
+
+    from onnxpack.serve.http_api import _INFER, _PREDICT, _FastPath
+    from onnxpack.serve.service import Service
+    from onnxpack.serve.v2 import V2
+
+    service = Service(package_dir)
+    handed_on: list[bytes] = []
+
+    async def route(scope, receive, send):
+        handed_on.append((await receive())["body"])
+
+    routes = {path: type("Route", (), {"path": path})() for path in (_PREDICT, _INFER)}
+    fast = _FastPath(route, service, V2(service), routes)
+    infer = f"/v2/models/{package_dir.name}/infer"
+
+    async def call(path: str, body, content_type: bytes = b"application/json"):
+        body = body if isinstance(body, bytes) else orjson.dumps(body)
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+        sent = []
+        scope = {"type": "http", "method": "POST", "path": path, "headers": [(b"content-type", content_type)]}
+
+        async def receive():
+            return messages.pop(0)
+
+        async def send(message):
+            sent.append(message)
+
+        before = len(handed_on)
+        await fast(scope, receive, send)
+        if len(handed_on) > before:
+            assert handed_on[-1] == body  # handed on with its body intact
+            return None
+        return sent[0]["status"], orjson.loads(sent[1]["body"]), scope["route"].path
+
+    async def main():
+        async with service.running():
+            while not service.ready:
+                await asyncio.sleep(0.05)
+            status, answer, route_path = await call("/predict", {"texts": TEXTS})
+            want = predictor.predict(TEXTS)
+            assert status == 200 and route_path == _PREDICT and answer["truncated"] == []
+            assert [p["label"] for p in answer["predictions"]] == [w["label"] for w in want]
+            assert [p["score"] for p in answer["predictions"]] == pytest.approx([w["score"] for w in want], abs=1e-6)
+            status, answer, route_path = await call(infer, {"id": "7", "inputs": [
+                {"name": "text", "datatype": "BYTES", "shape": [len(TEXTS)], "data": TEXTS}],
+                "outputs": [{"name": "label"}]})
+            assert status == 200 and route_path == _INFER and answer["id"] == "7"
+            assert answer["outputs"] == [{"name": "label", "datatype": "BYTES", "shape": [len(TEXTS)],
+                                          "data": [w["label"] for w in want]}]
+            for path, body in [("/predict", {"texts": [""]}), ("/predict", {"texts": [" \t"]}),
+                               ("/predict", {"texts": ["ok"], "extra": 1}), ("/predict", b'{"texts": [}'),
+                               ("/predict", {"texts": ["a" * 10_001]}), ("/predict", {"texts": ["ok"] * 129}),
+                               ("/predict", {"pairs": [["a", "b"]]}), ("/predict", b'{"texts": ["\\ud800 a"]}'),
+                               (infer, {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1], "data": ["a"]}]}),
+                               (infer, {"inputs": [{"name": "text", "datatype": "INT64", "shape": [1], "data": ["a"]}]}),
+                               (infer, {"inputs": [{"name": "nope", "datatype": "BYTES", "shape": [1], "data": ["a"]}]}),
+                               ("/v2/models/other/infer", {"inputs": [{"name": "text", "datatype": "BYTES",
+                                                                       "shape": [1], "data": ["a"]}]})]:
+                assert await call(path, body) is None, (path, body)
+            assert await call("/predict", {"texts": ["ok"]}, content_type=b"text/plain") is None
+
+    asyncio.run(main())

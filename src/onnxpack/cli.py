@@ -442,7 +442,8 @@ def serve(
     provider: Annotated[Optional[str], typer.Option(help="ONNX Runtime execution provider.")] = None,
     variant: Annotated[Optional[str], typer.Option(
         help="fp32, optimized, int8, ... (default: the fastest whose answers do not depend on the batch).")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime intra-op threads (default: ONNX Runtime's).")] = None,
+    instances: Annotated[int, typer.Option(help="Model instances (sessions), each running a length group of a batch side by side.")] = 2,
+    threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime intra-op threads per instance (default: the CPUs shared among them).")] = None,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
     grace_s: Annotated[float, typer.Option(help="After SIGTERM, seconds in-flight requests get before the process ends regardless.")] = 30.0,
     grpc_port: Annotated[int, typer.Option(help="Port of the V2 gRPC service (Triton's GRPCInferenceService); 0 for none.")] = 8001,
@@ -451,8 +452,8 @@ def serve(
     from .serve import ServeConfig, create_app, run
 
     config = ServeConfig(max_batch=max_batch, max_delay_ms=max_delay_ms, max_concurrency=max_concurrency,
-                         max_queue=max_queue, provider=provider, variant=variant, threads=threads, grace_s=grace_s,
-                         grpc_port=grpc_port or None, host=host)
+                         max_queue=max_queue, provider=provider, variant=variant, instances=instances, threads=threads,
+                         grace_s=grace_s, grpc_port=grpc_port or None, host=host)
     server = create_app(package, config)
     if host not in ("127.0.0.1", "localhost", "::1"):
         console.print(f"[yellow]warning[/]: listening on {host}, not loopback only: anyone who can reach this "

@@ -52,25 +52,34 @@ class _Row:
 
 
 class MicroBatcher:
-    """Gathers rows from concurrent requests into few model calls, on one worker thread.
+    """Gathers rows from concurrent requests into few model calls, run by one or more model instances.
 
-    The worker takes up to `max_batch` rows, holding the batch open for more until the oldest
-    row has waited `max_delay_s` (rows that queued while the model was busy have waited long
-    enough already, so under load the worker never idles). It tokenizes the texts among them
-    in one call, splits the rows into groups of similar length (`length_groups`), pads each
-    group to its own longest row and runs the Predictor once per group.
+    A gathering thread takes up to `max_batch` rows, holding the batch open for more until the
+    oldest row has waited `max_delay_s` (rows that queued while the model was busy have waited
+    long enough already, so under load nothing idles). It tokenizes the texts among them in one
+    call, splits the rows into groups of similar length (`length_groups`) and queues the groups.
+    Each instance (a Predictor with its own session, on its own thread) takes the next group,
+    pads it to its own longest row and runs it. The gatherer prepares the next batch once every
+    queued group is taken, so tokenizing overlaps the model calls.
     """
 
-    def __init__(self, predictor: Predictor, max_batch: int, max_delay_s: float, metrics: Metrics) -> None:
-        self.predictor = predictor
+    def __init__(self, predictors: Sequence[Predictor], max_batch: int, max_delay_s: float, metrics: Metrics) -> None:
+        self.predictors = list(predictors)
+        self.predictor = self.predictors[0]  # its tokenizer and labels serve all
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
         self.metrics = metrics
         self._rows: collections.deque[_Row] = collections.deque()
+        self._groups: collections.deque[list[_Row]] = collections.deque()  # prepared, not yet taken by an instance
         self._wake = threading.Condition()
+        self._finishing = threading.Lock()  # instances answer rows of the same job
         self._stopping = False
-        self._thread = threading.Thread(target=self._work, name="onnxpack-batcher", daemon=True)
-        self._thread.start()
+        self._gathered_all = False
+        self._threads = [threading.Thread(target=self._gather, name="onnxpack-batcher", daemon=True)]
+        self._threads += [threading.Thread(target=self._call, args=(p,), name=f"onnxpack-instance-{i}", daemon=True)
+                          for i, p in enumerate(self.predictors)]
+        for thread in self._threads:
+            thread.start()
 
     async def infer(self, texts: Sequence[Text] | None = None,
                     tokens: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, list[int]]:
@@ -85,19 +94,22 @@ class MicroBatcher:
                 raise RuntimeError("the batcher is closed")
             self._rows.extend(rows)
             self.metrics.queue_depth.set(len(self._rows))
-            self._wake.notify()
+            self._wake.notify_all()
         return await job.future
 
     def close(self) -> None:
-        """Answer the rows already queued, then stop the worker."""
+        """Answer the rows already queued, then stop the threads."""
         with self._wake:
             self._stopping = True
-            self._wake.notify()
-        self._thread.join()
+            self._wake.notify_all()
+        for thread in self._threads:
+            thread.join()
+
+    # ---- the gathering thread ----
 
     def _take(self) -> list[_Row]:
         with self._wake:
-            while not self._rows and not self._stopping:
+            while (not self._rows or self._groups) and not self._stopping:
                 self._wake.wait()
             if not self._rows:  # stopping, and nothing left to answer
                 return []
@@ -111,16 +123,23 @@ class MicroBatcher:
             self.metrics.queue_depth.set(len(self._rows))
             return batch
 
-    def _work(self) -> None:
+    def _gather(self) -> None:
         while batch := self._take():
             try:
-                self._run(batch)
-            except Exception as e:  # a bug or a runtime failure, never the user's input: fail those requests
-                log.exception("model call failed")
-                for job in {id(row.job): row.job for row in batch}.values():
-                    job.loop.call_soon_threadsafe(_fail, job.future, e)
+                groups = self._prepare(batch)
+            except Exception as e:  # a bug or a tokenizer failure, never the user's input: fail those requests
+                log.exception("preparing a batch failed")
+                _fail_jobs(batch, e)
+                continue
+            with self._wake:
+                self._groups.extend(groups)
+                self._wake.notify_all()
+        with self._wake:
+            self._gathered_all = True
+            self._wake.notify_all()
 
-    def _run(self, batch: list[_Row]) -> None:
+    def _prepare(self, batch: list[_Row]) -> list[list[_Row]]:
+        """Tokenize the batch's texts in one call; split its rows into length groups."""
         names = self.predictor.input_names
         texts = [row.text for row in batch if row.text is not None]
         encodings = self.predictor.tokenizer.encode_batch(texts) if texts else []
@@ -132,19 +151,43 @@ class MicroBatcher:
                 row.tokens = {name: v[:length] for name, v in zip(names, values)}
                 if e.overflowing:
                     row.job.truncated.append(row.index)
-        for group in length_groups([len(row.tokens["input_ids"]) for row in batch], CALL_COST_TOKENS):
-            rows = [batch[i] for i in group]
-            feed = pad_rows([row.tokens for row in rows], names, self.predictor.package.manifest.pad_token_id)
-            started = time.perf_counter()
-            logits = self.predictor.run(feed)
-            self.metrics.inference.observe(time.perf_counter() - started)
-            self.metrics.batch_size.observe(len(rows))
-            for k, row in enumerate(rows):
-                job = row.job
-                job.logits[row.index] = logits[k]
-                job.remaining -= 1
-                if job.remaining == 0:
-                    job.loop.call_soon_threadsafe(_resolve, job.future, (job.logits, sorted(job.truncated)))
+        groups = length_groups([len(row.tokens["input_ids"]) for row in batch], CALL_COST_TOKENS)
+        return [[batch[i] for i in group] for group in groups]
+
+    # ---- the instances' threads ----
+
+    def _call(self, predictor: Predictor) -> None:
+        pad = predictor.package.manifest.pad_token_id
+        while True:
+            with self._wake:
+                while not self._groups and not (self._stopping and self._gathered_all):
+                    self._wake.wait()
+                if not self._groups:
+                    return
+                rows = self._groups.popleft()
+                self._wake.notify_all()  # the gatherer waits for the queue to empty
+            try:
+                feed = pad_rows([row.tokens for row in rows], predictor.input_names, pad)
+                started = time.perf_counter()
+                logits = predictor.run(feed)
+                self.metrics.inference.observe(time.perf_counter() - started)
+                self.metrics.batch_size.observe(len(rows))
+            except Exception as e:  # a runtime failure: fail those requests, keep serving
+                log.exception("model call failed")
+                _fail_jobs(rows, e)
+                continue
+            with self._finishing:
+                for k, row in enumerate(rows):
+                    job = row.job
+                    job.logits[row.index] = logits[k]
+                    job.remaining -= 1
+                    if job.remaining == 0:
+                        job.loop.call_soon_threadsafe(_resolve, job.future, (job.logits, sorted(job.truncated)))
+
+
+def _fail_jobs(rows: list[_Row], error: BaseException) -> None:
+    for job in {id(row.job): row.job for row in rows}.values():
+        job.loop.call_soon_threadsafe(_fail, job.future, error)
 
 
 def _resolve(future: asyncio.Future, value: Any) -> None:

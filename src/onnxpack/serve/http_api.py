@@ -12,6 +12,7 @@ A text longer than the package's `max_length` tokens is truncated, as
 # definition time, and the /predict body model is built inside build_app from the limits.
 import asyncio
 import contextlib
+import dataclasses
 import html
 import importlib.resources
 import json
@@ -20,6 +21,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -36,7 +38,7 @@ from ..feed import check_texts
 from . import v2_binary
 from .metrics import Metrics
 from .service import RETRY_AFTER_S, Service, Unavailable, UnknownModel, exit_after, exit_unless_ready
-from .v2 import OUTPUTS, TEXT_INPUT, V2, describe_errors, texts_type, text_type
+from .v2 import OUTPUTS, TEXT_INPUT, V2, Call, describe_errors, texts_type, text_type
 
 
 # ---- request and response bodies (they make the OpenAPI schema) ----
@@ -145,6 +147,8 @@ def build_app(service: Service) -> FastAPI:
                   description="Text classification with an onnxpack package: `/predict` and the Open Inference "
                               "Protocol (KServe V2).")
     app.state.service = service
+    hot_routes: dict[str, APIRoute] = {}  # filled below, once the routes exist
+    app.add_middleware(_FastPath, service=service, v2=v2, routes=hot_routes)
     app.add_middleware(_V2Body)
     app.add_middleware(_BodyLimit, limit=service.config.max_body_bytes)
     app.add_middleware(_MetricsMiddleware, metrics=service.metrics)
@@ -167,7 +171,7 @@ def build_app(service: Service) -> FastAPI:
         return HTMLResponse(page_html, headers={
             "Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'"})
 
-    @inference.post("/predict", response_model=PredictResponse, responses=_errors(400, 413, 503),
+    @inference.post(_PREDICT, response_model=PredictResponse, responses=_errors(400, 413, 503),
                     summary="Classify texts: one object per text, as `onnxpack predict` prints them")
     async def predict(body: predict_request) -> JSONResponse:  # type: ignore[valid-type]
         if (body.texts is None) == (body.pairs is None):
@@ -175,8 +179,7 @@ def build_app(service: Service) -> FastAPI:
         texts = body.texts if body.texts is not None else body.pairs
         check_texts(texts, service.manifest.pairs)  # a pair model needs pairs, a single-text one texts
         logits, truncated = await service.batcher.infer(texts=texts)
-        return JSONResponse({"model": model, "predictions": service.predictor.results(texts, logits),
-                             "truncated": truncated})
+        return JSONResponse(_predict_answer(service, texts, logits, truncated))
 
     @app.get("/metrics", response_class=Response, summary="Prometheus metrics",
              responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}})
@@ -208,21 +211,16 @@ def build_app(service: Service) -> FastAPI:
         service.check_model(name)
         return JSONResponse({"ready": service.ready}, 200 if service.ready else 503)
 
-    @inference.post("/v2/models/{name}/infer", response_model=InferResponse, responses=_errors(400, 404, 413, 503),
+    @inference.post(_INFER, response_model=InferResponse, responses=_errors(400, 404, 413, 503),
                     summary="V2 inference: text as a BYTES tensor, or input_ids/attention_mask as INT64 tensors")
     async def infer(name: str, body: InferRequest) -> JSONResponse:
         service.check_model(name)
         call = v2.parse(body.inputs, None if body.outputs is None else [o.name for o in body.outputs])
         logits, truncated = await service.batcher.infer(texts=call.texts, tokens=call.tokens)
-        results = service.predictor.results(call.texts or [None] * len(logits), logits)
-        outputs = [{"name": n, "datatype": dt, "shape": shape, "data": data if isinstance(data, list) else data.ravel().tolist()}
-                   for n, dt, shape, data in v2.answer(logits, results, call.outputs)]
-        response = {"model_name": model, "parameters": {"truncated": truncated} if call.texts else {}, "outputs": outputs}
-        if body.id is not None:
-            response["id"] = body.id
-        return JSONResponse(response)
+        return JSONResponse(_infer_answer(service, v2, call, logits, truncated, body.id))
 
     app.include_router(inference)
+    hot_routes.update({route.path: route for route in inference.routes})
     _drop_unused_422(app)
     return app
 
@@ -274,6 +272,155 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"error": f"internal server error ({type(exc).__name__})"}, 500)
 
 
+_PREDICT = "/predict"
+_INFER = "/v2/models/{name}/infer"
+
+
+def _predict_answer(service: Service, texts: list[Any], logits: Any, truncated: list[int]) -> dict[str, Any]:
+    return {"model": service.manifest.name, "predictions": service.predictor.results(texts, logits),
+            "truncated": truncated}
+
+
+def _infer_answer(service: Service, v2: V2, call: Call, logits: Any, truncated: list[int],
+                  request_id: str | None) -> dict[str, Any]:
+    results = service.predictor.results(call.texts or [None] * len(logits), logits)
+    outputs = [{"name": n, "datatype": dt, "shape": shape, "data": data if isinstance(data, list) else data.ravel().tolist()}
+               for n, dt, shape, data in v2.answer(logits, results, call.outputs)]
+    answer = {"model_name": service.manifest.name, "parameters": {"truncated": truncated} if call.texts else {},
+              "outputs": outputs}
+    if request_id is not None:
+        answer["id"] = request_id
+    return answer
+
+
+@dataclasses.dataclass
+class _JsonTensor:
+    name: str
+    datatype: str
+    shape: list[int]
+    data: list[Any]
+
+
+class _FastPath:
+    """The hot path of `/predict` and V2 `infer`, ahead of FastAPI's routing and validation, which
+    cost as much CPU as the model (docs/performance.md). A well-formed request is parsed with
+    orjson, checked, batched and answered here, with the same admission, limits, answer and
+    metrics as its route. Anything else, every mistake included, goes on with its body to the
+    FastAPI route, whose error message it gets: the checks here only ever accept less."""
+
+    def __init__(self, app: ASGIApp, service: Service, v2: V2, routes: dict[str, APIRoute]) -> None:
+        self.app = app
+        self.service = service
+        self.v2 = v2
+        self.routes = routes
+        config = service.config
+        self.max_texts, self.max_chars = config.max_texts, config.max_chars
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"] if scope["type"] == "http" and scope["method"] == "POST" else ""
+        if path == _PREDICT:
+            route = _PREDICT
+        elif path.startswith("/v2/models/") and path.endswith("/infer") and path[11:-6] == self.service.manifest.name:
+            route = _INFER
+        else:
+            return await self.app(scope, receive, send)
+        if Headers(scope=scope).get("content-type", "").split(";")[0].strip() != "application/json":
+            return await self.app(scope, receive, send)
+        service = self.service
+        try:
+            async with service.admitted():
+                body = b""
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    body += message.get("body", b"")
+                    if not message.get("more_body"):
+                        break
+                answer = await (self._predict(body) if route == _PREDICT else self._infer(body))
+        except Unavailable as e:
+            return await _send_json(send, 503, {"error": str(e)}, [(b"retry-after", str(RETRY_AFTER_S).encode())])
+        except HTTPException as e:  # the body limit, while reading
+            return await _send_json(send, e.status_code, {"error": str(e.detail)})
+        if answer is not None:
+            scope["route"] = self.routes[route]  # for the metrics' route label
+            return await _send_json(send, 200, answer)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    def _text(self, value: Any) -> bool:
+        return type(value) is str and 0 < len(value) <= self.max_chars and not value.isspace()
+
+    def _rows(self, value: Any) -> bool:
+        return type(value) is list and 0 < len(value) <= self.max_texts
+
+    async def _predict(self, body: bytes) -> dict[str, Any] | None:
+        request = _loads(body)
+        if type(request) is not dict or len(request) != 1:
+            return None
+        if self.service.manifest.pairs:
+            pairs = request.get("pairs")
+            if not (self._rows(pairs) and all(type(p) is list and len(p) == 2 and self._text(p[0]) and self._text(p[1])
+                                              for p in pairs)):
+                return None
+            texts = [tuple(p) for p in pairs]
+        else:
+            texts = request.get("texts")
+            if not (self._rows(texts) and all(self._text(t) for t in texts)):
+                return None
+        logits, truncated = await self.service.batcher.infer(texts=texts)
+        return _predict_answer(self.service, texts, logits, truncated)
+
+    async def _infer(self, body: bytes) -> dict[str, Any] | None:
+        request = _loads(body)
+        if not (type(request) is dict and request.keys() <= {"id", "inputs", "outputs", "parameters"}
+                and type(request.get("id", "")) is str and type(request.get("parameters", {})) is dict
+                and type(inputs := request.get("inputs")) is list):
+            return None
+        tensors = []
+        for tensor in inputs:
+            if not (type(tensor) is dict and tensor.keys() <= {"name", "shape", "datatype", "parameters", "data"}
+                    and type(tensor.get("name")) is str and type(tensor.get("datatype")) is str
+                    and type(tensor.get("data")) is list and type(tensor.get("parameters", {})) is dict
+                    and type(shape := tensor.get("shape")) is list and all(type(d) is int and d >= 0 for d in shape)):
+                return None
+            tensors.append(_JsonTensor(tensor["name"], tensor["datatype"], shape, tensor["data"]))
+        outputs = request.get("outputs")
+        if outputs is not None and not (type(outputs) is list and all(
+                type(o) is dict and o.keys() <= {"name", "parameters"} and type(o.get("name")) is str
+                and type(o.get("parameters", {})) is dict for o in outputs)):
+            return None
+        try:
+            call = self.v2.parse(tensors, None if outputs is None else [o["name"] for o in outputs])
+        except OnnxpackError:
+            return None
+        logits, truncated = await self.service.batcher.infer(texts=call.texts, tokens=call.tokens)
+        return _infer_answer(self.service, self.v2, call, logits, truncated, request.get("id"))
+
+
+def _loads(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+
+
+async def _send_json(send: Send, status: int, answer: Any, headers: list[tuple[bytes, bytes]] = ()) -> None:
+    body = orjson.dumps(answer)
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
 class _V2Body:
     """V2 inference bodies as Triton's own clients send them: JSON without a Content-Type, and the
     binary tensor data extension (v2_binary), turned into the plain JSON the one handler reads; the
@@ -308,8 +455,7 @@ class _V2Body:
             body = json.dumps(request).encode()
         kept = [(k, v) for k, v in scope["headers"]
                 if k not in (b"content-type", b"content-length", v2_binary.HEADER.encode())]
-        scope = {**scope, "headers": kept + [(b"content-type", b"application/json"),
-                                              (b"content-length", str(len(body)).encode())]}
+        scope["headers"] = kept + [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         sent = False
 
         async def replay() -> Message:

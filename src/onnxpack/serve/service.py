@@ -43,14 +43,16 @@ class ServeConfig:
     max_chars: int = 10_000  # characters per text (tokens past max_length are truncated anyway)
     provider: str | None = None  # ONNX Runtime execution provider (default: the runtime's choice)
     variant: str | None = None  # package variant (default: serving_variant)
-    threads: int | None = None  # ONNX Runtime intra-op threads (default: ONNX Runtime's)
+    # Model instances: sessions of the graph, each on its own thread, running length groups side by side.
+    instances: int = 2
+    threads: int | None = None  # ONNX Runtime intra-op threads per instance (default: the CPUs shared among them)
     # After SIGTERM, in-flight requests get this long; then the process ends even if a model call is stuck.
     grace_s: float = 30.0
     grpc_port: int | None = None  # the V2 gRPC service's port beside HTTP; None: no gRPC
     host: str = "127.0.0.1"  # where the gRPC service listens (HTTP's address is uvicorn's)
 
     def check(self) -> None:
-        for name in ("max_batch", "max_concurrency", "max_body_bytes", "max_texts", "max_chars"):
+        for name in ("max_batch", "instances", "max_concurrency", "max_body_bytes", "max_texts", "max_chars"):
             if getattr(self, name) < 1:
                 raise OnnxpackError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.max_queue < 0 or self.max_delay_ms < 0 or self.grace_s < 0:
@@ -130,14 +132,18 @@ class Service:
         """Create the session and run one warm-up inference (ONNX Runtime allocates its buffers on
         the first run); only then is the server ready. Runs in a thread, so `live` answers meanwhile."""
         try:
-            predictor = Predictor(self.package, provider=self.config.provider, threads=self.config.threads,
-                                  variant=self.config.variant)
-            warm_up = ("warm-up", "warm-up") if predictor.pairs else "warm-up"
-            predictor.predict_logits([warm_up])
-            self.predictor = predictor
-            self.batcher = MicroBatcher(predictor, self.config.max_batch, self.config.max_delay_ms / 1000, self.metrics)
+            config = self.config
+            threads = config.threads or (max(1, (os.cpu_count() or 1) // config.instances) if config.instances > 1
+                                         else None)
+            predictors = [Predictor(self.package, provider=config.provider, threads=threads, variant=config.variant)
+                          for _ in range(config.instances)]
+            for predictor in predictors:
+                predictor.predict_logits([("warm-up", "warm-up") if predictor.pairs else "warm-up"])
+            self.predictor = predictors[0]
+            self.batcher = MicroBatcher(predictors, config.max_batch, config.max_delay_ms / 1000, self.metrics)
             self.ready = True
-            log.info("serving %s (%s variant, %s)", self.manifest.name, predictor.variant, predictor.providers[0])
+            log.info("serving %s (%s variant, %s, %d instance(s) of %s thread(s))", self.manifest.name,
+                     self.predictor.variant, self.predictor.providers[0], config.instances, threads or "all")
         except Exception as e:  # noqa: BLE001 -- the server then exits with this one line (see run)
             self._fail(e.message if isinstance(e, OnnxpackError) else f"{type(e).__name__}: {e}")
 
@@ -150,8 +156,8 @@ class Service:
         self.ready = False
         if self.batcher:
             self.batcher.close()
-        if self.predictor:
-            self.predictor.close()
+            for predictor in self.batcher.predictors:
+                predictor.close()
 
     # ---- requests ----
 
