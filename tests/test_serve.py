@@ -490,6 +490,10 @@ def test_serve_cli_reports_bad_options_in_one_line(package_dir, tmp_path):
     assert result.exit_code == 1 and "error: --max-batch must be at least 1, got 0" in result.output
     result = runner.invoke(cli_app, ["serve", str(package_dir), "--variant", "int4"])
     assert result.exit_code == 1 and "no variant 'int4'" in result.output
+    result = runner.invoke(cli_app, ["serve", str(package_dir), "--instances", "0"])
+    assert result.exit_code == 1 and "error: --instances must be at least 1, got 0" in result.output
+    result = runner.invoke(cli_app, ["serve", str(package_dir), "--grpc-port", "70000"])
+    assert result.exit_code == 1 and "--grpc-port must be a port number" in result.output
 
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"

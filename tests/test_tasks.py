@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 from typer.testing import CliRunner
 
 from conftest import tiny_family_folder
@@ -18,10 +19,10 @@ from onnxpack.export import export
 from onnxpack.optimize import OptimizeConfig, optimize
 from onnxpack.package import Package
 from onnxpack.runtime import Predictor, serving_variant
-from onnxpack.serve import create_app
+from onnxpack.serve import ServeConfig, create_app
 from onnxpack.train import TrainConfig, fit
 from onnxpack.verify import verify
-from test_serve import post, running
+from test_serve import free_port, post, running
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -102,7 +103,8 @@ def test_task_end_to_end(task, tiny_model_dir, tmp_path):
     rows = [tuple(r.split("\t")[:2]) if task == "pairs" else r.split("\t")[0]
             for r in (data / "validation.tsv").read_text(encoding="utf-8").splitlines()[1:9]]
     variant = serving_variant(Package.open(package.root))
-    with running(create_app(package.root)) as url:
+    grpc_port = free_port()
+    with running(create_app(package.root, ServeConfig(grpc_port=grpc_port))) as url:
         body = {"pairs": [list(r) for r in rows]} if task == "pairs" else {"texts": rows}
         served = post(url, "/predict", body).json()["predictions"]
         wrong_kind = {"texts": ["one text"]} if task == "pairs" else {"pairs": [["a", "b"]]}
@@ -115,6 +117,13 @@ def test_task_end_to_end(task, tiny_model_dir, tmp_path):
             assert v2.status_code == 200, v2.text
             labels_out = next(o for o in v2.json()["outputs"] if o["name"] == "label")["data"]
             assert labels_out == [p["label"] for p in served]
+            with grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as client:  # and over gRPC
+                tensors = []
+                for name, column in (("text", [a for a, _ in rows]), ("text_pair", [b for _, b in rows])):
+                    tensors.append(grpcclient.InferInput(name, [len(rows)], "BYTES"))
+                    tensors[-1].set_data_from_numpy(np.array([t.encode() for t in column], dtype=np.object_))
+                labels_out = [v.decode() for v in client.infer(m.name, tensors).as_numpy("label")]
+                assert labels_out == [p["label"] for p in served]
 
     if task == "pairs":
         args = ["--pair", *(t for row in rows for t in row)]
