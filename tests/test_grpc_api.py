@@ -175,3 +175,29 @@ def test_a_busy_port_is_one_line(package_dir, servers):
                              "--grpc-port", taken], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and "Traceback" not in result.stderr + result.stdout
     assert f"gRPC cannot listen on {HOST}:{taken}" in result.stderr.strip().splitlines()[-1], result.stderr
+
+
+def test_classification_extension_over_grpc_and_http(client, servers, predictor, package_dir):
+    """`class_count` on the logits output: each row's best classes as "value:index:label", best first."""
+    import tritonclient.http as httpclient
+
+    want = predictor.predict(TEXTS)
+    logits = predictor.predict_logits(TEXTS)
+    k = len(predictor.labels)
+    by_grpc = client.infer(package_dir.name, [text_input(TEXTS)],
+                           outputs=[grpcclient.InferRequestedOutput("logits", class_count=k)]).as_numpy("logits")
+    with httpclient.InferenceServerClient(servers[0].removeprefix("http://")) as http:
+        text = httpclient.InferInput("text", [len(TEXTS)], "BYTES")
+        text.set_data_from_numpy(np.array([t.encode() for t in TEXTS], dtype=np.object_))
+        by_http = http.infer(package_dir.name, [text],
+                             outputs=[httpclient.InferRequestedOutput("logits", class_count=1)]).as_numpy("logits")
+        assert "classification" in http.get_server_metadata()["extensions"]
+    assert by_grpc.shape == (len(TEXTS), k) and by_http.shape == (len(TEXTS), 1)
+    for row, top, w, row_logits in zip(by_grpc, by_http, want, logits):
+        classes = [v.decode().split(":") for v in row]
+        assert [c[2] for c in classes][0] == w["label"] == top[0].decode().split(":")[2]
+        assert [float(c[0]) for c in classes] == pytest.approx(sorted(row_logits, reverse=True), abs=1e-4)
+        assert [predictor.labels[int(c[1])] for c in classes] == [c[2] for c in classes]
+    status, message = status_of(lambda: client.infer(
+        package_dir.name, [text_input(["go"])], outputs=[grpcclient.InferRequestedOutput("label", class_count=2)]))
+    assert status == "StatusCode.INVALID_ARGUMENT" and "applies to 'logits' only" in message

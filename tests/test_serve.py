@@ -546,15 +546,19 @@ def test_schema_fuzzing_finds_no_5xx(base, mode):
 
 
 def test_loadtest_script_runs(package_dir, small_cola, tmp_path):
-    """scripts/loadtest.py end to end, briefly: a real server, every answer checked against `onnxpack predict`."""
+    """scripts/loadtest.py end to end, briefly: a real server, HTTP and gRPC, batching on and off
+    (`both`), every answer checked against `onnxpack predict`, and the ratio to offline printed."""
     out = tmp_path / "load.json"
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "loadtest.py"), str(package_dir), "--data",
-                             str(small_cola), "--concurrency", "4", "--batching", "on", "--duration", "0.5",
-                             "--warmup", "0.2", "--json", str(out)], capture_output=True, text=True, timeout=180)
+                             str(small_cola), "--concurrency", "4", "--batching", "both", "--duration", "0.5",
+                             "--warmup", "0.2", "--json", str(out)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    (row,) = json.loads(out.read_text())["results"]
-    assert row["batching"] == "on" and row["concurrency"] == 4 and row["requests"] > 0
-    assert row["errors"] == row["mismatches"] == 0
+    report = json.loads(out.read_text())
+    rows = report["results"]
+    assert {(r["protocol"], r["batching"]) for r in rows} == {(p, b) for p in ("http", "grpc") for b in ("on", "off")}
+    assert all(r["concurrency"] == 4 and r["requests"] > 0 and r["errors"] == r["mismatches"] == 0 for r in rows)
+    assert len(report["offline_texts_per_s"]) == 2 and min(report["offline_texts_per_s"]) > 0
+    assert "http batching on, c=4:" in result.stdout and "of the fp32 variant's offline" in result.stdout
 
 
 # ---- hostile clients and stuck models ----

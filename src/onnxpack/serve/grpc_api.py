@@ -26,7 +26,7 @@ from .. import __version__
 from ..errors import OnnxpackError
 from . import v2_binary
 from .service import Service, Unavailable, UnknownModel
-from .v2 import V2
+from .v2 import EXTENSIONS, V2
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_rpc
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name="onnxpack", version=__version__, extensions=[])
+        return pb.ServerMetadataResponse(name="onnxpack", version=__version__, extensions=list(EXTENSIONS))
 
     @_rpc
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
@@ -128,13 +128,14 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
         service = self.service
         service.check_model(request.model_name)
         async with service.admitted():
-            call = self.v2.parse(_tensors(request), [o.name for o in request.outputs] or None)
+            call = self.v2.parse(_tensors(request), [(o.name, {k: _parameter(v) for k, v in o.parameters.items()})
+                                                     for o in request.outputs] or None)
             logits, truncated = await service.batcher.infer(texts=call.texts, tokens=call.tokens)
         results = service.predictor.results(call.texts or [None] * len(logits), logits)
         response = pb.ModelInferResponse(model_name=service.manifest.name, id=request.id)
         if call.texts:
             response.parameters["truncated"].string_param = json.dumps(truncated)
-        for name, datatype, shape, values in self.v2.answer(logits, results, call.outputs):
+        for name, datatype, shape, values in self.v2.answer(logits, results, call):
             response.outputs.add(name=name, datatype=datatype, shape=shape)
             response.raw_output_contents.append(v2_binary.tensor_bytes(datatype, values))
         return response
@@ -160,3 +161,9 @@ def _tensors(request: pb.ModelInferRequest) -> list[_Tensor]:
             data = list(getattr(tensor.contents, field)) if field else []
         tensors.append(_Tensor(tensor.name, tensor.datatype, shape, data))
     return tensors
+
+
+def _parameter(value: pb.InferParameter) -> Any:
+    """An InferParameter's value, whichever field holds it."""
+    field = value.WhichOneof("parameter_choice")
+    return getattr(value, field) if field else None

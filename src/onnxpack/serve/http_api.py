@@ -38,7 +38,7 @@ from ..feed import check_texts
 from . import v2_binary
 from .metrics import Metrics
 from .service import RETRY_AFTER_S, Service, Unavailable, UnknownModel, exit_after, exit_unless_ready
-from .v2 import OUTPUTS, TEXT_INPUT, V2, Call, describe_errors, texts_type, text_type
+from .v2 import EXTENSIONS, OUTPUTS, TEXT_INPUT, V2, Call, describe_errors, texts_type, text_type
 
 
 # ---- request and response bodies (they make the OpenAPI schema) ----
@@ -188,7 +188,7 @@ def build_app(service: Service) -> FastAPI:
 
     @app.get("/v2", response_model=ServerMetadata, summary="V2 server metadata")
     async def server_metadata() -> dict[str, Any]:
-        return {"name": "onnxpack", "version": __version__, "extensions": list(v2_binary.EXTENSIONS)}
+        return {"name": "onnxpack", "version": __version__, "extensions": [*EXTENSIONS, *v2_binary.EXTENSIONS]}
 
     @app.get("/v2/health/live", response_model=Liveness, responses={503: {"model": Liveness}},
              summary="V2 liveness: the process is up (and the model did not fail to load)")
@@ -215,7 +215,7 @@ def build_app(service: Service) -> FastAPI:
                     summary="V2 inference: text as a BYTES tensor, or input_ids/attention_mask as INT64 tensors")
     async def infer(name: str, body: InferRequest) -> JSONResponse:
         service.check_model(name)
-        call = v2.parse(body.inputs, None if body.outputs is None else [o.name for o in body.outputs])
+        call = v2.parse(body.inputs, None if body.outputs is None else [(o.name, o.parameters) for o in body.outputs])
         logits, truncated = await service.batcher.infer(texts=call.texts, tokens=call.tokens)
         return JSONResponse(_infer_answer(service, v2, call, logits, truncated, body.id))
 
@@ -285,7 +285,7 @@ def _infer_answer(service: Service, v2: V2, call: Call, logits: Any, truncated: 
                   request_id: str | None) -> dict[str, Any]:
     results = service.predictor.results(call.texts or [None] * len(logits), logits)
     outputs = [{"name": n, "datatype": dt, "shape": shape, "data": data if isinstance(data, list) else data.ravel().tolist()}
-               for n, dt, shape, data in v2.answer(logits, results, call.outputs)]
+               for n, dt, shape, data in v2.answer(logits, results, call)]
     answer = {"model_name": service.manifest.name, "parameters": {"truncated": truncated} if call.texts else {},
               "outputs": outputs}
     if request_id is not None:
@@ -399,7 +399,7 @@ class _FastPath:
                 and type(o.get("parameters", {})) is dict for o in outputs)):
             return None
         try:
-            call = self.v2.parse(tensors, None if outputs is None else [o["name"] for o in outputs])
+            call = self.v2.parse(tensors, None if outputs is None else [(o["name"], o.get("parameters")) for o in outputs])
         except OnnxpackError:
             return None
         logits, truncated = await self.service.batcher.infer(texts=call.texts, tokens=call.tokens)

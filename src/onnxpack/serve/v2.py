@@ -24,6 +24,7 @@ TEXT_INPUT = "text"  # the BYTES input; the token inputs are named as the packag
 TEXT_PAIR_INPUT = "text_pair"  # a pair model's second text, a BYTES tensor beside TEXT_INPUT
 OUTPUTS = ("logits", "label", "score")
 PLATFORM = "onnxruntime_onnx"
+EXTENSIONS = ("classification",)  # the V2 extensions served, besides REST's binary_tensor_data
 
 
 class Tensor(Protocol):
@@ -49,6 +50,7 @@ class Call:
     texts: list[Text] | None
     tokens: dict[str, np.ndarray] | None
     outputs: set[str]
+    top_k: int = 0  # the classification extension: `logits` as its k best "value:index:label" strings
 
 
 class V2:
@@ -71,11 +73,12 @@ class V2:
                             {"name": "label", "datatype": "BYTES", "shape": [-1]},
                             {"name": "score", "datatype": "FP32", "shape": [-1]}]}
 
-    def parse(self, inputs: Sequence[Tensor], outputs: Sequence[str] | None) -> Call:
-        wanted = self._requested_outputs(outputs)
+    def parse(self, inputs: Sequence[Tensor], outputs: Sequence[tuple[str, dict[str, Any]]] | None) -> Call:
+        """`outputs`: (name, parameters) of each requested output; None for all of them."""
+        wanted, top_k = self._requested_outputs(outputs)
         by_name = self._inputs_by_name(inputs)
         if TEXT_INPUT not in by_name:
-            return Call(None, self._token_inputs(by_name), wanted)
+            return Call(None, self._token_inputs(by_name), wanted, top_k)
         columns = []
         for name in self.text_names:
             flat = _flat_data(by_name[name], "BYTES", ([None], [None, 1]))
@@ -85,22 +88,39 @@ class V2:
                 raise OnnxpackError(f"input {name!r}: {describe_errors(e.errors(), 'data')}") from None
         if len({len(c) for c in columns}) > 1:
             raise OnnxpackError(f"inputs {TEXT_INPUT!r} and {TEXT_PAIR_INPUT!r} hold different numbers of texts")
-        return Call(list(zip(*columns)) if len(columns) == 2 else columns[0], None, wanted)
+        return Call(list(zip(*columns)) if len(columns) == 2 else columns[0], None, wanted, top_k)
 
     def answer(self, logits: np.ndarray, results: list[dict[str, Any]],
-               wanted: set[str]) -> list[tuple[str, str, list[int], np.ndarray | list[str]]]:
+               call: Call) -> list[tuple[str, str, list[int], np.ndarray | list[str]]]:
         """The answer's tensors, `(name, datatype, shape, values)`, in OUTPUTS' order."""
-        tensors = {"logits": ("FP32", list(logits.shape), logits),
+        tensors = {"logits": ("FP32", list(logits.shape), logits) if not call.top_k else self._classes(logits, call.top_k),
                    "label": ("BYTES", [len(results)], [r["label"] for r in results]),
                    "score": ("FP32", [len(results)], np.array([r["score"] for r in results], dtype=np.float32))}
-        return [(name, *tensors[name]) for name in OUTPUTS if name in wanted]
+        return [(name, *tensors[name]) for name in OUTPUTS if name in call.outputs]
 
-    def _requested_outputs(self, names: Sequence[str] | None) -> set[str]:
-        if names is None:
-            return set(OUTPUTS)
-        if unknown := sorted(set(names) - set(OUTPUTS)):
+    def _classes(self, logits: np.ndarray, k: int) -> tuple[str, list[int], list[str]]:
+        """Triton's classification extension: per row, the k largest logits as "value:index:label"."""
+        best = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+        labels = self.manifest.labels
+        return "BYTES", [len(logits), best.shape[1]], [f"{row[i]:g}:{i}:{labels[i]}" for row, top in zip(logits, best)
+                                                       for i in top]
+
+    def _requested_outputs(self, outputs: Sequence[tuple[str, dict[str, Any]]] | None) -> tuple[set[str], int]:
+        if outputs is None:
+            return set(OUTPUTS), 0
+        names = {name for name, _ in outputs}
+        if unknown := sorted(names - set(OUTPUTS)):
             raise OnnxpackError(f"unknown output {unknown[0]!r}; known: {', '.join(OUTPUTS)}")
-        return set(names)
+        top_k = 0
+        for name, parameters in outputs:
+            if (k := (parameters or {}).get("classification")) is None:
+                continue
+            if name != "logits":
+                raise OnnxpackError(f"output {name!r}: the classification extension applies to 'logits' only")
+            if type(k) is not int or k < 1:
+                raise OnnxpackError(f"output 'logits': classification must be a positive integer, got {k!r}")
+            top_k = min(k, len(self.manifest.labels))
+        return names, top_k
 
     def _inputs_by_name(self, tensors: Sequence[Tensor]) -> dict[str, Tensor]:
         text_names, token_names = self.text_names, self.token_names
