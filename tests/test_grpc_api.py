@@ -17,8 +17,8 @@ from tritonclient.utils import InferenceServerException
 
 from onnxpack.feed import encode
 from onnxpack.runtime import Predictor
-from onnxpack.serve import ServeConfig, create_app
-from test_serve import HOST, TEXTS, free_port, metric, post, running
+from onnxpack.serve import ServeConfig, create_app, service as serve_service
+from test_serve import HOST, TEXTS, Gate, free_port, metric, post, running, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -201,3 +201,19 @@ def test_classification_extension_over_grpc_and_http(client, servers, predictor,
     status, message = status_of(lambda: client.infer(
         package_dir.name, [text_input(["go"])], outputs=[grpcclient.InferRequestedOutput("label", class_count=2)]))
     assert status == "StatusCode.INVALID_ARGUMENT" and "applies to 'logits' only" in message
+
+
+def test_unavailable_while_loading(package_dir, monkeypatch):
+    """Before the warm-up inference ends: live, not ready, and ModelInfer is UNAVAILABLE."""
+    gate = Gate(open_=False)
+    monkeypatch.setattr(serve_service, "Predictor", gate.predictor_class())
+    port = free_port()
+    with running(create_app(package_dir, ServeConfig(grpc_port=port)), wait_ready=False):
+        assert gate.entered.wait(30)
+        with grpcclient.InferenceServerClient(f"{HOST}:{port}") as c:
+            assert c.is_server_live() and not c.is_server_ready() and not c.is_model_ready(package_dir.name)
+            status, message = status_of(lambda: c.infer(package_dir.name, [text_input(["go"])]))
+            assert status == "StatusCode.UNAVAILABLE" and "not ready yet" in message
+            gate.opened.set()
+            wait_until(c.is_server_ready, what="ready after warm-up")
+            assert c.infer(package_dir.name, [text_input(["go"])]).as_numpy("label") is not None
