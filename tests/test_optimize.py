@@ -29,10 +29,10 @@ def optimized(tmp_path_factory, package_dir, small_cola):
 def test_variants_join_the_package(optimized):
     root, results = optimized
     by_name = {r.variant: r for r in results}
-    assert by_name[FP32].accepted and by_name["optimized"].accepted and by_name["int8"].accepted
+    assert all(by_name[name].accepted for name in (FP32, "optimized", "int8", "int8-static"))
     package = Package.open(root)  # every new file is hashed in the manifest
-    assert package.variant_names() == [FP32, "optimized", "int8"]
-    for name in ("optimized", "int8"):
+    assert package.variant_names() == [FP32, "optimized", "int8", "int8-static"]
+    for name in ("optimized", "int8", "int8-static"):
         entry = package.manifest.variants[name]
         assert (root / entry["file"]).is_file() and entry["file"] in package.manifest.files
         assert entry["n"] == 64  # the whole (small) validation set
@@ -155,6 +155,97 @@ def test_batch_drift_is_measured_and_serve_avoids_batch_dependent_variants(optim
     assert variants[served]["batch_invariant"] and served != "int8" or int8["batch_invariant"]
 
 
+def test_int8_static_is_calibrated_on_training_rows_and_recorded(optimized):
+    root, _ = optimized
+    package = Package.open(root)
+    entry = package.manifest.variants["int8-static"]
+    assert entry["built_from"] == "optimized" and entry["calibration_split"] == "train"
+    assert entry["calibration_method"] == "MinMax" and entry["calibration_rows"] == 256  # small_cola's whole train split
+    # the int8 variant's integer kernels, with constant activation scales instead of per-call ones
+    assert {"QAttention", "MatMulInteger", "QuantizeLinear"} <= set(entry["ops"])
+    assert "DynamicQuantizeLinear" not in entry["ops"]
+    assert entry["batch_drift"] <= 1e-4 and entry["batch_invariant"] is True
+    assert entry["agreement"] >= 0.99 and "mcc_drop" in entry
+
+
+def test_int8_static_gives_a_text_the_same_logits_whatever_its_batch(optimized, small_cola):
+    from onnxpack.data import load_splits
+
+    texts = load_splits(str(small_cola), need_train=False).validation.texts  # 64 texts of many lengths
+    with Predictor(optimized[0], variant="int8-static") as static, Predictor(optimized[0], variant="int8") as dynamic:
+        drift = {}
+        for name, predictor in (("static", static), ("dynamic", dynamic)):
+            together = predictor.predict_logits(texts, batch_size=32)
+            alone = np.concatenate([predictor.predict_logits([text], 1) for text in texts])
+            drift[name] = np.abs(together - alone).max()
+    assert drift["static"] <= 1e-4 < drift["dynamic"]  # dynamic int8's scale is the batch's
+
+
+def test_serve_picks_int8_static_when_it_is_the_fastest_batch_invariant_variant(optimized, tmp_path):
+    from onnxpack.runtime import serving_variant
+
+    root = Path(shutil.copytree(optimized[0], tmp_path / "pkg"))
+    package = Package.open(root)
+    speeds = {FP32: 100, "optimized": 150, "int8": 300, "int8-static": 250}
+    package.update_manifest(variants={name: v | {"items_per_s": speeds[name]}
+                                      for name, v in package.manifest.variants.items()})
+    assert package.default_variant() == "int8"  # offline batch jobs: the fastest of all
+    assert serving_variant(package) == serving_variant(package, "cpu") == "int8-static"
+    package.update_manifest(variants=package.manifest.variants | {
+        "int8-static": package.manifest.variants["int8-static"] | {"items_per_s": 120}})
+    assert serving_variant(package) == "optimized"
+
+
+def _batch_dependent(package, base, out, recipe, calibration):
+    """A variant that breaks its promise: 0.01 x the batch size added to every logit (labels stay)."""
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(base))
+    logits = model.graph.output[0].name
+    for node in model.graph.node:
+        node.output[:] = [f"{o}_raw" if o == logits else o for o in node.output]
+    model.graph.initializer.extend([numpy_helper.from_array(np.array(0, np.int64), "zero"),
+                                    numpy_helper.from_array(np.array(0.01, np.float32), "step")])
+    model.graph.node.extend([
+        helper.make_node("Shape", [f"{logits}_raw"], ["shape"]), helper.make_node("Gather", ["shape", "zero"], ["n"]),
+        helper.make_node("Cast", ["n"], ["n_float"], to=onnx.TensorProto.FLOAT),
+        helper.make_node("Mul", ["n_float", "step"], ["shift"]),
+        helper.make_node("Add", [f"{logits}_raw", "shift"], [logits])])
+    onnx.save(model, str(out))
+    return {}
+
+
+def test_a_variant_that_promises_batch_invariance_and_breaks_it_is_rejected(package_copy, small_cola, monkeypatch):
+    monkeypatch.setitem(VARIANTS._items, "leaky", VariantSpec(_batch_dependent, base=FP32, batch_invariant=True))
+    results = optimize(package_copy, OptimizeConfig(variants=("leaky",), data=str(small_cola), max_mcc_drop=1.0,
+                                                    min_agreement=0.0))
+    leaky = next(r for r in results if r.variant == "leaky")
+    assert not leaky.accepted and "not batch invariant" in leaky.reason and leaky.figures["batch_drift"] > 1e-4
+    assert Package.open(package_copy).variant_names() == [FP32]
+
+
+@pytest.mark.parametrize("train_rows, message", [
+    (5, "int8-static calibrates on training rows, and .* has 5; it needs at least 16"),
+    (None, "int8-static calibrates on training rows: .* has no train.tsv"),
+])
+def test_too_small_or_missing_calibration_set_is_one_line_error(package_copy, small_cola, tmp_path, train_rows,
+                                                                message):
+    from conftest import read_rows
+
+    data = Path(shutil.copytree(small_cola, tmp_path / "data"))
+    (data / "train.tsv").unlink()
+    if train_rows:
+        rows = read_rows(small_cola / "train.tsv", 256)
+        write_tsv(data / "train.tsv", [r for r in rows if r[1]][:3] + [r for r in rows if not r[1]][:train_rows - 3])
+    before = {p.name: p.read_bytes() for p in package_copy.iterdir()}
+    with pytest.raises(OnnxpackError, match=message) as error:
+        optimize(package_copy, OptimizeConfig(variants=("optimized", "int8-static"), data=str(data)))
+    assert "\n" not in str(error.value) and "hint: " in str(error.value)
+    assert {p.name: p.read_bytes() for p in package_copy.iterdir()} == before  # nothing built, nothing written
+    # without int8-static, no training rows are needed
+    assert optimize(package_copy, OptimizeConfig(variants=("optimized",), data=str(data)))[1].accepted
+
+
 def test_fp16_skipped_on_cpu(optimized):
     _, results = optimized
     fp16 = next(r for r in results if r.variant == "fp16")
@@ -178,7 +269,7 @@ def test_unknown_variant_is_a_clear_error(optimized):
         Predictor(optimized[0], variant="fp8")
 
 
-def _flipped(package, base, out, config):
+def _flipped(package, base, out, recipe, calibration):
     """A deliberately wrong variant: the fp32 graph with its logits negated (labels swapped)."""
     model = onnx.load(str(base))
     logits = model.graph.output[0].name
@@ -250,7 +341,8 @@ def test_a_rewrite_that_moves_the_logits_is_rejected(package_copy, small_cola, m
     (OptimizeConfig(max_mcc_drop=1.5), "between 0 and 1"),
     (OptimizeConfig(max_mcc_drop=-0.1), "between 0 and 1"),
     (OptimizeConfig(min_agreement=1.2), "--min-agreement must be between 0 and 1"),
-    (OptimizeConfig(variants=("int4",)), "unknown variant 'int4'; known: fp16, int8, optimized"),
+    (OptimizeConfig(variants=("int4",)), "unknown variant 'int4'; known: fp16, int8, int8-static, optimized"),
+    (OptimizeConfig(calibration_rows=8), "--calibration-rows must be at least 16, got 8"),
     (OptimizeConfig(batch_size=0), "positive integer"),
 ])
 def test_bad_options_leave_the_package_as_it_was(package_copy, small_cola, config, message):

@@ -237,3 +237,21 @@ def test_a_graph_taking_an_unknown_input_is_refused(package_copy):
     (package_copy / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(PackageError, match=f"package {package_copy} takes input"):
         Predictor(package_copy)
+
+
+def test_the_default_variant_is_one_gated_on_the_provider_it_runs_on(package_copy, monkeypatch):
+    """On a CUDA host, provider="cpu" must not pick a variant gated on the GPU (fp16 runs there only)."""
+    from onnxpack import runtime
+    from onnxpack.runtime import serving_variant
+
+    monkeypatch.setattr(runtime, "available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    package = Package.open(package_copy)
+    package.update_manifest(variants={
+        "fp32": {"file": "model.onnx", "items_per_s": 100, "provider": "CPUExecutionProvider", "batch_invariant": True},
+        "fp16": {"file": "model.fp16.onnx", "items_per_s": 900, "provider": "CUDAExecutionProvider",
+                 "batch_invariant": True}})
+    assert package.default_variant(["CPUExecutionProvider"]) == "fp32"
+    assert serving_variant(package, "cpu") == "fp32"
+    assert serving_variant(package) == serving_variant(package, "cuda") == "fp16"  # the GPU, when it is used
+    with Predictor(package_copy, provider="cpu") as predictor:  # model.fp16.onnx does not exist: it must not be picked
+        assert predictor.providers == ["CPUExecutionProvider"] and predictor.variant == "fp32"

@@ -477,7 +477,8 @@ def optimize(
     max_mcc_drop: Annotated[float, typer.Option(help="Reject a variant whose MCC (micro-F1 for multi-label) is lower than fp32's by more.")] = 0.01,
     min_agreement: Annotated[float, typer.Option(help="Reject a variant whose labels agree with fp32's on fewer rows than this.")] = 0.99,
     per_channel: Annotated[bool, typer.Option(help="int8: one weight scale per output channel.")] = False,
-    variants: Annotated[str, typer.Option(help="Comma-separated: optimized, int8, fp16 (GPU only).")] = "optimized,int8,fp16",
+    variants: Annotated[str, typer.Option(help="Comma-separated: optimized, int8, int8-static, fp16 (GPU only).")] = "optimized,int8,int8-static,fp16",
+    calibration_rows: Annotated[int, typer.Option(help="int8-static: training rows its activation ranges are calibrated on.")] = 256,
     provider: Annotated[Optional[str], typer.Option(help="ONNX Runtime execution provider for the gate.")] = None,
     batch_size: Annotated[int, typer.Option(help="Rows per batch in the validation runs.")] = 32,
 ) -> None:
@@ -487,7 +488,8 @@ def optimize(
 
     config = OptimizeConfig(variants=tuple(_csv_list(variants, "--variants")), max_mcc_drop=max_mcc_drop,
                             min_agreement=min_agreement,
-                            per_channel=per_channel, data=data, provider=provider, batch_size=batch_size)
+                            per_channel=per_channel, data=data, provider=provider, batch_size=batch_size,
+                            calibration_rows=calibration_rows)
     with console.status("optimizing") as status:
         results = optimize_package(package, config, progress=lambda message: status.update(message))
     from .metrics import METRIC_NAMES, task_metric
@@ -511,7 +513,7 @@ def optimize(
 
     optimized = Package.open(package)
     console.print(f"default variant: [bold]{optimized.default_variant()}[/] (the fastest accepted); "
-                  f"serve's: [bold]{serving_variant(optimized)}[/] (the fastest whose answers do not depend on the batch)")
+                  f"serve's: [bold]{serving_variant(optimized, provider)}[/] (the fastest whose answers do not depend on the batch)")
 
 
 def _positive_ints(value: str, option: str) -> tuple[int, ...]:

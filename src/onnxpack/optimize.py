@@ -3,11 +3,16 @@
     fp32       the exported graph (always there)
     optimized  ONNX Runtime's transformer fusions (Attention, EmbedLayerNormalization, BiasGelu, ...)
                and rewrites that suit its CPU kernels (see _build_optimized)
-    int8       dynamic int8 quantization of the optimized graph
-    fp16       half precision of the optimized graph, on a GPU only
+    int8         dynamic int8 quantization of the optimized graph: each call's activations get one
+                 scale for the whole batch, so a text's logits depend on its batch neighbours
+    int8-static  int8 of the optimized graph with activation scales calibrated once on training
+                 rows: a text's logits do not depend on its neighbours, so `serve` may run it
+    fp16         half precision of the optimized graph, on a GPU only
 
-A candidate is built in a temp folder, run on every validation row, and joins the
-package only if its MCC is within `max_mcc_drop` of fp32's. No torch here.
+A candidate is built in a temp folder, run on every validation row, and joins the package
+only if its MCC is within `max_mcc_drop` of fp32's and its labels agree with fp32's on at
+least `min_agreement` of the rows; a variant that promises batch invariance must also keep
+it. No torch here.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -27,7 +32,8 @@ import onnxruntime as ort
 
 from ._registry import Registry
 from .data import load_splits
-from .errors import OnnxpackError
+from .errors import DataError, OnnxpackError
+from .feed import Text, encode, package_tokenizer
 from .inspect import op_histogram
 from .families import FAMILIES
 from .metrics import METRIC_NAMES, predictions, scores, task_metric
@@ -40,17 +46,20 @@ log = logging.getLogger(__name__)
 
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 GATE_EXACT_LOGITS = 1e-3  # fusions and rewrites only reorder float sums: MiniLM's logits moved by 2e-6
-BATCH_INVARIANT_LOGITS = 1e-4  # float graphs: 1e-6 between alone and batched; dynamic int8: 1e-2
+# Float graphs: 1e-6 between alone and batched; int8-static: 0 on MiniLM (docs/performance.md); dynamic int8: 1e-2
+BATCH_INVARIANT_LOGITS = 1e-4
+MIN_CALIBRATION_ROWS = 16  # fewer rows than this give activation ranges that clip unseen texts
 
 
 @dataclasses.dataclass
 class OptimizeConfig:
-    variants: tuple[str, ...] = ("optimized", "int8", "fp16")
+    variants: tuple[str, ...] = ("optimized", "int8", "int8-static", "fp16")
     max_mcc_drop: float = 0.01  # reject a variant whose task metric (MCC; micro-F1 multi-label) is lower by more
     # ...or whose labels agree with fp32's on fewer rows than this: a steady metric can hide flipped labels
     min_agreement: float = 0.99
     per_channel: bool = False  # int8: one scale per output channel instead of per tensor
     data: str | None = None  # validation data for the gate; None looks in data.resolve_data's order (the bundled CoLA last)
+    calibration_rows: int = 256  # int8-static: training rows its activation ranges are measured on
     batch_size: int = 32
     provider: str | None = None
     threads: int | None = None
@@ -62,6 +71,9 @@ class OptimizeConfig:
             raise OnnxpackError(f"--min-agreement must be between 0 and 1, got {self.min_agreement}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise OnnxpackError(f"batch size must be a positive integer, got {self.batch_size!r}")
+        if not isinstance(self.calibration_rows, int) or self.calibration_rows < MIN_CALIBRATION_ROWS:
+            raise OnnxpackError(f"--calibration-rows must be at least {MIN_CALIBRATION_ROWS}, got {self.calibration_rows!r}",
+                                hint="int8-static measures its activation ranges on that many training rows")
         if not self.variants:
             raise OnnxpackError("no variants asked for", hint=f"pick from {', '.join(VARIANTS.keys())}")
         for name in self.variants:
@@ -72,9 +84,13 @@ class OptimizeConfig:
 class VariantSpec:
     """How a variant is built: from which graph, with which recipes, and whether it needs a GPU."""
 
-    build: Callable[[Package, Path, Path, dict[str, Any]], dict[str, Any]]  # (package, base, out, recipe) -> info
+    # (package, base, out, recipe, calibration texts) -> info; the texts are empty unless `calibrated`
+    build: Callable[[Package, Path, Path, dict[str, Any], Sequence[Text]], dict[str, Any]]
     base: str  # the variant whose graph it starts from
     needs_gpu: bool = False
+    calibrated: bool = False  # built with training rows (config.calibration_rows of them)
+    # Promised: a text's logits do not depend on the other texts in its batch; the gate holds it to that.
+    batch_invariant: bool = False
     # For rewrites meant to keep the model as it is: the most any logit may move from fp32's.
     exact_within: float | None = None
     # Recipes to try in order (the fastest first); the first one the gate accepts is kept.
@@ -113,7 +129,8 @@ def _no_fusions(package: Package) -> str | None:
     return None
 
 
-def _build_optimized(package: Package, base: Path, out: Path, recipe: dict[str, Any]) -> dict[str, Any]:
+def _build_optimized(package: Package, base: Path, out: Path, recipe: dict[str, Any],
+                     calibration: Sequence[Text]) -> dict[str, Any]:
     # SkipLayerNormalization stays unfused: see _residual_sums.
     model = _transformer_optimizer(package, base, skip_layer_norm=False)
     fusions = {op: n for op, n in model.get_fused_operator_statistics().items() if n}
@@ -287,7 +304,8 @@ def _save(model: Any, out: Path) -> None:
     model.save_model_to_file(str(out), use_external_data_format=needs_external_data(onnxfile.weights_bytes(model.model)))
 
 
-def _build_int8(package: Package, base: Path, out: Path, recipe: dict[str, Any]) -> dict[str, Any]:
+def _build_int8(package: Package, base: Path, out: Path, recipe: dict[str, Any],
+                calibration: Sequence[Text]) -> dict[str, Any]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # Weights to int8 once; activations are quantized per call (no calibration data needed).
@@ -298,6 +316,65 @@ def _build_int8(package: Package, base: Path, out: Path, recipe: dict[str, Any])
                          # a base whose weights live beside it: the quantized graph keeps them beside it too
                          use_external_data_format=len(graph_files(Path(base))) > 1)
     return dict(recipe)
+
+
+def _build_int8_static(package: Package, base: Path, out: Path, recipe: dict[str, Any],
+                       calibration: Sequence[Text]) -> dict[str, Any]:
+    """The int8 variant's graph (QAttention, MatMulInteger) with fixed activation scales.
+
+    ONNX Runtime's integer-op quantizer takes calibrated ranges as well as dynamic ones: each
+    activation then goes through a QuantizeLinear with a constant scale instead of a
+    DynamicQuantizeLinear, so every value is rounded on its own and a text's logits do not
+    depend on its batch. On MiniLM it ran 1.2-1.5x as fast as the float graph; the QDQ format
+    was slower than float (ONNX Runtime 1.32 runs its MatMuls as weight-only MatMulNBits in
+    float; docs/performance.md).
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantizationMode, QuantType
+    from onnxruntime.quantization.calibrate import CalibrationDataReader, create_calibrator
+    from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    m = package.manifest
+    tokenizer = package_tokenizer(package.tokenizer_path, m.max_length, m.pad_token_id)
+    names = [t.name for t in m.inputs]
+    method = recipe["calibration_method"]
+
+    class Rows(CalibrationDataReader):
+        """MinMax: one text per call, so no padding enters the ranges. The histogram calibrators
+        (Percentile, Entropy) stack their calls' tensors and need one shape: one padded batch."""
+
+        def __init__(self) -> None:
+            self.batches = iter([calibration] if method != "MinMax" else [[text] for text in calibration])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            texts = next(self.batches, None)
+            return None if texts is None else encode(tokenizer, list(texts), names)
+
+    op_types = ["MatMul", "Attention"]
+    external = len(graph_files(Path(base))) > 1
+    with quiet_quantizer(), tempfile.TemporaryDirectory(prefix="calibration-", dir=out.parent) as tmp:
+        # The calibrator measures only tensors whose type it knows, and ONNX's shape inference
+        # cannot type the fused contrib ops' outputs; ONNX Runtime's symbolic one can.
+        typed = SymbolicShapeInference.infer_shapes(onnx.load(str(base)), auto_merge=True)
+        typed_path = Path(tmp) / "typed.onnx"
+        onnx.save(typed, str(typed_path), save_as_external_data=external)
+        calibrator = create_calibrator(typed_path, op_types, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                                       calibrate_method=CalibrationMethod[method],
+                                       use_external_data_format=external)
+        calibrator.collect_data(Rows())
+        ranges = calibrator.compute_data()
+        quantizer = ONNXQuantizer(typed, recipe["per_channel"], False, QuantizationMode.IntegerOps, True,
+                                  QuantType[recipe["weight_type"]], QuantType.QUInt8, ranges, None, None, op_types,
+                                  {"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
+        quantizer.quantize_model()
+        quantizer.model.save_model_to_file(str(out), use_external_data_format=external)
+    return dict(recipe) | {"calibration_rows": len(calibration), "calibration_split": "train"}
+
+
+def _int8_static_recipes(config: OptimizeConfig) -> list[dict[str, Any]]:
+    # The int8 ladder with MinMax ranges: on MiniLM/CoLA Percentile and Entropy were no more
+    # accurate and no faster (docs/performance.md).
+    return [r | {"activation_type": "QUInt8", "calibration_method": "MinMax"} for r in _int8_recipes(config)]
 
 
 @contextlib.contextmanager
@@ -313,7 +390,8 @@ def quiet_quantizer() -> Iterator[None]:
         root.setLevel(level)
 
 
-def _build_fp16(package: Package, base: Path, out: Path, recipe: dict[str, Any]) -> dict[str, Any]:
+def _build_fp16(package: Package, base: Path, out: Path, recipe: dict[str, Any],
+                calibration: Sequence[Text]) -> dict[str, Any]:
     model = _transformer_optimizer(package, base)
     model.convert_float_to_float16(keep_io_types=True)  # inputs stay int64, logits stay float32
     _save(model, out)
@@ -323,6 +401,8 @@ def _build_fp16(package: Package, base: Path, out: Path, recipe: dict[str, Any])
 VARIANTS.register("optimized")(VariantSpec(_build_optimized, base=FP32, exact_within=GATE_EXACT_LOGITS,
                                            skip_reason=_no_fusions))
 VARIANTS.register("int8")(VariantSpec(_build_int8, base="optimized", recipes=_int8_recipes))
+VARIANTS.register("int8-static")(VariantSpec(_build_int8_static, base="optimized", recipes=_int8_static_recipes,
+                                             calibrated=True, batch_invariant=True))
 VARIANTS.register("fp16")(VariantSpec(_build_fp16, base=FP32, needs_gpu=True))
 
 
@@ -348,12 +428,22 @@ def optimize(package_dir: str | Path, config: OptimizeConfig | None = None,
     package = Package.open(package_dir)
     m = package.manifest
     multi_label = m.problem_type == MULTI_LABEL
-    splits = load_splits(config.data, need_train=False, labels=m.labels, multi_label=multi_label)
+    calibrated = [name for name in config.variants if VARIANTS.get(name).calibrated]
+    try:
+        splits = load_splits(config.data, need_train=bool(calibrated), labels=m.labels, multi_label=multi_label)
+    except DataError as e:
+        if not calibrated:
+            raise
+        load_splits(config.data, need_train=False, labels=m.labels, multi_label=multi_label)  # the validation's own error
+        raise OnnxpackError(f"{', '.join(calibrated)} calibrates on training rows: {e.message}",
+                            hint=f"add a training file to the data, or leave {', '.join(calibrated)} out of --variants") from None
     if splits.pairs != m.pairs:
         raise OnnxpackError(f"the package takes {'sentence pairs' if m.pairs else 'single texts'} but "
                             f"{splits.source} has {'pairs' if splits.pairs else 'single texts'}",
                             hint="pass --data with the kind of rows the model was trained on")
     validation = splits.validation
+    calibration = _calibration_texts(splits.train.texts, config.calibration_rows, splits.source,
+                                     calibrated) if calibrated else []
     labels = np.array(validation.labels)
     metric = task_metric(multi_label)
     thresholds = m.thresholds if multi_label else None
@@ -402,7 +492,9 @@ def optimize(package_dir: str | Path, config: OptimizeConfig | None = None,
                 path.parent.mkdir()
                 step(f"{name}: building from {base_variant} {recipe or ''}")
                 started = time.perf_counter()
-                info = spec.build(package, base, path, recipe)
+                if spec.calibrated:
+                    step(f"{name}: calibrating on {len(calibration)} training rows")
+                info = spec.build(package, base, path, recipe, calibration if spec.calibrated else [])
                 untrusted.remember(path)  # built here from a checked graph: no need to probe it
                 build_seconds = round(time.perf_counter() - started, 1)
                 step(f"{name}: validation run")
@@ -416,6 +508,12 @@ def optimize(package_dir: str | Path, config: OptimizeConfig | None = None,
                     result = GateResult(name, False, f"logits moved by {figures['max_abs_diff']:.2g} from fp32's "
                                         f"(> {spec.exact_within}): the rewrite changed the model", figures)
                     log.info("%s rejected: %s", name, result.reason)
+                    continue
+                if spec.batch_invariant and not figures["batch_invariant"]:
+                    result = GateResult(name, False, f"a text's logits moved by {figures['batch_drift']:.2g} between "
+                                        f"running alone and in a batch (> {BATCH_INVARIANT_LOGITS}): not batch "
+                                        f"invariant{' with ' + str(recipe) if recipe else ''}", figures)
+                    log.info("%s %s rejected: %s", name, recipe, result.reason)
                     continue
                 if figures["agreement"] < config.min_agreement:
                     result = GateResult(name, False, f"labels agree with fp32's on {figures['agreement']:.2%} of rows "
@@ -446,6 +544,18 @@ def optimize(package_dir: str | Path, config: OptimizeConfig | None = None,
             _add_variants(package, {name: built[name] for name in keep}, {name: accepted[name] for name in keep},
                           fp32_figures, results, config)
     return [GateResult(FP32, True, "", fp32_figures)] + results
+
+
+def _calibration_texts(texts: Sequence[Text], rows: int, source: str, variants: list[str]) -> list[Text]:
+    """`rows` training texts spread evenly over the split (a file sorted by source or label still
+    gives a mix); all of them when it has fewer."""
+    if len(texts) < MIN_CALIBRATION_ROWS:
+        names = ", ".join(variants)
+        raise OnnxpackError(f"{names} calibrates on training rows, and {source} has {len(texts)}; "
+                            f"it needs at least {MIN_CALIBRATION_ROWS}",
+                            hint=f"add training rows, or leave {names} out of --variants")
+    picked = np.linspace(0, len(texts) - 1, min(rows, len(texts))).round().astype(int)
+    return [texts[i] for i in picked]
 
 
 def _gate_run(package: Package, model_file: Path | None, texts: list[str], labels: np.ndarray,

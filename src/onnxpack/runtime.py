@@ -63,10 +63,11 @@ def resolve_providers(provider: str | None) -> list[str]:
     return [name] + (["CPUExecutionProvider"] if name != "CPUExecutionProvider" else [])
 
 
-def serving_variant(package: Package) -> str:
+def serving_variant(package: Package, provider: str | None = None) -> str:
     """What `serve` runs unless told: the fastest variant whose answer for a text does not depend
-    on which other texts share its batch (a server batches strangers' texts together)."""
-    return package.default_variant(available_providers(), batch_invariant=True)
+    on which other texts share its batch (a server batches strangers' texts together), among
+    those gated on the providers `provider` resolves to (so `cpu` on a GPU host never gets fp16)."""
+    return package.default_variant(resolve_providers(provider), batch_invariant=True)
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
@@ -94,7 +95,7 @@ class Predictor:
         `model_file` runs another .onnx with the package's tokenizer (`optimize` gates candidates so)."""
         self.package = package_dir if isinstance(package_dir, Package) else Package.open(package_dir)
         self.providers = resolve_providers(provider)
-        self.variant = variant or self.package.default_variant(available_providers())
+        self.variant = variant or self.package.default_variant(self.providers)  # what it runs on, not what exists
         manifest = self.package.manifest
         self.labels = list(manifest.labels)
         self.max_length = manifest.max_length
