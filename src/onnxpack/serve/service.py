@@ -89,7 +89,7 @@ class Service:
         config.check()
         self.package = package_dir if isinstance(package_dir, Package) else Package.open(package_dir)
         resolve_providers(config.provider)
-        self.config = dataclasses.replace(config, variant=config.variant or serving_variant(self.package))
+        self.config = dataclasses.replace(config, variant=config.variant or serving_variant(self.package, config.provider))
         untrusted.trust(self.package.variant_path(self.config.variant), self.package)
         self.manifest = self.package.manifest
         self.metrics = Metrics()
