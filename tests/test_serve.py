@@ -336,7 +336,7 @@ def test_concurrent_requests_each_get_their_own_answers_in_order(base, predictor
 
 def test_batcher_gathers_rows_from_concurrent_requests(predictor):
     metrics = Metrics()
-    batcher = MicroBatcher([predictor], max_batch=8, max_delay_s=30, metrics=metrics)
+    batcher = MicroBatcher(predictor, max_batch=8, max_delay_s=30, metrics=metrics)
 
     async def eight_requests():
         return await asyncio.gather(*(batcher.infer(texts=["the cat sat"]) for _ in range(8)))

@@ -14,7 +14,6 @@ import math
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
@@ -58,26 +57,30 @@ class MicroBatcher:
     oldest row has waited `max_delay_s` (rows that queued while the model was busy have waited
     long enough already, so under load nothing idles). It tokenizes the texts among them in one
     call, splits the rows into groups of similar length (`length_groups`) and queues the groups.
-    Each instance (a Predictor with its own session, on its own thread) takes the next group,
-    pads it to its own longest row and runs it. The gatherer prepares the next batch once every
-    queued group is taken, so tokenizing overlaps the model calls.
+    Each instance (a thread calling the one session) takes the next group,
+    pads it to its own longest row and runs it. The gatherer takes the next batch once every
+    queued group is taken and an instance is free.
     """
 
-    def __init__(self, predictors: Sequence[Predictor], max_batch: int, max_delay_s: float, metrics: Metrics) -> None:
-        self.predictors = list(predictors)
-        self.predictor = self.predictors[0]  # its tokenizer and labels serve all
+    def __init__(self, predictor: Predictor, max_batch: int, max_delay_s: float, metrics: Metrics,
+                 instances: int = 1) -> None:
+        self.predictor = predictor
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
         self.metrics = metrics
         self._rows: collections.deque[_Row] = collections.deque()
         self._groups: collections.deque[list[_Row]] = collections.deque()  # prepared, not yet taken by an instance
-        self._wake = threading.Condition()
+        lock = threading.Lock()
+        self._gatherer_wake = threading.Condition(lock)  # rows arrived, an instance is free, or stopping
+        self._instance_wake = threading.Condition(lock)  # groups are ready, or stopping
         self._finishing = threading.Lock()  # instances answer rows of the same job
         self._stopping = False
         self._gathered_all = False
+        self._idle = 0  # instances waiting for a group
         self._threads = [threading.Thread(target=self._gather, name="onnxpack-batcher", daemon=True)]
-        self._threads += [threading.Thread(target=self._call, args=(p,), name=f"onnxpack-instance-{i}", daemon=True)
-                          for i, p in enumerate(self.predictors)]
+        # One session, run from several threads at once: ONNX Runtime allows it, and the weights stay shared.
+        self._threads += [threading.Thread(target=self._call, name=f"onnxpack-instance-{i}", daemon=True)
+                          for i in range(instances)]
         for thread in self._threads:
             thread.start()
 
@@ -89,28 +92,31 @@ class MicroBatcher:
         job = _Job(asyncio.get_running_loop(), n, len(self.predictor.labels))
         rows = ([_Row(job, i, text=t) for i, t in enumerate(texts)] if texts is not None
                 else [_Row(job, i, tokens={name: v[i] for name, v in tokens.items()}) for i in range(n)])
-        with self._wake:
+        with self._gatherer_wake:
             if self._stopping:
                 raise RuntimeError("the batcher is closed")
             self._rows.extend(rows)
             self.metrics.queue_depth.set(len(self._rows))
-            self._wake.notify_all()
+            self._gatherer_wake.notify()
         return await job.future
 
     def close(self) -> None:
         """Answer the rows already queued, then stop the threads."""
-        with self._wake:
+        with self._gatherer_wake:
             self._stopping = True
-            self._wake.notify_all()
+            self._gatherer_wake.notify_all()
+            self._instance_wake.notify_all()
         for thread in self._threads:
             thread.join()
 
     # ---- the gathering thread ----
 
     def _take(self) -> list[_Row]:
-        with self._wake:
-            while (not self._rows or self._groups) and not self._stopping:
-                self._wake.wait()
+        with self._gatherer_wake:
+            # Gather when an instance is free to run what is gathered: rows that arrive meanwhile
+            # join this batch instead of forming small ones behind it.
+            while (not self._rows or self._groups or not self._idle) and not self._stopping:
+                self._gatherer_wake.wait()
             if not self._rows:  # stopping, and nothing left to answer
                 return []
             deadline = self._rows[0].queued_at + self.max_delay_s
@@ -118,7 +124,7 @@ class MicroBatcher:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
-                self._wake.wait(left)
+                self._gatherer_wake.wait(left)
             batch = [self._rows.popleft() for _ in range(min(self.max_batch, len(self._rows)))]
             self.metrics.queue_depth.set(len(self._rows))
             return batch
@@ -131,12 +137,12 @@ class MicroBatcher:
                 log.exception("preparing a batch failed")
                 _fail_jobs(batch, e)
                 continue
-            with self._wake:
+            with self._instance_wake:
                 self._groups.extend(groups)
-                self._wake.notify_all()
-        with self._wake:
+                self._instance_wake.notify(len(groups))
+        with self._instance_wake:
             self._gathered_all = True
-            self._wake.notify_all()
+            self._instance_wake.notify_all()
 
     def _prepare(self, batch: list[_Row]) -> list[list[_Row]]:
         """Tokenize the batch's texts in one call; split its rows into length groups."""
@@ -156,16 +162,21 @@ class MicroBatcher:
 
     # ---- the instances' threads ----
 
-    def _call(self, predictor: Predictor) -> None:
+    def _call(self) -> None:
+        predictor = self.predictor
         pad = predictor.package.manifest.pad_token_id
         while True:
-            with self._wake:
+            with self._instance_wake:
+                self._idle += 1
+                self._gatherer_wake.notify()  # it waits for a free instance
                 while not self._groups and not (self._stopping and self._gathered_all):
-                    self._wake.wait()
+                    self._instance_wake.wait()
+                self._idle -= 1
                 if not self._groups:
                     return
                 rows = self._groups.popleft()
-                self._wake.notify_all()  # the gatherer waits for the queue to empty
+                if not self._groups:
+                    self._gatherer_wake.notify()  # it waits for the queue to empty
             try:
                 feed = pad_rows([row.tokens for row in rows], predictor.input_names, pad)
                 started = time.perf_counter()
@@ -176,13 +187,16 @@ class MicroBatcher:
                 log.exception("model call failed")
                 _fail_jobs(rows, e)
                 continue
+            done: dict[asyncio.AbstractEventLoop, list[_Job]] = collections.defaultdict(list)
             with self._finishing:
                 for k, row in enumerate(rows):
                     job = row.job
                     job.logits[row.index] = logits[k]
                     job.remaining -= 1
                     if job.remaining == 0:
-                        job.loop.call_soon_threadsafe(_resolve, job.future, (job.logits, sorted(job.truncated)))
+                        done[job.loop].append(job)
+            for loop, jobs in done.items():  # one wake-up of each event loop per call, not one per request
+                loop.call_soon_threadsafe(_resolve_all, jobs)
 
 
 def _fail_jobs(rows: list[_Row], error: BaseException) -> None:
@@ -190,9 +204,10 @@ def _fail_jobs(rows: list[_Row], error: BaseException) -> None:
         job.loop.call_soon_threadsafe(_fail, job.future, error)
 
 
-def _resolve(future: asyncio.Future, value: Any) -> None:
-    if not future.done():  # the client may have gone away and its request been cancelled
-        future.set_result(value)
+def _resolve_all(jobs: list[_Job]) -> None:
+    for job in jobs:
+        if not job.future.done():  # the client may have gone away and its request been cancelled
+            job.future.set_result((job.logits, sorted(job.truncated)))
 
 
 def _fail(future: asyncio.Future, error: BaseException) -> None:

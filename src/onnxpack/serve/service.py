@@ -43,7 +43,7 @@ class ServeConfig:
     max_chars: int = 10_000  # characters per text (tokens past max_length are truncated anyway)
     provider: str | None = None  # ONNX Runtime execution provider (default: the runtime's choice)
     variant: str | None = None  # package variant (default: serving_variant)
-    # Model instances: sessions of the graph, each on its own thread, running length groups side by side.
+    # Model instances: threads running length groups through the one session side by side.
     instances: int = 2
     threads: int | None = None  # ONNX Runtime intra-op threads per instance (default: the CPUs shared among them)
     # After SIGTERM, in-flight requests get this long; then the process ends even if a model call is stuck.
@@ -135,12 +135,11 @@ class Service:
             config = self.config
             threads = config.threads or (max(1, (os.cpu_count() or 1) // config.instances) if config.instances > 1
                                          else None)
-            predictors = [Predictor(self.package, provider=config.provider, threads=threads, variant=config.variant)
-                          for _ in range(config.instances)]
-            for predictor in predictors:
-                predictor.predict_logits([("warm-up", "warm-up") if predictor.pairs else "warm-up"])
-            self.predictor = predictors[0]
-            self.batcher = MicroBatcher(predictors, config.max_batch, config.max_delay_ms / 1000, self.metrics)
+            predictor = Predictor(self.package, provider=config.provider, threads=threads, variant=config.variant)
+            predictor.predict_logits([("warm-up", "warm-up") if predictor.pairs else "warm-up"])
+            self.predictor = predictor
+            self.batcher = MicroBatcher(predictor, config.max_batch, config.max_delay_ms / 1000, self.metrics,
+                                        config.instances)
             self.ready = True
             log.info("serving %s (%s variant, %s, %d instance(s) of %s thread(s))", self.manifest.name,
                      self.predictor.variant, self.predictor.providers[0], config.instances, threads or "all")
@@ -156,8 +155,8 @@ class Service:
         self.ready = False
         if self.batcher:
             self.batcher.close()
-            for predictor in self.batcher.predictors:
-                predictor.close()
+        if self.predictor:
+            self.predictor.close()
 
     # ---- requests ----
 
