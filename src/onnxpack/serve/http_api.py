@@ -329,14 +329,9 @@ class _FastPath:
         service = self.service
         try:
             async with service.admitted():
-                body = b""
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        return
-                    body += message.get("body", b"")
-                    if not message.get("more_body"):
-                        break
+                body = await _read_body(receive)
+                if body is None:
+                    return
                 answer = await (self._predict(body) if route == _PREDICT else self._infer(body))
         except Unavailable as e:
             return await _send_json(send, 503, {"error": str(e)}, [(b"retry-after", str(RETRY_AFTER_S).encode())])
@@ -345,16 +340,7 @@ class _FastPath:
         if answer is not None:
             scope["route"] = self.routes[route]  # for the metrics' route label
             return await _send_json(send, 200, answer)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app(scope, replay, send)
+        await self.app(scope, _replay(body, receive), send)
 
     def _text(self, value: Any) -> bool:
         return type(value) is str and 0 < len(value) <= self.max_chars and not value.isspace()
@@ -406,6 +392,32 @@ class _FastPath:
         return _infer_answer(self.service, self.v2, call, logits, truncated, request.get("id"))
 
 
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole request body; None when the client went away."""
+    body = b""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that gives the already read body again, then whatever the client sends next."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if replayed:
+            return await receive()
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
 def _loads(body: bytes) -> Any:
     try:
         return orjson.loads(body)
@@ -435,14 +447,9 @@ class _V2Body:
             return await self.app(scope, receive, send)
         headers = Headers(scope=scope)
         try:
-            body = b""
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return
-                body += message.get("body", b"")
-                if not message.get("more_body"):
-                    break
+            body = await _read_body(receive)
+            if body is None:
+                return
             if v2_binary.HEADER in headers:
                 request = v2_binary.decode_request(body, headers[v2_binary.HEADER])
             else:  # plain JSON: parsed here only when it may ask for binary outputs (the handler parses it anyway)
@@ -456,17 +463,8 @@ class _V2Body:
         kept = [(k, v) for k, v in scope["headers"]
                 if k not in (b"content-type", b"content-length", v2_binary.HEADER.encode())]
         scope["headers"] = kept + [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        sent = False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if sent:
-                return await receive()
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
         binary = v2_binary.wants_binary(request) if isinstance(request, dict) else set()
-        await self.app(scope, replay, _binary_answer(send, binary) if binary else send)
+        await self.app(scope, _replay(body, receive), _binary_answer(send, binary) if binary else send)
 
 
 def _json_or_none(body: bytes) -> Any:
