@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import logging
 import math
@@ -196,12 +197,14 @@ class MicroBatcher:
                     if job.remaining == 0:
                         done[job.loop].append(job)
             for loop, jobs in done.items():  # one wake-up of each event loop per call, not one per request
-                loop.call_soon_threadsafe(_resolve_all, jobs)
+                with contextlib.suppress(RuntimeError):  # that loop has closed: no one waits for the answer
+                    loop.call_soon_threadsafe(_resolve_all, jobs)
 
 
 def _fail_jobs(rows: list[_Row], error: BaseException) -> None:
     for job in {id(row.job): row.job for row in rows}.values():
-        job.loop.call_soon_threadsafe(_fail, job.future, error)
+        with contextlib.suppress(RuntimeError):  # its loop has closed
+            job.loop.call_soon_threadsafe(_fail, job.future, error)
 
 
 def _resolve_all(jobs: list[_Job]) -> None:
