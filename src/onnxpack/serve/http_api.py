@@ -453,7 +453,7 @@ class _V2Body:
             if v2_binary.HEADER in headers:
                 request = v2_binary.decode_request(body, headers[v2_binary.HEADER])
             else:  # plain JSON: parsed here only when it may ask for binary outputs (the handler parses it anyway)
-                request = _json_or_none(body) if b'"binary_data' in body else None
+                request = _loads(body) if b'"binary_data' in body else None  # None: the handler answers its 4xx
         except HTTPException as e:  # the body limit, while reading
             return await JSONResponse({"error": str(e.detail)}, e.status_code)(scope, receive, send)
         except OnnxpackError as e:
@@ -465,13 +465,6 @@ class _V2Body:
         scope["headers"] = kept + [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         binary = v2_binary.wants_binary(request) if isinstance(request, dict) else set()
         await self.app(scope, _replay(body, receive), _binary_answer(send, binary) if binary else send)
-
-
-def _json_or_none(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None  # the handler answers it with its usual 4xx
 
 
 def _binary_answer(send: Send, binary: set[str] | bool) -> Send:
@@ -551,11 +544,8 @@ class _MetricsMiddleware:
         try:
             await self.app(scope, receive, send_and_note)
         finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.requests.labels(route, str(status)).inc()
-            if status >= 400:
-                self.metrics.errors.labels(route, str(status)).inc()
-            self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+            self.metrics.note(getattr(scope.get("route"), "path", "unmatched"), str(status), status >= 400,
+                              time.perf_counter() - started)
 
 
 def _drop_unused_422(app: FastAPI) -> None:
