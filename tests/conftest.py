@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from onnxpack.data import BUNDLED_COLA, read_table
+from onnxpack.core.data import BUNDLED_COLA, read_table
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -55,8 +55,19 @@ def small_cola(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, small_cola) -> Path:
     """A 2-layer, hidden-32 BERT with a WordPiece vocabulary learnt from the CoLA slice."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+    from tokenizers import (
+        Tokenizer,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        BertTokenizerFast,
+    )
 
     out = tmp_path_factory.mktemp("tiny-bert")
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -116,7 +127,7 @@ def tiny_family_folder(model_type: str, tokenizer_dir: Path, out: Path, labels: 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, tiny_model_dir, small_cola) -> Path:
     """A short real Lightning run of the tiny model on the CoLA slice."""
-    from onnxpack.train import TrainConfig, fit
+    from onnxpack.build.train import TrainConfig, fit
 
     out = tmp_path_factory.mktemp("run") / "run"
     fit(TrainConfig(data=str(small_cola), model=str(tiny_model_dir), epochs=2, batch_size=32, lr=1e-3,
@@ -126,7 +137,7 @@ def trained_run(tmp_path_factory, tiny_model_dir, small_cola) -> Path:
 
 @pytest.fixture(scope="session")
 def package_dir(tmp_path_factory, trained_run) -> Path:
-    from onnxpack.export import export
+    from onnxpack.build.export import export
 
     out = tmp_path_factory.mktemp("pkg") / "tiny-cola"
     export(trained_run / "best.ckpt", out)
@@ -233,7 +244,8 @@ def hostile_package(package_dir: Path, folder: Path, case: str) -> Path:
     import json
 
     import hostile
-    from onnxpack.package import MANIFEST, hash_files
+
+    from onnxpack.core.package import MANIFEST, hash_files
 
     made = folder / "made"
     made.mkdir(parents=True)

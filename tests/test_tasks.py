@@ -11,18 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from conftest import tiny_family_folder
+from live import free_port, post, running
 from typer.testing import CliRunner
 
-from conftest import tiny_family_folder
+from onnxpack.build.export import export
+from onnxpack.build.train import TrainConfig, fit
+from onnxpack.build.verify import verify
 from onnxpack.cli import app as cli_app
-from onnxpack.export import export
-from onnxpack.optimize import OptimizeConfig, optimize
-from onnxpack.package import Package
-from onnxpack.runtime import Predictor, serving_variant
+from onnxpack.core.package import Package
+from onnxpack.runtime.optimize import OptimizeConfig, optimize
+from onnxpack.runtime.predictor import Predictor, serving_variant
 from onnxpack.serve import ServeConfig, create_app
-from onnxpack.train import TrainConfig, fit
-from onnxpack.verify import verify
-from test_serve import free_port, post, running
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .errors import OnnxpackError, PackageError, ParityError
-from .package import Manifest, Package
+from onnxpack.core import errors
+from onnxpack.core.errors import OnnxpackError, PackageError, ParityError
+from onnxpack.core.package import Manifest, Package
 
-__all__ = ["__version__", "load", "Manifest", "OnnxpackError", "Package", "PackageError", "ParityError"]
+__all__ = ["__version__", "errors", "load", "Manifest", "OnnxpackError", "Package", "PackageError", "ParityError"]
 
 
 def load(package_dir, provider: str | None = None, **kwargs):
     """A Predictor for a package directory: `onnxpack.load(path).predict(["text"])`."""
-    from .runtime import Predictor
+    from onnxpack.runtime.predictor import Predictor
 
     return Predictor(package_dir, provider=provider, **kwargs)

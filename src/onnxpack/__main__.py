@@ -1,5 +1,5 @@
 """`python -m onnxpack`: the same app as the `onnxpack` console script."""
 
-from .cli import main
+from onnxpack.cli import main
 
 main()

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from ..package import Package
+from onnxpack.core.package import Package
+
 from .http_api import build_app, run, uvicorn_config
 from .service import ServeConfig, Service
 

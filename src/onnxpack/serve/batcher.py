@@ -18,8 +18,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..feed import Text, columns, pad_rows
-from ..runtime import Predictor
+from onnxpack.runtime.feed import Text, columns, pad_rows
+from onnxpack.runtime.predictor import Predictor
+
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)

@@ -20,10 +20,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-from tritonclient.grpc import service_pb2 as pb, service_pb2_grpc as pb_grpc
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from .. import __version__
-from ..errors import OnnxpackError
+from onnxpack import __version__
+from onnxpack.core.errors import OnnxpackError
+
 from . import v2_binary
 from .service import Service, Unavailable, UnknownModel
 from .v2 import EXTENSIONS, V2

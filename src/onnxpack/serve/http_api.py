@@ -32,14 +32,31 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .. import __version__, untrusted
-from ..errors import OnnxpackError
-from ..feed import check_texts
+from onnxpack import __version__
+from onnxpack.core import untrusted
+from onnxpack.core.errors import OnnxpackError
+from onnxpack.runtime.feed import check_texts
+
 from . import v2_binary
 from .metrics import Metrics
-from .service import RETRY_AFTER_S, Service, Unavailable, UnknownModel, exit_after, exit_unless_ready
-from .v2 import EXTENSIONS, OUTPUTS, TEXT_INPUT, V2, Call, describe_errors, texts_type, text_type
-
+from .service import (
+    RETRY_AFTER_S,
+    Service,
+    Unavailable,
+    UnknownModel,
+    exit_after,
+    exit_unless_ready,
+)
+from .v2 import (
+    EXTENSIONS,
+    OUTPUTS,
+    TEXT_INPUT,
+    V2,
+    Call,
+    describe_errors,
+    text_type,
+    texts_type,
+)
 
 # ---- request and response bodies (they make the OpenAPI schema) ----
 

@@ -18,11 +18,12 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Protocol
 
-from ..errors import OnnxpackError
-from ..feed import vocab_size
-from ..package import Package
-from ..runtime import Predictor, resolve_providers, serving_variant
-from .. import untrusted
+from onnxpack.core import untrusted
+from onnxpack.core.errors import OnnxpackError
+from onnxpack.core.package import Package
+from onnxpack.runtime.feed import vocab_size
+from onnxpack.runtime.predictor import Predictor, resolve_providers, serving_variant
+
 from .admission import Admission
 from .batcher import MicroBatcher
 from .metrics import Metrics

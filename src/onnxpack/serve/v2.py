@@ -16,8 +16,9 @@ from typing import Annotated, Any, Protocol
 import numpy as np
 from pydantic import Field, StringConstraints, TypeAdapter, ValidationError
 
-from ..errors import OnnxpackError
-from ..feed import Text
+from onnxpack.core.errors import OnnxpackError
+from onnxpack.runtime.feed import Text
+
 from .service import ServeConfig, Service
 
 TEXT_INPUT = "text"  # the BYTES input; the token inputs are named as the package names them

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import OnnxpackError
+from onnxpack.core.errors import OnnxpackError
 
 HEADER = "inference-header-content-length"
 EXTENSIONS = ("binary_tensor_data",)  # what /v2 lists for it

@@ -1,0 +1,139 @@
+"""PyTorch vs ONNX Runtime on every validation row: logits, labels, MCC on both sides."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from onnxpack.core.data import load_splits
+from onnxpack.core.errors import CheckpointError, DataError, ParityError
+from onnxpack.core.metrics import predictions, scores
+from onnxpack.core.package import FP32, atomic_write_text, now
+from onnxpack.runtime.predictor import Predictor
+
+from .export import LogitsModel
+from .localize import localize
+from .model import load_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class VerifyConfig:
+    atol: float = 1e-4  # fail when max |logit difference| exceeds this
+    min_agreement: float = 1.0  # fail when the share of identical predicted labels is below this
+    batch_size: int = 64
+    provider: str | None = None  # ONNX Runtime execution provider; None: the default
+    variant: str = FP32  # the exported graph; optimized variants are gated by `optimize` instead
+    localize: bool = False  # find the first diverging module on the worst batch even when parity holds
+
+
+@dataclasses.dataclass
+class ParityReport:
+    n: int
+    max_abs_diff: float
+    max_rel_diff: float  # |onnx - torch| / max(|torch|, 1e-3), the worst logit
+    agreement: float
+    torch: dict[str, float]  # {"mcc", "acc"} of PyTorch's predictions
+    onnx: dict[str, float]  # the same for ONNX Runtime's
+    tokenizer_mismatches: int  # rows the package tokenizer encodes differently from the checkpoint's
+    atol: float
+    min_agreement: float
+    passed: bool
+    failures: list[str]
+    provider: str
+    # Where the worst batch diverges: {"first": {"module", "onnx_value", "max_abs_diff"} | None, "summary"};
+    # run when max_abs_diff fails, or on request (--localize).
+    localization: dict[str, Any] | None
+    checkpoint: str
+    data: str
+    at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def verify(package_dir: str | Path, data: str | None = None, checkpoint: str | Path | None = None,
+           config: VerifyConfig | None = None, json_out: str | Path | None = None,
+           progress: Callable[[int], None] | None = None) -> ParityReport:
+    """Compare the package with its source checkpoint on the whole validation split.
+
+    Writes the report (to `json_out` and into the manifest's `parity`) even when it fails,
+    then raises one ParityError naming every failed check.
+    """
+    config = config or VerifyConfig()
+    predictor = Predictor(package_dir, provider=config.provider, variant=config.variant)
+    package = predictor.package
+    checkpoint = checkpoint or package.manifest.source.get("path")
+    if not checkpoint or not Path(checkpoint).exists():
+        raise CheckpointError(f"the package's source checkpoint {checkpoint} is not there",
+                              hint="pass --checkpoint PATH to the checkpoint it was exported from")
+    model, hf_tokenizer, _ = load_checkpoint(checkpoint)
+    validation = load_splits(data, need_train=False, labels=predictor.labels, multi_label=predictor.multi_label)
+    texts, labels = validation.validation.texts, validation.validation.labels
+    if validation.pairs != predictor.pairs:
+        raise DataError(f"the package takes {'sentence pairs' if predictor.pairs else 'single texts'} but "
+                        f"{validation.source} has {'pairs' if validation.pairs else 'single texts'}",
+                        hint="pass --data with the kind of rows the model was trained on")
+
+    torch_logits = np.zeros((len(texts), len(predictor.labels)), dtype=np.float32)
+    onnx_logits = np.zeros_like(torch_logits)
+    mismatches, worst_diff, worst_feed = 0, -1.0, None
+    for batch, feed in predictor.encoded_batches(texts, config.batch_size):
+        batch_texts = [texts[i] for i in batch]
+        onnx_logits[batch] = predictor.run(feed)
+        with torch.inference_mode():
+            torch_logits[batch] = model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.numpy()
+        if (batch_diff := float(np.abs(onnx_logits[batch] - torch_logits[batch]).max())) > worst_diff:
+            worst_diff, worst_feed = batch_diff, feed
+        if predictor.pairs:
+            reference = hf_tokenizer([a for a, _ in batch_texts], [b for _, b in batch_texts], truncation=True,
+                                     max_length=predictor.max_length)["input_ids"]
+        else:
+            reference = hf_tokenizer(batch_texts, truncation=True, max_length=predictor.max_length)["input_ids"]
+        mismatches += sum(ref != list(ids[:int(mask.sum())])
+                          for ref, ids, mask in zip(reference, feed["input_ids"], feed["attention_mask"]))
+        if progress:
+            progress(len(batch))
+
+    diff = np.abs(onnx_logits - torch_logits)
+    y = np.array(labels)
+    thresholds = predictor.thresholds if predictor.multi_label else None
+    torch_pred, onnx_pred = predictions(torch_logits, thresholds), predictions(onnx_logits, thresholds)
+    num_classes = len(predictor.labels)
+
+    report = ParityReport(
+        n=len(texts), max_abs_diff=float(diff.max()),
+        max_rel_diff=float((diff / np.maximum(np.abs(torch_logits), 1e-3)).max()),
+        agreement=float((torch_pred == onnx_pred).reshape(len(texts), -1).all(axis=1).mean()),
+        torch=scores(torch_pred, y, num_classes), onnx=scores(onnx_pred, y, num_classes),
+        tokenizer_mismatches=int(mismatches), atol=config.atol, min_agreement=config.min_agreement,
+        passed=True, failures=[], provider=predictor.providers[0], localization=None, checkpoint=str(checkpoint),
+        data=validation.source, at=now())
+    if report.max_abs_diff > config.atol or config.localize:
+        found = localize(LogitsModel(model, tuple(worst_feed)), package.variant_path(predictor.variant), worst_feed,
+                         max(config.atol, 0.0))
+        report.localization = {"first": dataclasses.asdict(found.first) if found.first else None,
+                               "summary": found.describe()}
+    if report.max_abs_diff > config.atol:
+        report.failures.append(f"max_abs_diff {report.max_abs_diff:.2e} > atol {config.atol:g}; "
+                               f"{report.localization['summary']}")
+    if report.agreement < config.min_agreement:
+        report.failures.append(f"agreement {report.agreement:.4f} < {config.min_agreement:g}")
+    if mismatches:
+        report.failures.append(f"the package tokenizer encodes {mismatches} rows differently from the checkpoint's")
+    report.passed = not report.failures
+
+    if json_out:
+        atomic_write_text(Path(json_out), json.dumps(report.to_dict(), indent=2) + "\n")
+    package.update_manifest(parity={k: v for k, v in report.to_dict().items() if k != "failures"})
+    if not report.passed:
+        raise ParityError(f"{package.root} fails verification on {report.n} rows: {'; '.join(report.failures)}",
+                          report=report)
+    return report

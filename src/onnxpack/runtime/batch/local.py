@@ -1,0 +1,317 @@
+"""Batch inference over files of any size: TSV, CSV, JSON Lines or Parquet in (one file, a folder
+or a glob), Parquet or JSON Lines out, one output row per input row, in input order.
+
+The `local` engine streams the input in chunks through one Predictor, so memory follows the chunk
+size, not the file. Every output row carries the input's id (or its row number), what `predict`
+gives (label, score, scores; labels for multi-label) and an `error` column: a row that cannot be
+classified (an empty text) is reported there, and the run goes on. The output appears atomically.
+No torch here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import glob
+import json
+import os
+import resource
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv
+import pyarrow.dataset
+import pyarrow.parquet as pq
+
+from onnxpack.core.data import PAIR_COLUMNS, TEXT_COLUMNS
+from onnxpack.core.errors import OnnxpackError
+from onnxpack.core.package import replace_dir, sweep_stale, temp_prefix
+from onnxpack.runtime.feed import Text
+from onnxpack.runtime.predictor import Predictor
+
+INPUT_FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+OUTPUT_FORMATS = {".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl"}
+ID = "id"
+FOLDER_MARKER = "_onnxpack_batch.json"  # in a folder output: rows, parts and labels of a finished run
+
+
+@dataclasses.dataclass
+class BatchConfig:
+    text_column: str | None = None  # None: detected (sentence, text)
+    pair_columns: tuple[str, str] | None = None  # a pair model's two columns; None: detected
+    id_column: str | None = None  # None: the row number (from 0) is the id
+    batch_size: int = 32  # texts per model call
+    chunk_rows: int = 10_000  # rows read, classified and written at a time: the memory bound
+    variant: str | None = None
+    provider: str | None = None
+    threads: int | None = None
+
+    def validate(self) -> None:
+        for name in ("batch_size", "chunk_rows"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise OnnxpackError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)!r}")
+
+
+@dataclasses.dataclass
+class BatchSummary:
+    rows: int
+    errors: int
+    seconds: float
+    rows_per_s: float
+    peak_rss_mb: float
+    output: str
+
+
+def input_files(spec: str) -> tuple[list[Path], str]:
+    """The files a --input names (a file, a folder, or a glob) and their one format."""
+    path = Path(spec)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    elif path.is_file():
+        files = [path]
+    else:
+        files = sorted(Path(p) for p in glob.glob(spec) if Path(p).is_file())
+    if not files:
+        raise OnnxpackError(f"--input {spec} names no file", hint="pass a file, a folder of files, or a glob")
+    formats = {INPUT_FORMATS.get(f.suffix.lower()) for f in files}
+    if None in formats:
+        bad = next(f for f in files if f.suffix.lower() not in INPUT_FORMATS)
+        raise OnnxpackError(f"{bad} is not a supported input ({bad.suffix or 'no suffix'})",
+                            hint=f"use {', '.join(sorted(INPUT_FORMATS))} files")
+    if len(formats) > 1:
+        raise OnnxpackError(f"--input {spec} mixes formats ({', '.join(sorted(formats))})",
+                            hint="give files of one format")
+    return files, formats.pop()
+
+
+def _dataset(files: list[Path], fmt: str) -> pyarrow.dataset.Dataset:
+    if fmt in ("tsv", "csv"):
+        tsv = fmt == "tsv"
+        file_format = pyarrow.dataset.CsvFileFormat(
+            parse_options=pyarrow.csv.ParseOptions(delimiter="\t" if tsv else ",", quote_char=False if tsv else '"'),
+            convert_options=pyarrow.csv.ConvertOptions(strings_can_be_null=False))
+    else:
+        file_format = fmt
+    try:
+        return pyarrow.dataset.dataset([str(f) for f in files], format=file_format)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise OnnxpackError(f"cannot read {files[0] if len(files) == 1 else 'the input files'}: "
+                            f"{str(e).splitlines()[0]}", hint="check the file's format and encoding") from None
+
+
+def text_columns(names: list[str], config: BatchConfig, pairs: bool) -> list[str]:
+    """The text column(s) to read among the input's column `names`: named, or detected as `train` does."""
+    named = list(config.pair_columns) if config.pair_columns else [config.text_column] if config.text_column else None
+    if named:
+        missing = [c for c in named if c not in names]
+        if missing:
+            raise OnnxpackError(f"the input has no column {missing[0]!r}; it has {', '.join(names)}",
+                                hint="pass --text-column (or --pair-columns A,B) naming its text")
+    elif pairs:
+        named = next(([a, b] for a, b in PAIR_COLUMNS if a in names and b in names), None)
+    else:
+        named = next(([c] for c in TEXT_COLUMNS if c in names), None)
+    if not named:
+        want = "two text columns (--pair-columns A,B)" if pairs else f"a text column ({'/'.join(TEXT_COLUMNS)})"
+        raise OnnxpackError(f"the input has columns {', '.join(names)}; expected {want}",
+                            hint="name it with --text-column" if not pairs else "name them with --pair-columns")
+    if len(named) == 2 and not pairs:
+        raise OnnxpackError("--pair-columns given, but this model takes single texts", hint="use --text-column")
+    if len(named) == 1 and pairs:
+        raise OnnxpackError("this model reads sentence pairs", hint="name both columns with --pair-columns A,B")
+    if config.id_column and config.id_column not in names:
+        raise OnnxpackError(f"the input has no column {config.id_column!r} for --id-column; it has {', '.join(names)}")
+    return named
+
+
+def _row_error(value: Any, pairs: bool) -> str | None:
+    parts = value if pairs else (value,)
+    if any(not isinstance(p, str) for p in parts):
+        return "no text" if any(p is None for p in parts) else "the text is not a string"
+    if any(not p.strip() for p in parts):
+        return "empty text"
+    return None
+
+
+def classify(predictor: Predictor, ids: list[Any], texts: list[Any], batch_size: int) -> list[dict[str, Any]]:
+    """One output row per input row, in order: the valid rows classified in one length-sorted pass."""
+    errors = [_row_error(t, predictor.pairs) for t in texts]
+    valid = [i for i, e in enumerate(errors) if e is None]
+    results = predictor.predict([texts[i] for i in valid], batch_size) if valid else []
+    by_row = dict(zip(valid, results))
+    rows = []
+    for i, (row_id, error) in enumerate(zip(ids, errors)):
+        r = by_row.get(i)
+        rows.append({ID: row_id, "label": r and r["label"], "score": r and r["score"],
+                     "scores": r and r["scores"], **({"labels": r and r["labels"]} if predictor.multi_label else {}),
+                     "error": error})
+    return rows
+
+
+def read_chunks(input_spec: str, config: BatchConfig, pairs: bool) -> Iterator[tuple[list[Any], list[Text | None]]]:
+    """(ids, texts) per chunk of at most `chunk_rows` rows, streamed from the files in order."""
+    files, fmt = input_files(input_spec)
+    dataset = _dataset(files, fmt)
+    texts_in = text_columns(dataset.schema.names, config, pairs)
+    columns = texts_in + ([config.id_column] if config.id_column else [])
+    number = 0
+    try:
+        for record_batch in dataset.to_batches(columns=list(dict.fromkeys(columns)), batch_size=config.chunk_rows):
+            if record_batch.num_rows == 0:
+                continue
+            data = record_batch.to_pydict()
+            n = record_batch.num_rows
+            texts = list(zip(*(data[c] for c in texts_in))) if pairs else data[texts_in[0]]
+            ids = data[config.id_column] if config.id_column else list(range(number, number + n))
+            number += n
+            yield ids, texts
+    except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as e:
+        raise OnnxpackError(f"cannot read the input: {str(e).splitlines()[0]}",
+                            hint="check the file's format and encoding (UTF-8)") from None
+
+
+class OutputWriter:
+    """Rows to a Parquet or JSON Lines file through a temp sibling, renamed into place on close()."""
+
+    def __init__(self, path: Path, labels: list[str], multi_label: bool) -> None:
+        self.path = Path(path)
+        suffix = self.path.suffix.lower()
+        if suffix not in OUTPUT_FORMATS:
+            raise OnnxpackError(f"--output {path} is not a supported format",
+                                hint="name a .parquet or .jsonl file, or a folder (ending in /) for part files")
+        _check_parent(self.path)
+        self.format = OUTPUT_FORMATS[suffix]
+        sweep_stale(self.path)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(self.path), dir=self.path.parent)
+        os.close(fd)
+        self.tmp = Path(tmp)
+        self.schema = pa.schema([(ID, pa.string()), ("label", pa.string()), ("score", pa.float64()),
+                                 ("scores", pa.map_(pa.string(), pa.float64()))]
+                                + ([("labels", pa.list_(pa.string()))] if multi_label else [])
+                                + [("error", pa.string())])
+        self._parquet = pq.ParquetWriter(str(self.tmp), self.schema) if self.format == "parquet" else None
+        self._jsonl = open(self.tmp, "w", encoding="utf-8") if self.format == "jsonl" else None
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        if self._parquet is not None:
+            columns = {name: [r.get(name) for r in rows] for name in self.schema.names}
+            columns[ID] = [None if v is None else str(v) for v in columns[ID]]
+            columns["scores"] = [None if s is None else list(s.items()) for s in columns["scores"]]
+            self._parquet.write_table(pa.table(columns, schema=self.schema))
+        else:
+            self._jsonl.write("".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
+
+    def close(self) -> None:
+        """Finish the file and put it under its final name."""
+        if self._parquet is not None:
+            self._parquet.close()
+        else:
+            self._jsonl.flush()
+            os.fsync(self._jsonl.fileno())
+            self._jsonl.close()
+        os.chmod(self.tmp, 0o644)
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            (self._parquet or self._jsonl).close()
+        self.tmp.unlink(missing_ok=True)
+
+
+class FolderWriter:
+    """Rows to a folder of part files (`part-00000.parquet`, one per chunk), as Spark and Ray Data
+    write them, with FOLDER_MARKER summing up the run. The folder is built under a temp name and
+    renamed into place on close(); it replaces only an empty folder or an earlier batch output."""
+
+    def __init__(self, path: Path, labels: list[str], multi_label: bool) -> None:
+        self.path = Path(path)
+        _check_parent(self.path)
+        if self.path.is_file():
+            raise OnnxpackError(f"--output {path} is a file", hint="name a folder, or a .parquet/.jsonl file")
+        if self.path.is_dir() and any(self.path.iterdir()) and not (self.path / FOLDER_MARKER).is_file():
+            raise OnnxpackError(f"--output {path} is a folder that holds other files",
+                                hint="name a new or empty folder; batch replaces only its own earlier output")
+        self.suffix = ".jsonl" if self.path.suffix.lower() in (".jsonl", ".json") else ".parquet"
+        self.labels, self.multi_label = labels, multi_label
+        sweep_stale(self.path)
+        self.tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(self.path), dir=self.path.parent))
+        self.parts: list[str] = []
+        self.rows = 0
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        part = OutputWriter(self.tmp / f"part-{len(self.parts):05d}{self.suffix}", self.labels, self.multi_label)
+        part.write(rows)
+        part.close()
+        self.parts.append(part.path.name)
+        self.rows += len(rows)
+
+    def close(self) -> None:
+        marker = {"rows": self.rows, "parts": self.parts, "labels": self.labels, "format": self.suffix[1:]}
+        (self.tmp / FOLDER_MARKER).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
+        os.chmod(self.tmp, 0o755)
+        replace_dir(self.tmp, self.path)
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def open_output(output: Path | str, labels: list[str], multi_label: bool) -> OutputWriter | FolderWriter:
+    """A folder of part files when `output` ends in `/` or is a folder; else one file."""
+    is_folder = str(output).endswith(("/", os.sep)) or Path(output).is_dir()
+    return (FolderWriter if is_folder else OutputWriter)(Path(output), labels, multi_label)
+
+
+def _check_parent(path: Path) -> None:
+    if not path.parent.is_dir():
+        raise OnnxpackError(f"--output {path}: folder {path.parent} does not exist", hint="create it first, or write elsewhere")
+
+
+def run_local(package: str | Path, input_spec: str, output: str | Path, config: BatchConfig | None = None,
+              progress: Callable[[int], None] | None = None) -> BatchSummary:
+    """Classify every row of `input_spec` into `output`, a chunk at a time."""
+    config = config or BatchConfig()
+    config.validate()
+    started = time.perf_counter()
+    with Predictor(package, provider=config.provider, threads=config.threads, variant=config.variant) as predictor:
+        chunks = read_chunks(input_spec, config, predictor.pairs)
+        first = next(chunks, None)  # checks the input and its columns before anything is written
+        rows = (classify(predictor, ids, texts, config.batch_size) for ids, texts in _chain(first, chunks))
+        return write_rows(output, predictor.labels, predictor.multi_label, rows, started, progress)
+
+
+def write_rows(output: str | Path, labels: list[str], multi_label: bool, chunks: Iterator[list[dict[str, Any]]],
+               started: float, progress: Callable[[int], None] | None) -> BatchSummary:
+    """Stream the engines' output rows into one file or folder (atomically) and sum up the run."""
+    writer = open_output(output, labels, multi_label)
+    rows = errors = 0
+    try:
+        for out in chunks:
+            writer.write(out)
+            rows += len(out)
+            errors += sum(r["error"] is not None for r in out)
+            if progress:
+                progress(len(out))
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    seconds = time.perf_counter() - started
+    return BatchSummary(rows=rows, errors=errors, seconds=round(seconds, 2),
+                        rows_per_s=round(rows / seconds, 1) if seconds else 0.0, peak_rss_mb=peak_rss_mb(),
+                        output=str(output))
+
+
+def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
+    if first is not None:
+        yield first
+        yield from rest
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (Linux reports KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

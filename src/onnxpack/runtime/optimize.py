@@ -1,0 +1,637 @@
+"""The optimization ladder: faster variants of model.onnx, each gated on the whole validation set.
+
+    fp32       the exported graph (always there)
+    optimized  ONNX Runtime's transformer fusions (Attention, EmbedLayerNormalization, BiasGelu, ...)
+               and rewrites that suit its CPU kernels (see _build_optimized)
+    int8         dynamic int8 quantization of the optimized graph: each call's activations get one
+                 scale for the whole batch, so a text's logits depend on its batch neighbours
+    int8-static  int8 of the optimized graph with activation scales calibrated once on training
+                 rows: a text's logits do not depend on its neighbours, so `serve` may run it
+    fp16         half precision of the optimized graph, on a GPU only
+
+A candidate is built in a temp folder, run on every validation row, and joins the package
+only if its MCC is within `max_mcc_drop` of fp32's and its labels agree with fp32's on at
+least `min_agreement` of the rows; a variant that promises batch invariance must also keep
+it. No torch here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from onnxpack.core import onnxfile, untrusted
+from onnxpack.core.data import load_splits
+from onnxpack.core.errors import DataError, OnnxpackError
+from onnxpack.core.families import FAMILIES
+from onnxpack.core.metrics import METRIC_NAMES, predictions, scores, task_metric
+from onnxpack.core.package import (
+    FP32,
+    MODEL,
+    MULTI_LABEL,
+    Package,
+    graph_files,
+    needs_external_data,
+    now,
+    sha256_file,
+    variant_file,
+)
+from onnxpack.core.registry import Registry
+
+from .feed import Text, encode, package_tokenizer
+from .predictor import Predictor, available_providers
+
+log = logging.getLogger(__name__)
+
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+GATE_EXACT_LOGITS = 1e-3  # fusions and rewrites only reorder float sums: MiniLM's logits moved by 2e-6
+# Float graphs: 1e-6 between alone and batched; int8-static: 0 on MiniLM (docs/performance.md); dynamic int8: 1e-2
+BATCH_INVARIANT_LOGITS = 1e-4
+MIN_CALIBRATION_ROWS = 16  # fewer rows than this give activation ranges that clip unseen texts
+
+
+@dataclasses.dataclass
+class OptimizeConfig:
+    variants: tuple[str, ...] = ("optimized", "int8", "int8-static", "fp16")
+    max_mcc_drop: float = 0.01  # reject a variant whose task metric (MCC; micro-F1 multi-label) is lower by more
+    # ...or whose labels agree with fp32's on fewer rows than this: a steady metric can hide flipped labels
+    min_agreement: float = 0.99
+    per_channel: bool = False  # int8: one scale per output channel instead of per tensor
+    data: str | None = None  # validation data for the gate; None looks in data.resolve_data's order (the bundled CoLA last)
+    calibration_rows: int = 256  # int8-static: training rows its activation ranges are measured on
+    batch_size: int = 32
+    provider: str | None = None
+    threads: int | None = None
+
+    def validate(self) -> None:
+        if not 0 <= self.max_mcc_drop <= 1:
+            raise OnnxpackError(f"--max-mcc-drop must be between 0 and 1, got {self.max_mcc_drop}")
+        if not 0 <= self.min_agreement <= 1:
+            raise OnnxpackError(f"--min-agreement must be between 0 and 1, got {self.min_agreement}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise OnnxpackError(f"batch size must be a positive integer, got {self.batch_size!r}")
+        if not isinstance(self.calibration_rows, int) or self.calibration_rows < MIN_CALIBRATION_ROWS:
+            raise OnnxpackError(f"--calibration-rows must be at least {MIN_CALIBRATION_ROWS}, got {self.calibration_rows!r}",
+                                hint="int8-static measures its activation ranges on that many training rows")
+        if not self.variants:
+            raise OnnxpackError("no variants asked for", hint=f"pick from {', '.join(VARIANTS.keys())}")
+        for name in self.variants:
+            VARIANTS.get(name)  # unknown names fail here, before any work
+
+
+@dataclasses.dataclass(frozen=True)
+class VariantSpec:
+    """How a variant is built: from which graph, with which recipes, and whether it needs a GPU."""
+
+    # (package, base, out, recipe, calibration texts) -> info; the texts are empty unless `calibrated`
+    build: Callable[[Package, Path, Path, dict[str, Any], Sequence[Text]], dict[str, Any]]
+    base: str  # the variant whose graph it starts from
+    needs_gpu: bool = False
+    calibrated: bool = False  # built with training rows (config.calibration_rows of them)
+    # Promised: a text's logits do not depend on the other texts in its batch; the gate holds it to that.
+    batch_invariant: bool = False
+    # For rewrites meant to keep the model as it is: the most any logit may move from fp32's.
+    exact_within: float | None = None
+    # Recipes to try in order (the fastest first); the first one the gate accepts is kept.
+    recipes: Callable[[OptimizeConfig], list[dict[str, Any]]] = lambda config: [{}]
+    # Why the variant does not apply to a package, or None when it does. A variant built from
+    # one that does not apply starts from that one's own base instead.
+    skip_reason: Callable[[Package], str | None] = lambda package: None
+
+
+VARIANTS: Registry[VariantSpec] = Registry("variant")
+
+
+def _transformer_optimizer(package: Package, path: Path, skip_layer_norm: bool = True) -> Any:
+    from onnxruntime.transformers import optimizer
+    from onnxruntime.transformers.fusion_options import FusionOptions
+
+    m = package.manifest
+    model_type = _fusion(package)  # RoBERTa, DistilBERT, ELECTRA share BERT's encoder pattern: "bert"
+    options = FusionOptions(model_type)
+    options.enable_skip_layer_norm = skip_layer_norm
+    # opt_level=0: only the fusions, no hardware-specific rewrites, so the file runs on any machine.
+    return optimizer.optimize_model(str(path), model_type=model_type, num_heads=m.architecture.get("num_heads", 0),
+                                    hidden_size=m.architecture.get("hidden_size", 0), opt_level=0,
+                                    optimization_options=options)
+
+
+def _fusion(package: Package) -> str | None:
+    """The ORT transformers optimizer model_type for the package's family, None when none applies."""
+    model_type = package.manifest.model_type
+    return FAMILIES.get(model_type).fusion if model_type in FAMILIES else None
+
+
+def _no_fusions(package: Package) -> str | None:
+    if _fusion(package) is None:
+        return f"not built: ONNX Runtime has no transformer fusions for {package.manifest.model_type}"
+    return None
+
+
+def _build_optimized(package: Package, base: Path, out: Path, recipe: dict[str, Any],
+                     calibration: Sequence[Text]) -> dict[str, Any]:
+    # SkipLayerNormalization stays unfused: see _residual_sums.
+    model = _transformer_optimizer(package, base, skip_layer_norm=False)
+    fusions = {op: n for op, n in model.get_fused_operator_statistics().items() if n}
+    rewrites = {"residual_sums": _residual_sums(model), "token_types_folded": _fold_constant_token_types(model),
+                "first_token_only_nodes": _first_token_only(model)}
+    model.prune_graph(allow_remove_graph_inputs=False)
+    model.topological_sort()
+    _save(model, out)
+    return {"fusions": fusions, "rewrites": rewrites}
+
+
+# Rewrites of the fused graph. Each leaves the logits as they were (to float rounding; the
+# gate holds "optimized" to GATE_EXACT_LOGITS) and was timed on MiniLM-L6 with 2 threads.
+
+def _residual_sums(model: Any) -> int:
+    """Write each residual Add that feeds a LayerNormalization as the equivalent Sum.
+
+    ONNX Runtime's CPU SkipLayerNormalization is a scalar loop: 0.63 ms for 512 x 384 where
+    Add + LayerNormalization take 0.14 ms, so unfused the int8 model runs 12% faster at batch
+    32. Not fusing it in the optimizer is not enough: ORT fuses Add -> LayerNormalization again
+    when it loads the file, and that fusion matches only Add.
+    """
+    producers = model.output_name_to_node()
+    count = 0
+    for node in model.nodes():
+        add = producers.get(node.input[0]) if node.op_type == "LayerNormalization" else None
+        if add is not None and add.op_type == "Add" and not any(_is_constant(model, i) for i in add.input):
+            add.op_type = "Sum"
+            count += 1
+    return count
+
+
+def _fold_constant_token_types(model: Any) -> int:
+    """Add token-type row 0 to the position table when the token types are always 0.
+
+    The export feeds no token_type_ids, so BERT expands its all-zero buffer through some 35
+    shape nodes per call: 0.1 ms of a 1.8 ms int8 call at batch 1. With the segment input
+    gone, EmbedLayerNormalization adds word + (position + type 0): the same sum.
+    """
+    embed = next((n for n in model.nodes() if n.op_type == "EmbedLayerNormalization"), None)
+    if embed is None or len(embed.input) < 5 or not embed.input[1] or not embed.input[4]:
+        return 0
+    positions = model.get_initializer(embed.input[3])
+    types = model.get_initializer(embed.input[4])
+    if positions is None or types is None or not _zero_for_every_length(model, embed.input[1], positions.dims[0]):
+        return 0
+    folded = onnx.numpy_helper.to_array(positions) + onnx.numpy_helper.to_array(types)[0]
+    name = f"{embed.input[3]}_plus_token_type_0"
+    model.add_initializer(onnx.numpy_helper.from_array(folded.astype(np.float32), name))
+    embed.input[1], embed.input[3], embed.input[4] = "", name, ""
+    return 1
+
+
+def _zero_for_every_length(model: Any, tensor: str, max_length: int) -> bool:
+    """Whether `tensor` reads the inputs only through their shapes and is all zeros at every length."""
+    import onnxruntime as ort
+
+    graph = model.model.graph
+    producers = model.output_name_to_node()
+    chosen, wanted = set(), [tensor]
+    while wanted:  # the nodes it is computed from
+        node = producers.get(wanted.pop())
+        if node is not None and id(node) not in chosen:
+            chosen.add(id(node))
+            wanted += node.input
+    nodes = [node for node in graph.node if id(node) in chosen]  # graph order is topological
+    reads = {name for node in nodes for name in node.input}
+    inputs = [i for i in graph.input if i.name in reads]
+    if any(node.op_type != "Shape" and {i.name for i in inputs} & set(node.input) for node in nodes):
+        return False  # it depends on the token values, not only on their shape
+    output = onnx.helper.make_empty_tensor_value_info(tensor)
+    sub = onnx.helper.make_model(
+        onnx.helper.make_graph(nodes, "token_types", inputs, [output],
+                               [t for t in graph.initializer if t.name in reads]),
+        opset_imports=model.model.opset_import, ir_version=model.model.ir_version)
+    session = ort.InferenceSession(sub.SerializeToString(), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):
+        for length in range(1, max_length + 1):
+            feed = {i.name: np.zeros((batch, length), np.int64) for i in inputs}
+            if session.run(None, feed)[0].any():
+                return False
+    return True
+
+
+# Element-wise ops and MatMul by a constant act on each token's row alone.
+_ROW_WISE = {"MatMul", "Add", "Sum", "Sub", "Mul", "Div", "LayerNormalization", "BiasGelu", "Gelu", "FastGelu",
+             "Relu", "Tanh", "Erf"}
+
+
+def _first_token_only(model: Any) -> int:
+    """Run the last layer's row-wise tail on the first ([CLS]) token only; returns how many nodes.
+
+    A classifier that pools the first token reads one row of the last layer. Everything after
+    the last attention is row-wise (output projection, residual, LayerNorm, feed-forward), so
+    taking that row right after the attention gives the same logits for 1/seq_len of the work:
+    at 16 tokens, 12% of the model's FLOPs.
+    """
+    pick = next((n for n in model.nodes() if n.op_type == "Gather" and _attribute(n, "axis", 0) == 1
+                 and _scalar_constant(model, n.input[1])), None)
+    if pick is None:
+        return 0
+    producers, consumers = model.output_name_to_node(), model.input_name_to_nodes()
+    outputs = {o.name for o in model.model.graph.output}
+    tail: list[onnx.NodeProto] = []  # nodes whose every result feeds only the tail or the pick
+
+    def joins(node: onnx.NodeProto | None) -> bool:
+        if node is None or node.op_type not in _ROW_WISE or node.output[0] in outputs or node in tail:
+            return False
+        if node.op_type == "LayerNormalization" and _attribute(node, "axis", -1) != -1:
+            return False
+        constants = [i for i in node.input if _is_constant(model, i)]
+        if node.op_type == "MatMul" and constants != node.input[1:]:
+            return False  # activation x activation (attention scores) mixes rows
+        if node.op_type != "MatMul" and any(np.ndim(model.get_constant_value(i)) > 1 for i in constants):
+            return False  # a constant that may vary along the sequence axis
+        return all(c is pick or c in tail for c in consumers.get(node.output[0], []))
+
+    frontier = [producers.get(pick.input[0])]
+    while frontier:
+        node = frontier.pop()
+        if joins(node):
+            tail.append(node)
+            frontier += [producers.get(i) for i in node.input if i and not _is_constant(model, i)]
+    if not tail:
+        return 0
+    # Inputs from outside the tail (the attention output, the residual) get the pick instead.
+    made = {o for n in tail for o in n.output}
+    picked: dict[str, str] = {}
+    for node in tail:
+        for k, name in enumerate(node.input):
+            if name and name not in made and not _is_constant(model, name):
+                if name not in picked:
+                    picked[name] = f"{name}_first_token"
+                    model.add_node(onnx.helper.make_node("Gather", [name, pick.input[1]], [picked[name]], axis=1,
+                                                         name=f"{pick.name}_{len(picked)}"))
+                node.input[k] = picked[name]
+    # The tail's last node now writes what the pick wrote; rows changed shape, so drop their value_info.
+    producers[pick.input[0]].output[0] = pick.output[0]
+    model.remove_node(pick)
+    stale = [v for v in model.model.graph.value_info if v.name in made]
+    for v in stale:
+        model.model.graph.value_info.remove(v)
+    return len(tail)
+
+
+def _is_constant(model: Any, name: str) -> bool:
+    return model.get_initializer(name) is not None or model.get_constant_value(name) is not None
+
+
+def _scalar_constant(model: Any, name: str) -> bool:
+    value = model.get_constant_value(name)
+    return value is not None and np.ndim(value) == 0
+
+
+def _attribute(node: onnx.NodeProto, name: str, default: Any) -> Any:
+    return next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
+def _int8_recipes(config: OptimizeConfig) -> list[dict[str, Any]]:
+    # Signed int8 weights per tensor use the fastest kernels (VNNI's u8 x s8); per-channel scales
+    # and unsigned weights cost some speed and keep more accuracy. On MiniLM/CoLA per-tensor s8
+    # dropped MCC by 0.029, per-channel s8 by 0.012, per-channel u8 by 0.005.
+    recipes = [{"weight_type": "QInt8", "per_channel": False}, {"weight_type": "QInt8", "per_channel": True},
+               {"weight_type": "QUInt8", "per_channel": True}]
+    return [r for r in recipes if r["per_channel"]] if config.per_channel else recipes
+
+
+def _save(model: Any, out: Path) -> None:
+    """ORT's own save (it adds the com.microsoft opset its fused ops need); weights beside the graph,
+    as `<file>.data`, when they pass the protobuf limit."""
+    model.save_model_to_file(str(out), use_external_data_format=needs_external_data(onnxfile.weights_bytes(model.model)))
+
+
+def _build_int8(package: Package, base: Path, out: Path, recipe: dict[str, Any],
+                calibration: Sequence[Text]) -> dict[str, Any]:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # Weights to int8 once; activations are quantized per call (no calibration data needed).
+    # ONNX shape inference cannot type the outputs of the fused contrib ops: they are float.
+    with quiet_quantizer():
+        quantize_dynamic(base, out, weight_type=QuantType[recipe["weight_type"]], per_channel=recipe["per_channel"],
+                         extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
+                         # a base whose weights live beside it: the quantized graph keeps them beside it too
+                         use_external_data_format=len(graph_files(Path(base))) > 1)
+    return dict(recipe)
+
+
+def _build_int8_static(package: Package, base: Path, out: Path, recipe: dict[str, Any],
+                       calibration: Sequence[Text]) -> dict[str, Any]:
+    """The int8 variant's graph (QAttention, MatMulInteger) with fixed activation scales.
+
+    ONNX Runtime's integer-op quantizer takes calibrated ranges as well as dynamic ones: each
+    activation then goes through a QuantizeLinear with a constant scale instead of a
+    DynamicQuantizeLinear, so every value is rounded on its own and a text's logits do not
+    depend on its batch. On MiniLM it ran 1.2-1.5x as fast as the float graph; the QDQ format
+    was slower than float (ONNX Runtime 1.32 runs its MatMuls as weight-only MatMulNBits in
+    float; docs/performance.md).
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantizationMode, QuantType
+    from onnxruntime.quantization.calibrate import (
+        CalibrationDataReader,
+        create_calibrator,
+    )
+    from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
+
+    m = package.manifest
+    tokenizer = package_tokenizer(package.tokenizer_path, m.max_length, m.pad_token_id)
+    names = [t.name for t in m.inputs]
+    method = recipe["calibration_method"]
+
+    class Rows(CalibrationDataReader):
+        """MinMax: one text per call, so no padding enters the ranges. The histogram calibrators
+        (Percentile, Entropy) stack their calls' tensors and need one shape: one padded batch."""
+
+        def __init__(self) -> None:
+            self.batches = iter([calibration] if method != "MinMax" else [[text] for text in calibration])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            texts = next(self.batches, None)
+            return None if texts is None else encode(tokenizer, list(texts), names)
+
+    op_types = ["MatMul", "Attention"]
+    external = len(graph_files(Path(base))) > 1
+    with quiet_quantizer(), tempfile.TemporaryDirectory(prefix="calibration-", dir=out.parent) as tmp:
+        # The calibrator measures only tensors whose type it knows, and ONNX's shape inference
+        # cannot type the fused contrib ops' outputs; ONNX Runtime's symbolic one can.
+        typed = onnxfile.symbolic_shape_inference().infer_shapes(onnx.load(str(base)), auto_merge=True)
+        typed_path = Path(tmp) / "typed.onnx"
+        onnx.save(typed, str(typed_path), save_as_external_data=external)
+        calibrator = create_calibrator(typed_path, op_types, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                                       calibrate_method=CalibrationMethod[method],
+                                       use_external_data_format=external)
+        calibrator.collect_data(Rows())
+        ranges = calibrator.compute_data()
+        quantizer = ONNXQuantizer(typed, recipe["per_channel"], False, QuantizationMode.IntegerOps, True,
+                                  QuantType[recipe["weight_type"]], QuantType.QUInt8, ranges, None, None, op_types,
+                                  {"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
+        quantizer.quantize_model()
+        quantizer.model.save_model_to_file(str(out), use_external_data_format=external)
+    return dict(recipe) | {"calibration_rows": len(calibration), "calibration_split": "train"}
+
+
+def _int8_static_recipes(config: OptimizeConfig) -> list[dict[str, Any]]:
+    # The int8 ladder with MinMax ranges: on MiniLM/CoLA Percentile and Entropy were no more
+    # accurate and no faster (docs/performance.md).
+    return [r | {"activation_type": "QUInt8", "calibration_method": "MinMax"} for r in _int8_recipes(config)]
+
+
+@contextlib.contextmanager
+def quiet_quantizer() -> Iterator[None]:
+    """onnxruntime.quantization logs on the root logger: a line per tensor, and advice to
+    pre-process that does not apply to an already fused graph. Errors still show."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _build_fp16(package: Package, base: Path, out: Path, recipe: dict[str, Any],
+                calibration: Sequence[Text]) -> dict[str, Any]:
+    model = _transformer_optimizer(package, base)
+    model.convert_float_to_float16(keep_io_types=True)  # inputs stay int64, logits stay float32
+    _save(model, out)
+    return {"keep_io_types": True}
+
+
+VARIANTS.register("optimized")(VariantSpec(_build_optimized, base=FP32, exact_within=GATE_EXACT_LOGITS,
+                                           skip_reason=_no_fusions))
+VARIANTS.register("int8")(VariantSpec(_build_int8, base="optimized", recipes=_int8_recipes))
+VARIANTS.register("int8-static")(VariantSpec(_build_int8_static, base="optimized", recipes=_int8_static_recipes,
+                                             calibrated=True, batch_invariant=True))
+VARIANTS.register("fp16")(VariantSpec(_build_fp16, base=FP32, needs_gpu=True))
+
+
+@dataclasses.dataclass
+class GateResult:
+    """One variant on the whole validation set, against fp32."""
+
+    variant: str
+    accepted: bool
+    reason: str  # why it was rejected or skipped; "" when accepted
+    figures: dict[str, Any]  # mcc, acc, mcc_drop, agreement, max_abs_diff, items_per_s, ...
+
+
+def optimize(package_dir: str | Path, config: OptimizeConfig | None = None,
+             progress: Callable[[str], None] | None = None) -> list[GateResult]:
+    """Build, gate and add the asked-for variants; returns every result, accepted or not.
+
+    The package changes only at the end, one file at a time, manifest last; a failure
+    before that leaves it exactly as it was.
+    """
+    config = config or OptimizeConfig()
+    config.validate()
+    package = Package.open(package_dir)
+    m = package.manifest
+    multi_label = m.problem_type == MULTI_LABEL
+    calibrated = [name for name in config.variants if VARIANTS.get(name).calibrated]
+    try:
+        splits = load_splits(config.data, need_train=bool(calibrated), labels=m.labels, multi_label=multi_label)
+    except DataError as e:
+        if not calibrated:
+            raise
+        load_splits(config.data, need_train=False, labels=m.labels, multi_label=multi_label)  # the validation's own error
+        raise OnnxpackError(f"{', '.join(calibrated)} calibrates on training rows: {e.message}",
+                            hint=f"add a training file to the data, or leave {', '.join(calibrated)} out of --variants") from None
+    if splits.pairs != m.pairs:
+        raise OnnxpackError(f"the package takes {'sentence pairs' if m.pairs else 'single texts'} but "
+                            f"{splits.source} has {'pairs' if splits.pairs else 'single texts'}",
+                            hint="pass --data with the kind of rows the model was trained on")
+    validation = splits.validation
+    calibration = _calibration_texts(splits.train.texts, config.calibration_rows, splits.source,
+                                     calibrated) if calibrated else []
+    labels = np.array(validation.labels)
+    metric = task_metric(multi_label)
+    thresholds = m.thresholds if multi_label else None
+    gpu = [p for p in GPU_PROVIDERS if p in available_providers()]
+    step = progress or (lambda message: None)
+
+    results: list[GateResult] = []
+    with tempfile.TemporaryDirectory(prefix=".optimize-", dir=package.root) as tmp:
+        step("fp32: validation run")
+        fp32_logits, fp32_figures = _gate_run(package, None, validation.texts, labels, thresholds, config)
+        built: dict[str, Path] = {FP32: package.model_path}  # accepted graphs, the bases of later rungs
+        accepted: dict[str, dict[str, Any]] = {}
+        gated: dict[str, GateResult] = {}
+
+        def base_name(name: str) -> str:
+            base = VARIANTS.get(name).base
+            while base != FP32 and VARIANTS.get(base).skip_reason(package):
+                base = VARIANTS.get(base).base  # e.g. int8 straight from fp32 when nothing fuses
+            return base
+
+        def base_of(name: str) -> Path:
+            base_variant = base_name(name)
+            if base_variant not in built:  # e.g. int8 asked for alone: build its base without adding it
+                base = gate(base_variant)
+                if not base.accepted:
+                    raise OnnxpackError(f"{name} is built from {base_variant}, which the gate rejected: {base.reason}")
+            return built[base_variant]
+
+        def gate(name: str) -> GateResult:
+            if name not in gated:
+                gated[name] = build_and_gate(name)
+            return gated[name]
+
+        def build_and_gate(name: str) -> GateResult:
+            """Build each recipe in turn and keep the first whose task metric (MCC, or micro-F1) holds."""
+            spec = VARIANTS.get(name)
+            if reason := spec.skip_reason(package):
+                return GateResult(name, False, reason, {})
+            base = base_of(name)
+            base_variant = base_name(name)
+            provider = gpu[0] if spec.needs_gpu else config.provider
+            result = GateResult(name, False, "no recipe", {})
+            for i, recipe in enumerate(spec.recipes(config)):
+                # A folder per attempt, the file under its final name: a weights file beside it is named after it.
+                path = Path(tmp) / f"{name}-{i}" / variant_file(name)
+                path.parent.mkdir()
+                step(f"{name}: building from {base_variant} {recipe or ''}")
+                started = time.perf_counter()
+                if spec.calibrated:
+                    step(f"{name}: calibrating on {len(calibration)} training rows")
+                info = spec.build(package, base, path, recipe, calibration if spec.calibrated else [])
+                untrusted.remember(path)  # built here from a checked graph: no need to probe it
+                build_seconds = round(time.perf_counter() - started, 1)
+                step(f"{name}: validation run")
+                logits, figures = _gate_run(package, path, validation.texts, labels, thresholds,
+                                            dataclasses.replace(config, provider=provider))
+                same = predictions(logits, thresholds) == predictions(fp32_logits, thresholds)
+                figures |= {"metric": metric, f"{metric}_drop": fp32_figures[metric] - figures[metric],
+                            "agreement": float(same.reshape(len(labels), -1).all(axis=1).mean()),
+                            "max_abs_diff": float(np.abs(logits - fp32_logits).max())}
+                if spec.exact_within is not None and figures["max_abs_diff"] > spec.exact_within:
+                    result = GateResult(name, False, f"logits moved by {figures['max_abs_diff']:.2g} from fp32's "
+                                        f"(> {spec.exact_within}): the rewrite changed the model", figures)
+                    log.info("%s rejected: %s", name, result.reason)
+                    continue
+                if spec.batch_invariant and not figures["batch_invariant"]:
+                    result = GateResult(name, False, f"a text's logits moved by {figures['batch_drift']:.2g} between "
+                                        f"running alone and in a batch (> {BATCH_INVARIANT_LOGITS}): not batch "
+                                        f"invariant{' with ' + str(recipe) if recipe else ''}", figures)
+                    log.info("%s %s rejected: %s", name, recipe, result.reason)
+                    continue
+                if figures["agreement"] < config.min_agreement:
+                    result = GateResult(name, False, f"labels agree with fp32's on {figures['agreement']:.2%} of rows "
+                                        f"(< {config.min_agreement:.0%}){' with ' + str(recipe) if recipe else ''}",
+                                        figures)
+                    log.info("%s %s rejected: %s", name, recipe, result.reason)
+                    continue
+                if figures[f"{metric}_drop"] <= config.max_mcc_drop:
+                    built[name] = path
+                    accepted[name] = {"file": variant_file(name), "built_from": base_variant, **info,
+                                      "build_seconds": build_seconds, **figures}
+                    return GateResult(name, True, "", figures)
+                result = GateResult(name, False, f"{METRIC_NAMES[metric]} {figures[metric]:.4f} is "
+                                    f"{figures[f'{metric}_drop']:.4f} below fp32's (> {config.max_mcc_drop})"
+                                    f"{' with ' + str(recipe) if recipe else ''}", figures)
+                log.info("%s %s rejected: %s", name, recipe, result.reason)
+            return result
+
+        for name in config.variants:
+            if VARIANTS.get(name).needs_gpu and not gpu:
+                results.append(GateResult(name, False, "skipped: needs a GPU execution provider "
+                                          f"({', '.join(GPU_PROVIDERS)}); this machine has none", {}))
+                continue
+            results.append(gate(name))
+
+        keep = [r.variant for r in results if r.accepted]  # in ladder order
+        if keep:
+            _add_variants(package, {name: built[name] for name in keep}, {name: accepted[name] for name in keep},
+                          fp32_figures, results, config)
+    return [GateResult(FP32, True, "", fp32_figures)] + results
+
+
+def _calibration_texts(texts: Sequence[Text], rows: int, source: str, variants: list[str]) -> list[Text]:
+    """`rows` training texts spread evenly over the split (a file sorted by source or label still
+    gives a mix); all of them when it has fewer."""
+    if len(texts) < MIN_CALIBRATION_ROWS:
+        names = ", ".join(variants)
+        raise OnnxpackError(f"{names} calibrates on training rows, and {source} has {len(texts)}; "
+                            f"it needs at least {MIN_CALIBRATION_ROWS}",
+                            hint=f"add training rows, or leave {names} out of --variants")
+    picked = np.linspace(0, len(texts) - 1, min(rows, len(texts))).round().astype(int)
+    return [texts[i] for i in picked]
+
+
+def _gate_run(package: Package, model_file: Path | None, texts: list[str], labels: np.ndarray,
+              thresholds: list[float] | None, config: OptimizeConfig) -> tuple[np.ndarray, dict[str, Any]]:
+    """Logits for every row, scores, and the throughput of a length-sorted batched pass."""
+    with Predictor(package, provider=config.provider, threads=config.threads, variant=FP32,
+                   model_file=model_file) as predictor:
+        predictor.predict_logits(texts[:config.batch_size], config.batch_size)  # warm-up: allocations, kernels
+        started = time.perf_counter()
+        logits = predictor.predict_logits(texts, config.batch_size)
+        seconds = time.perf_counter() - started
+        provider = predictor.providers[0]
+        drift = _batch_drift(predictor, texts[:config.batch_size])
+    figures = {"n": len(texts), **scores(predictions(logits, thresholds), labels, len(package.manifest.labels)),
+               "items_per_s": round(len(texts) / seconds, 1), "provider": provider,
+               "batch_size": config.batch_size, "batch_drift": drift, "batch_invariant": drift <= BATCH_INVARIANT_LOGITS,
+               "onnxruntime": ort.__version__,  # whose optimizer built it: its fused ops may be new
+               "at": now()}
+    return logits, figures
+
+
+def _batch_drift(predictor: Predictor, texts: list[str]) -> float:
+    """How far a text's logits move between running alone and in a batch with the others.
+
+    Float graphs give the same numbers to rounding. Dynamic int8 does not: it quantizes each
+    call's activations with one scale for the whole batch, so a text's scores depend on its
+    neighbours. A server, which batches strangers' texts together, should not use such a variant unasked.
+    """
+    together = predictor.predict_logits(texts, len(texts))
+    alone = np.concatenate([predictor.predict_logits([text], 1) for text in texts])
+    return float(np.abs(together - alone).max())
+
+
+def _add_variants(package: Package, files: dict[str, Path], entries: dict[str, dict[str, Any]],
+                  fp32_figures: dict[str, Any], results: list[GateResult], config: OptimizeConfig) -> None:
+    """Move accepted files in, then rewrite the manifest (it never names a file not yet complete). A
+    variant built again first leaves the manifest, so a kill between the two never leaves it naming
+    a file whose bytes changed."""
+    m = package.manifest
+    again = [name for name in files if name in m.variants]
+    if again:
+        package.update_manifest(
+            files={f: h for f, h in m.files.items()
+                   if f not in {g.name for name in again for g in graph_files(package.root / variant_file(name))}},
+            variants={k: v for k, v in m.variants.items() if k not in again})
+    hashes = dict(m.files)
+    stale: list[Path] = []  # removed once the manifest no longer names them
+    for name, path in files.items():
+        moving = graph_files(path)
+        entries[name] |= {"bytes": sum(os.path.getsize(f) for f in moving),
+                          "ops": onnxfile.op_histogram(onnx.load(str(path), load_external_data=False))}
+        for old in graph_files(package.root / variant_file(name)):  # a previous run's files of this variant
+            hashes.pop(old.name, None)
+            if old.name not in {f.name for f in moving}:
+                stale.append(old)
+        for f in reversed(moving):  # the weights before the graph that names them
+            hashes[f.name] = sha256_file(f)
+            os.replace(f, package.root / f.name)
+    variants = {FP32: {"file": MODEL, **fp32_figures,
+                       "bytes": sum(os.path.getsize(f) for f in graph_files(package.model_path))},
+                **{k: v for k, v in m.variants.items() if k != FP32}, **entries}
+    history = m.history + [{"step": "optimize", "at": now(), "max_mcc_drop": config.max_mcc_drop,
+                            "min_agreement": config.min_agreement,
+                            "accepted": list(files),
+                            "rejected": {r.variant: r.reason for r in results if not r.accepted}}]
+    package.update_manifest(files=hashes, variants=variants, history=history)
+    for path in stale:
+        path.unlink(missing_ok=True)

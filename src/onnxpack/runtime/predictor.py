@@ -1,0 +1,189 @@
+"""Run a package with ONNX Runtime: texts in, `[{label, score, scores}]` out. No torch here.
+
+`Predictor` is the one code path that verify, bench, serve and batch all go through.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from onnxpack.core import untrusted
+from onnxpack.core.errors import OnnxpackError
+from onnxpack.core.package import MULTI_LABEL, Package, check_thresholds
+
+from .feed import Text, check_input_names, check_texts, encode, package_tokenizer
+
+log = logging.getLogger(__name__)
+
+# Short names users type, mapped to ONNX Runtime's provider names.
+PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "dnnl": "DnnlExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "directml": "DmlExecutionProvider",
+}
+# Without --provider: the first of these that this ONNX Runtime build has, CPU as the fallback.
+DEFAULT_PROVIDER_ORDER = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def all_providers() -> list[str]:
+    """Every execution provider ONNX Runtime knows of."""
+    return list(ort.get_all_providers())
+
+
+def available_providers() -> list[str]:
+    """The execution providers this installed ONNX Runtime build can use."""
+    return list(ort.get_available_providers())
+
+
+def resolve_providers(provider: str | None) -> list[str]:
+    """The provider list for a session: the one asked for (then CPU as fallback), or the default."""
+    available = available_providers()
+    if provider is None:
+        return [p for p in DEFAULT_PROVIDER_ORDER if p in available]
+    name = PROVIDER_ALIASES.get(provider.lower(), provider)
+    if name not in all_providers():
+        raise OnnxpackError(f"unknown execution provider {provider!r}; available: {', '.join(available)}",
+                            hint="run `onnxpack providers` to list them")
+    if name not in available:
+        raise OnnxpackError(f"execution provider {name} is not available in this ONNX Runtime build; "
+                            f"available: {', '.join(available)}",
+                            hint="install the onnxruntime build for it (e.g. onnxruntime-gpu) or pick an available one")
+    return [name] + (["CPUExecutionProvider"] if name != "CPUExecutionProvider" else [])
+
+
+def serving_variant(package: Package, provider: str | None = None) -> str:
+    """What `serve` runs unless told: the fastest variant whose answer for a text does not depend
+    on which other texts share its batch (a server batches strangers' texts together), among
+    those gated on the providers `provider` resolves to (so `cpu` on a GPU host never gets fp16)."""
+    return package.default_variant(resolve_providers(provider), batch_invariant=True)
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+class Predictor:
+    """A package loaded into an ONNX Runtime session plus its tokenizer.
+
+    `predict(texts)` sorts texts by length and pads each batch only to its own longest
+    row (dynamic padding), then returns results in the caller's order.
+    """
+
+    def __init__(self, package_dir: str | os.PathLike[str] | Package, provider: str | None = None,
+                 threads: int | None = None, variant: str | None = None, model_file: Path | None = None,
+                 thresholds: Sequence[float] | None = None) -> None:
+        """`variant` picks one of the package's graphs (default: the fastest accepted one);
+        `thresholds` overrides a multi-label package's per-label thresholds;
+        `model_file` runs another .onnx with the package's tokenizer (`optimize` gates candidates so)."""
+        self.package = package_dir if isinstance(package_dir, Package) else Package.open(package_dir)
+        self.providers = resolve_providers(provider)
+        self.variant = variant or self.package.default_variant(self.providers)  # what it runs on, not what exists
+        manifest = self.package.manifest
+        self.labels = list(manifest.labels)
+        self.max_length = manifest.max_length
+        self.pairs = manifest.pairs
+        self.multi_label = manifest.problem_type == MULTI_LABEL
+        self.thresholds: list[float] = []
+        if self.multi_label:
+            self.set_thresholds(thresholds if thresholds is not None else manifest.thresholds or [])
+        self.input_names = [t.name for t in manifest.inputs]
+        check_input_names(self.input_names, f"package {self.package.root}")
+        self.output_name = manifest.outputs[0].name
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        path = model_file or self.package.variant_path(self.variant)
+        untrusted.trust(path, self.package)  # checked, and first run in a sandboxed subprocess, before this process loads it
+        self.session = ort.InferenceSession(str(path), options, providers=self.providers)
+        self.tokenizer = package_tokenizer(self.package.tokenizer_path, self.max_length, manifest.pad_token_id)
+        self.latencies_ms: collections.deque[float] = collections.deque(maxlen=10_000)
+
+    def set_thresholds(self, thresholds: Sequence[float]) -> None:
+        """A multi-label model's per-label thresholds for this predictor (the manifest keeps its own)."""
+        if not self.multi_label:
+            raise OnnxpackError("thresholds apply to multi-label models only; this one gives one label per text")
+        check_thresholds(list(thresholds), self.labels)
+        self.thresholds = list(thresholds)
+
+    def __enter__(self) -> Predictor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.session = None
+
+    def run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        """Logits for an already tokenized batch; records the model's latency."""
+        if self.session is None:
+            raise OnnxpackError("this Predictor is closed", hint="create a new one with onnxpack.load()")
+        started = time.perf_counter()
+        (logits,) = self.session.run([self.output_name], feed)
+        self.latencies_ms.append((time.perf_counter() - started) * 1000)
+        return logits
+
+    def encoded_batches(self, texts: Sequence[Text],
+                        batch_size: int) -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
+        """`(indices, feed)` per batch: texts of similar length together (longest first), each batch
+        padded only to its own longest row. Tokenizes all the texts once."""
+        if batch_size < 1:
+            raise OnnxpackError(f"batch size must be a positive integer, got {batch_size}")
+        check_texts(texts, self.pairs)
+        feed = encode(self.tokenizer, texts, self.input_names)  # padded to the longest; each batch is cut below
+        lengths = feed["attention_mask"].sum(axis=1)
+        fixed = (self.tokenizer.padding or {}).get("length")  # padding set to a fixed length stays
+        order = np.argsort(-lengths, kind="stable")
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            width = fixed or int(lengths[batch].max())
+            yield batch.tolist(), {name: feed[name][batch, :width] for name in self.input_names}
+
+    def predict_logits(self, texts: Sequence[Text], batch_size: int = 32) -> np.ndarray:
+        check_texts(texts, self.pairs)
+        logits = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+        for batch, feed in self.encoded_batches(texts, batch_size):
+            logits[batch] = self.run(feed)
+        return logits
+
+    def predict(self, texts: Sequence[Text], batch_size: int = 32) -> list[dict[str, Any]]:
+        """One `{"text", "label", "score", "scores"}` per text, in order; scores are softmax probabilities."""
+        return self.results(texts, self.predict_logits(texts, batch_size))
+
+    def results(self, texts: Sequence[Text], logits: np.ndarray) -> list[dict[str, Any]]:
+        """`predict`'s objects for texts whose logits are already computed (serve batches its own).
+
+        Multi-label: every label's sigmoid score, and `labels`, those at or over their threshold."""
+        if self.multi_label:
+            results = []
+            for text, p in zip(texts, sigmoid(logits)):
+                best = int(p.argmax())
+                results.append({"text": text, "labels": [n for n, x, t in zip(self.labels, p, self.thresholds) if x >= t],
+                                "label": self.labels[best], "score": float(p[best]),
+                                "scores": {label: float(x) for label, x in zip(self.labels, p)}})
+            return results
+        results = []
+        for text, p in zip(texts, softmax(logits)):
+            best = int(p.argmax())
+            results.append({"text": text, "label": self.labels[best], "score": float(p[best]),
+                            "scores": {label: float(x) for label, x in zip(self.labels, p)}})
+        return results

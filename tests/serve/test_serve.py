@@ -1,0 +1,722 @@
+"""onnxpack.serve (HTTP): a real uvicorn server on a free loopback port, spoken to over HTTP.
+
+Most tests share one server on the default limits; those about loading, the concurrency
+cap and SIGTERM start their own (in a thread, or as `python -m onnxpack serve`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from live import HOST, TEXTS, Gate, free_port, metric, post, ready, running, wait_until
+from schemathesis.checks import positive_data_acceptance
+from typer.testing import CliRunner
+
+from onnxpack.cli import app as cli_app
+from onnxpack.runtime.feed import encode
+from onnxpack.runtime.predictor import Predictor
+from onnxpack.serve import ServeConfig, create_app, http_api
+from onnxpack.serve import service as serve_service
+from onnxpack.serve.batcher import MicroBatcher, length_groups
+from onnxpack.serve.metrics import Metrics
+
+ROOT = Path(__file__).resolve().parents[2]
+
+@pytest.fixture(scope="module")
+def base(package_dir) -> Iterator[str]:
+    """One server with the default limits, shared by the module."""
+    with running(create_app(package_dir)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def predictor(package_dir) -> Iterator[Predictor]:
+    with Predictor(package_dir) as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def model_name(package_dir) -> str:
+    return package_dir.name
+
+
+# ---- the endpoints ----
+
+def test_predict_answers_what_onnxpack_predict_prints(base, predictor, model_name):
+    r = post(base, "/predict", {"texts": TEXTS})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == model_name and body["truncated"] == []
+    expected = predictor.predict(TEXTS)
+    assert [p["text"] for p in body["predictions"]] == TEXTS
+    for got, want in zip(body["predictions"], expected):
+        assert got.keys() == want.keys() and got["label"] == want["label"]
+        assert got["score"] == pytest.approx(want["score"], abs=1e-5)
+        assert got["scores"] == pytest.approx(want["scores"], abs=1e-5)
+
+
+def test_long_text_is_truncated_and_said_so(base, predictor):
+    long_text = " ".join(["the cat sat on the mat"] * 60)  # far past the tiny model's 64 positions
+    r = post(base, "/predict", {"texts": ["go", long_text]})
+    assert r.status_code == 200, r.text
+    assert r.json()["truncated"] == [1]
+    assert r.json()["predictions"][1]["score"] == pytest.approx(predictor.predict([long_text])[0]["score"], abs=1e-5)
+
+
+def test_v2_health_and_metadata(base, predictor, model_name):
+    assert httpx.get(f"{base}/v2/health/live").json() == {"live": True}
+    assert httpx.get(f"{base}/v2/health/ready").json() == {"ready": True}
+    assert httpx.get(f"{base}/v2").json()["name"] == "onnxpack"
+    meta = httpx.get(f"{base}/v2/models/{model_name}").json()
+    assert meta["name"] == model_name
+    assert {(t["name"], t["datatype"]) for t in meta["inputs"]} == {
+        ("text", "BYTES"), ("input_ids", "INT64"), ("attention_mask", "INT64")}
+    assert [t["name"] for t in meta["outputs"]] == ["logits", "label", "score"]
+    assert meta["outputs"][0]["shape"] == [-1, len(predictor.labels)]
+    assert httpx.get(f"{base}/v2/models/{model_name}/ready").json() == {"ready": True}
+    for path in ("", "/ready"):
+        r = httpx.get(f"{base}/v2/models/nope{path}")
+        assert r.status_code == 404 and model_name in r.json()["error"]
+
+
+@pytest.mark.parametrize("shape,data", [([2], TEXTS[:2]), ([2, 1], [[TEXTS[0]], [TEXTS[1]]])])
+def test_v2_infer_text(base, predictor, model_name, shape, data):
+    r = post(base, f"/v2/models/{model_name}/infer",
+             {"id": "42", "inputs": [{"name": "text", "shape": shape, "datatype": "BYTES", "data": data}]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model_name"] == model_name and body["id"] == "42" and body["parameters"] == {"truncated": []}
+    outputs = {o["name"]: o for o in body["outputs"]}
+    assert outputs["logits"]["shape"] == [2, len(predictor.labels)] and outputs["logits"]["datatype"] == "FP32"
+    np.testing.assert_allclose(np.reshape(outputs["logits"]["data"], (2, -1)), predictor.predict_logits(TEXTS[:2]),
+                               atol=1e-5)
+    expected = predictor.predict(TEXTS[:2])
+    assert outputs["label"] == {"name": "label", "datatype": "BYTES", "shape": [2],
+                                "data": [e["label"] for e in expected]}
+    assert outputs["score"]["data"] == pytest.approx([e["score"] for e in expected], abs=1e-5)
+
+
+def test_tritons_own_client_gets_predicts_answers(base, predictor, model_name):
+    """tritonclient.http, as scripts/v2_client.py uses it (no Content-Type, texts as [n, 1])."""
+    from conftest import v2_client
+
+    got = v2_client().classify(base.removeprefix("http://"), model_name, TEXTS)
+    want = predictor.predict(TEXTS)
+    assert [g["label"] for g in got] == [w["label"] for w in want]
+    assert [g["score"] for g in got] == pytest.approx([w["score"] for w in want], abs=1e-6)
+
+
+def test_v2_infer_tokens(base, predictor, model_name):
+    feed = encode(predictor.tokenizer, TEXTS, predictor.input_names)
+    # Extra padding columns (mask 0) must not change a row's logits.
+    ids = np.pad(feed["input_ids"], ((0, 0), (0, 3)))
+    mask = np.pad(feed["attention_mask"], ((0, 0), (0, 3)))
+    r = post(base, f"/v2/models/{model_name}/infer", {
+        "inputs": [{"name": "input_ids", "shape": list(ids.shape), "datatype": "INT64", "data": ids.tolist()},
+                   {"name": "attention_mask", "shape": list(mask.shape), "datatype": "INT64",
+                    "data": mask.ravel().tolist()}],
+        "outputs": [{"name": "logits"}]})
+    assert r.status_code == 200, r.text
+    (logits,) = r.json()["outputs"]
+    np.testing.assert_allclose(np.reshape(logits["data"], logits["shape"]), predictor.predict_logits(TEXTS), atol=1e-5)
+
+
+def test_web_page_is_self_contained(base, model_name):
+    r = httpx.get(f"{base}/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert model_name in r.text and "default-src 'self'" in r.headers["content-security-policy"]
+    assert "http://" not in r.text and "https://" not in r.text  # nothing fetched from elsewhere
+
+
+# ---- limits and bad input: always a 4xx with {"error": ...}, never a 5xx ----
+
+def _tokens(ids, mask, ids_shape=None, mask_shape=None, datatype="INT64"):
+    return {"inputs": [
+        {"name": "input_ids", "shape": ids_shape or [1, len(ids)], "datatype": datatype, "data": ids},
+        {"name": "attention_mask", "shape": mask_shape or [1, len(mask)], "datatype": "INT64", "data": mask}]}
+
+
+def _text_tensor(data, shape=None, datatype="BYTES", name="text"):
+    return {"inputs": [{"name": name, "shape": shape or [len(data)], "datatype": datatype, "data": data}]}
+
+
+BAD_PREDICT = {
+    "invalid JSON": dict(raw=b'{"texts": [}', status=400, says="invalid JSON"),
+    "invalid UTF-8": dict(raw=b'{"texts": ["\xff\xfe abc"]}', status=400, says="utf-8"),
+    "lone surrogate": dict(raw=b'{"texts": ["\\ud800 abc"]}', status=400, says="texts[0]"),
+    "empty text": dict(body={"texts": [""]}, status=400, says="texts[0]"),
+    "only spaces": dict(body={"texts": ["ok", " \t "]}, status=400, says="texts[1]: is empty or only spaces"),
+    "no texts": dict(body={"texts": []}, status=400, says="texts"),
+    "texts missing": dict(body={}, status=400, says="texts"),
+    "texts not a list": dict(body={"texts": "a sentence"}, status=400, says="texts"),
+    "a text not a string": dict(body={"texts": ["ok", 3]}, status=400, says="texts[1]"),
+    "unknown field": dict(body={"texts": ["ok"], "extra": 1}, status=400, says="extra"),
+    "too many texts": dict(body={"texts": ["a b c"] * 129}, status=400, says="at most 128"),
+    "text too long": dict(body={"texts": ["a" * 10_001]}, status=400, says="at most 10000 characters"),
+    "body over 1 MiB": dict(body={"texts": ["word " * 220_000]}, status=413, says="over 1048576 bytes"),
+    "deep nesting": dict(raw=b"[" * 100_000 + b"]" * 100_000, status=400, says="recursion"),
+    "not JSON at all": dict(raw=b"texts=hello", headers={"Content-Type": "text/plain"}, status=400,
+                            says="Content-Type: application/json"),
+    "a JSON list": dict(body=["a sentence"], status=400, says="must be a JSON object"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_PREDICT.values(), ids=BAD_PREDICT.keys())
+def test_bad_predict_requests_get_4xx(base, case):
+    r = post(base, "/predict", case.get("body"), raw=case.get("raw"), headers=case.get("headers"))
+    assert r.status_code == case["status"], r.text
+    assert case["says"].lower() in r.json()["error"].lower()
+
+
+def test_streamed_body_over_the_limit_gets_413(base):
+    def chunks():  # no Content-Length: the server counts as the body arrives
+        for _ in range(20):
+            yield b" " * 65_536
+
+    r = httpx.post(f"{base}/predict", content=chunks(), headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 413 and "over 1048576 bytes" in r.json()["error"]
+
+
+BAD_INFER = {
+    "unknown input": dict(body=_text_tensor(["hi"], name="sentence"), says="unknown input 'sentence'; known: text"),
+    "text as INT64": dict(body=_text_tensor(["hi"], datatype="INT64"), says="must be BYTES"),
+    "text shape 2-D": dict(body=_text_tensor(["hi", "ho"], shape=[1, 2]), says="expected [n] or [n, 1]"),
+    "count differs from shape": dict(body=_text_tensor(["hi", "ho"], shape=[3]), says="2 values for shape [3]"),
+    "empty text": dict(body=_text_tensor(["hi", " "]), says="data[1]: is empty"),
+    "text not a string": dict(body=_text_tensor(["hi", 5]), says="data[1]"),
+    "text and tokens": dict(body={"inputs": _text_tensor(["hi"])["inputs"] + _tokens([2], [1])["inputs"]},
+                            says="not both"),
+    "input twice": dict(body={"inputs": _text_tensor(["a"])["inputs"] * 2}, says="given twice"),
+    "no attention_mask": dict(body={"inputs": _tokens([2], [1])["inputs"][:1]}, says="missing input 'attention_mask'"),
+    "negative id": dict(body=_tokens([2, -5], [1, 1]), says="-5, outside the vocabulary"),
+    "id past the vocabulary": dict(body=_tokens([2, 99_999_999], [1, 1]), says="outside the vocabulary"),
+    "id past int64": dict(body=_tokens([2, 2 ** 70], [1, 1]), says="outside int64"),
+    "float ids": dict(body=_tokens([2, 3.5], [1, 1]), says="must hold integers"),
+    "bool ids": dict(body=_tokens([True, 3], [1, 1]), says="must hold integers"),
+    "shape mismatch": dict(body=_tokens([2, 3, 4], [1, 1], mask_shape=[1, 2]), says="attention_mask has shape [1, 2]"),
+    "1-D ids": dict(body=_tokens([2, 3], [1, 1], ids_shape=[2]), says="expected [n, n]"),
+    "longer than the model": dict(body=_tokens([2] * 65, [1] * 65), says="1 to 64"),
+    "mask not 0/1": dict(body=_tokens([2, 3], [1, 2]), says="only 0 and 1"),
+    "ids as FP32": dict(body=_tokens([2, 3], [1, 1], datatype="FP32"), says="must be INT64"),
+    "negative shape": dict(body=_tokens([2, 3], [1, 1], ids_shape=[1, -2]), says="greater than or equal to 0"),
+    "zero rows": dict(body=_tokens([], [], ids_shape=[0, 2], mask_shape=[0, 2]), says="0 rows"),
+    "unknown output": dict(body={**_text_tensor(["hi"]), "outputs": [{"name": "probs"}]}, says="unknown output"),
+    "no inputs": dict(body={"inputs": []}, says="inputs"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INFER.values(), ids=BAD_INFER.keys())
+def test_bad_infer_requests_get_4xx(base, model_name, case):
+    r = post(base, f"/v2/models/{model_name}/infer", case["body"])
+    assert r.status_code == 400, r.text
+    assert case["says"] in r.json()["error"]
+
+
+def test_defaults_are_on():
+    config = ServeConfig()
+    assert (config.max_body_bytes, config.max_texts, config.max_chars) == (1 << 20, 128, 10_000)
+    assert config.max_batch == 32 and config.max_delay_ms == 5
+
+
+def test_openapi_declares_the_errors(base):
+    paths = httpx.get(f"{base}/openapi.json").json()["paths"]
+    assert set(paths["/predict"]["post"]["responses"]) == {"200", "400", "413", "503"}
+    assert set(paths["/v2/models/{name}/infer"]["post"]["responses"]) == {"200", "400", "404", "413", "503"}
+    assert paths["/predict"]["post"]["requestBody"]["content"]["application/json"]
+
+
+# ---- micro-batching, ordering, metrics ----
+
+def test_concurrent_requests_each_get_their_own_answers_in_order(base, predictor):
+    texts = [f"{w} {TEXTS[i % len(TEXTS)]}" for i, w in enumerate(["the", "a", "one", "some"] * 8)]
+    reference = {r["text"]: r for r in predictor.predict(texts)}
+    # 32 concurrent clients, each with 1 to 4 texts: the defaults must answer all of them.
+    requests = [texts[i:i + 1 + i % 4] for i in range(32)]
+
+    async def burst():
+        async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+            return await asyncio.gather(*(client.post("/predict", json={"texts": t}) for t in requests))
+
+    calls_before = metric(base, "onnxpack_batch_size_count")
+    responses = asyncio.run(burst())
+    assert [r.status_code for r in responses] == [200] * 32
+    for sent, r in zip(requests, responses):
+        got = r.json()["predictions"]
+        assert [p["text"] for p in got] == sent
+        assert all(p["score"] == pytest.approx(reference[p["text"]]["score"], abs=1e-5) for p in got)
+    rows = sum(len(t) for t in requests)
+    assert metric(base, "onnxpack_batch_size_count") - calls_before < rows  # rows shared model calls
+
+
+def test_batcher_gathers_rows_from_concurrent_requests(predictor):
+    metrics = Metrics()
+    batcher = MicroBatcher(predictor, max_batch=8, max_delay_s=30, metrics=metrics)
+
+    async def eight_requests():
+        return await asyncio.gather(*(batcher.infer(texts=["the cat sat"]) for _ in range(8)))
+
+    try:
+        results = asyncio.run(eight_requests())
+    finally:
+        batcher.close()
+    # The batch filled up long before the 30 s delay: one model call for all eight.
+    assert metrics.registry.get_sample_value("onnxpack_batch_size_count") == 1
+    assert metrics.registry.get_sample_value("onnxpack_batch_size_sum") == 8
+    expected = predictor.predict_logits(["the cat sat"])
+    for logits, truncated in results:
+        np.testing.assert_allclose(logits, expected, atol=1e-5)
+        assert truncated == []
+
+
+def test_length_groups():
+    assert length_groups([7] * 10, call_cost=64) == [list(range(10))]
+    groups = length_groups([5] * 15 + [60], call_cost=64)
+    assert groups == [[15], list(range(15))]  # the long row alone: padding 15 rows to 60 costs more
+    lengths = [3, 40, 12, 9, 40, 2, 25, 11]
+    groups = length_groups(lengths, call_cost=8)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    assert [lengths[g[0]] for g in groups] == sorted((lengths[g[0]] for g in groups), reverse=True)
+
+
+def test_metrics_move(base):
+    before = {name: metric(base, name, **labels) for name, labels in [
+        ("onnxpack_requests_total", {"route": "/predict", "status": "200"}),
+        ("onnxpack_request_errors_total", {"route": "/predict", "status": "400"}),
+        ("onnxpack_request_latency_seconds_count", {"route": "/predict"}),
+        ("onnxpack_batch_size_count", {})]}
+    assert post(base, "/predict", {"texts": ["go"]}).status_code == 200
+    assert post(base, "/predict", {"texts": [""]}).status_code == 400
+    assert metric(base, "onnxpack_requests_total", route="/predict", status="200") == before["onnxpack_requests_total"] + 1
+    assert metric(base, "onnxpack_request_errors_total", route="/predict", status="400") == \
+        before["onnxpack_request_errors_total"] + 1
+    assert metric(base, "onnxpack_request_latency_seconds_count", route="/predict") == \
+        before["onnxpack_request_latency_seconds_count"] + 2
+    assert metric(base, "onnxpack_batch_size_count") == before["onnxpack_batch_size_count"] + 1
+    text = httpx.get(f"{base}/metrics").text
+    assert "# TYPE onnxpack_queue_depth gauge" in text and "# TYPE onnxpack_batch_size histogram" in text
+
+
+# ---- loading, the concurrency cap, shutdown ----
+
+def test_ready_only_after_warm_up(package_dir, monkeypatch, model_name):
+    gate = Gate(open_=False)
+    monkeypatch.setattr(serve_service, "Predictor", gate.predictor_class())
+    with running(create_app(package_dir), wait_ready=False) as base:
+        assert gate.entered.wait(30)  # the warm-up inference has started, and is held
+        assert httpx.get(f"{base}/v2/health/live").status_code == 200
+        for path in ("/v2/health/ready", f"/v2/models/{model_name}/ready"):
+            r = httpx.get(f"{base}{path}")
+            assert r.status_code == 503 and r.json() == {"ready": False}
+        r = post(base, "/predict", {"texts": ["go"]})
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        gate.opened.set()
+        wait_until(lambda: ready(base), what="ready after warm-up")
+        assert post(base, "/predict", {"texts": ["go"]}).status_code == 200
+
+
+def test_over_the_cap_requests_queue_then_get_503(package_dir, monkeypatch):
+    gate = Gate(open_=True)
+    monkeypatch.setattr(serve_service, "Predictor", gate.predictor_class())
+    config = ServeConfig(max_concurrency=1, max_queue=1)
+    with running(create_app(package_dir, config)) as base:
+        gate.opened.clear()
+        gate.entered.clear()
+
+        async def three():
+            async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+                first = asyncio.create_task(client.post("/predict", json={"texts": ["one"]}))
+                await asyncio.to_thread(gate.entered.wait, 30)  # the first is in the model
+                second = asyncio.create_task(client.post("/predict", json={"texts": ["two"]}))
+                await asyncio.to_thread(wait_until, lambda: metric(base, "onnxpack_requests_waiting") == 1)
+                third = await client.post("/predict", json={"texts": ["three"]})
+                gate.opened.set()
+                return await first, await second, third
+
+        first, second, third = asyncio.run(three())
+        assert third.status_code == 503 and third.headers["retry-after"] == "1" and "busy" in third.json()["error"]
+        assert first.status_code == second.status_code == 200
+        assert second.json()["predictions"][0]["text"] == "two"
+
+
+def test_sigterm_finishes_in_flight_requests_then_exits(package_dir):
+    port = free_port()
+    base = f"http://{HOST}:{port}"
+    # A long batching delay keeps a lone request in flight while SIGTERM arrives.
+    proc = subprocess.Popen([sys.executable, "-m", "onnxpack", "serve", str(package_dir), "--host", HOST,
+                             "--port", str(port), "--grpc-port", str(free_port()), "--max-delay-ms", "3000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until(lambda: ready(base), what="the server to be ready")
+        with httpx.Client(base_url=base, timeout=60) as client:
+            result = {}
+            request = threading.Thread(target=lambda: result.update(r=client.post("/predict", json={"texts": ["go"]})))
+            request.start()
+            wait_until(lambda: metric(base, "onnxpack_queue_depth") == 1, what="the request to be queued")
+            proc.send_signal(signal.SIGTERM)
+            wait_until(lambda: not _accepts(port), timeout=10, what="the server to stop accepting")
+            assert request.is_alive()  # still in flight when new connections were refused
+            request.join(30)
+        assert result["r"].status_code == 200 and result["r"].json()["predictions"][0]["text"] == "go"
+        assert proc.wait(30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has shut down
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        output = proc.communicate()[0]
+    assert "Waiting for application shutdown" in output and "Finished server process" in output
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection((HOST, port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+# ---- the CLI, the web page in a browser, fuzzing ----
+
+def test_serve_cli_reports_bad_options_in_one_line(package_dir, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(cli_app, ["serve", str(tmp_path)])
+    assert result.exit_code == 1 and "is not a package" in result.output
+    result = runner.invoke(cli_app, ["serve", str(package_dir), "--max-batch", "0"])
+    assert result.exit_code == 1 and "error: --max-batch must be at least 1, got 0" in result.output
+    result = runner.invoke(cli_app, ["serve", str(package_dir), "--variant", "int4"])
+    assert result.exit_code == 1 and "no variant 'int4'" in result.output
+    result = runner.invoke(cli_app, ["serve", str(package_dir), "--instances", "0"])
+    assert result.exit_code == 1 and "error: --instances must be at least 1, got 0" in result.output
+    result = runner.invoke(cli_app, ["serve", str(package_dir), "--grpc-port", "70000"])
+    assert result.exit_code == 1 and "--grpc-port must be a port number" in result.output
+
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+@pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
+                    reason="needs chromium and chromedriver (apt-get install chromium chromium-driver)")
+def test_web_page_in_headless_chromium(base, predictor):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        driver.get(f"{base}/")
+        driver.find_element(By.ID, "texts").send_keys("The book was written by john.")
+        driver.find_element(By.ID, "classify").click()
+        result = WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".result"))[0]
+        expected = predictor.predict(["The book was written by john."])[0]
+        assert result.get_attribute("data-label") == expected["label"]
+        assert result.find_element(By.CSS_SELECTOR, ".label").text == expected["label"]
+        bars = result.find_elements(By.CSS_SELECTOR, ".bar")
+        assert [b.find_element(By.CSS_SELECTOR, "span").text for b in bars] == predictor.labels
+        assert "classified" in driver.find_element(By.ID, "status").text
+    finally:
+        driver.quit()
+
+
+@pytest.mark.parametrize("mode", list(schemathesis.GenerationMode))
+def test_schema_fuzzing_finds_no_5xx(base, mode):
+    """Requests generated from /openapi.json, fitting it (positive) or not (negative), 500 of each
+    kind: never a 5xx, and every status, content type and body is one the schema documents."""
+    schema = schemathesis.openapi.from_url(f"{base}/openapi.json")
+    sent = []
+
+    @given(case=schema.as_strategy(generation_mode=mode))
+    @settings(max_examples=500, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    def check(case):
+        # Schema-valid token ids may still lie outside the vocabulary: a 400 there is right.
+        sent.append(case.call_and_validate(excluded_checks=[positive_data_acceptance], timeout=30).status_code)
+        assert sent[-1] < 500
+
+    check()
+    assert len(sent) >= 500 and metric(base, "onnxpack_requests_in_progress") == 0
+
+
+def test_loadtest_script_runs(package_dir, small_cola, tmp_path):
+    """scripts/loadtest.py end to end, briefly: a real server, HTTP and gRPC, batching on and off
+    (`both`), every answer checked against `onnxpack predict`, and the ratio to offline printed."""
+    out = tmp_path / "load.json"
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "loadtest.py"), str(package_dir), "--data",
+                             str(small_cola), "--concurrency", "4", "--batching", "both", "--duration", "0.5",
+                             "--warmup", "0.2", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text())
+    rows = report["results"]
+    assert {(r["protocol"], r["batching"]) for r in rows} == {(p, b) for p in ("http", "grpc") for b in ("on", "off")}
+    assert all(r["concurrency"] == 4 and r["requests"] > 0 and r["errors"] == r["mismatches"] == 0 for r in rows)
+    assert len(report["offline_texts_per_s"]) == 2 and min(report["offline_texts_per_s"]) > 0
+    assert "http batching on, c=4:" in result.stdout and "of the fp32 variant's offline" in result.stdout
+
+
+# ---- hostile clients and stuck models ----
+
+@pytest.fixture()
+def quick_deadlines(monkeypatch):
+
+    monkeypatch.setattr(http_api, "HEADER_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(http_api, "BODY_TIMEOUT_S", 1.0)
+
+
+def _raw(port: int, data: bytes, wait: float = 5.0) -> bytes:
+    """Send raw bytes on a fresh connection; what came back before the server closed it (or `wait` passed)."""
+    with socket.create_connection((HOST, port), timeout=wait) as s:
+        s.sendall(data)
+        chunks = []
+        try:
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+        except (TimeoutError, ConnectionResetError):
+            pass
+    return b"".join(chunks)
+
+
+def _status(response: bytes) -> int | None:
+    return int(response.split(b" ", 2)[1]) if response.startswith(b"HTTP/1.1 ") else None
+
+
+def test_slow_clients_are_cut_off_and_others_still_answered(package_dir, quick_deadlines):
+    with running(create_app(package_dir)) as base:
+        port = int(base.rsplit(":", 1)[1])
+        slow = [socket.create_connection((HOST, port)) for _ in range(30)]  # slow-loris: headers never finish
+        for s in slow:
+            s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n")
+        for _ in range(5):  # the server keeps answering meanwhile
+            assert post(base, "/predict", {"texts": ["go"]}).status_code == 200
+        time.sleep(1.5)
+        for s in slow:
+            s.settimeout(5)
+            assert _status(s.recv(4096)) == 408  # cut off at the header deadline
+            s.close()
+        body = json.dumps({"texts": ["go"]}).encode()
+        slow_body = socket.create_connection((HOST, port))
+        slow_body.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: %d\r\n\r\n%s" % (len(body), body[:5]))
+        slow_body.settimeout(5)
+        assert _status(slow_body.recv(4096)) == 408  # the body never finished either
+        slow_body.close()
+        wait_until(lambda: metric(base, "onnxpack_requests_in_progress") == 0, what="nothing held")
+        assert post(base, "/predict", {"texts": ["go"]}).status_code == 200
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}",
+    b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n{}",
+    b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 7\r\n\r\n{}",
+    b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\ngarbage\r\n0\r\n\r\n",
+    b"POST /predict HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (10 << 20) + b"\r\n\r\n",
+    b"GARBAGE / HTTP/9.9\r\n\r\n",
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(64),  # a TLS hello on the plain port
+], ids=["content-length-text", "content-length-negative", "content-length-twice", "chunked-garbage",
+        "10MB-header", "bad-method-version", "tls-hello"])
+def test_malformed_http_gets_4xx_or_a_closed_connection(base, request_bytes):
+    port = int(base.rsplit(":", 1)[1])
+    try:
+        response = _raw(port, request_bytes)
+    except (BrokenPipeError, ConnectionResetError):  # closed while we were still sending the 10 MB
+        response = b""
+    status = _status(response)
+    assert status is None or 400 <= status < 500, response[:200]
+    assert post(base, "/predict", {"texts": ["go"]}).status_code == 200  # and the server is fine
+
+
+def test_a_body_cut_short_or_a_client_gone_frees_what_it_held(package_dir):
+    with running(create_app(package_dir, ServeConfig(max_delay_ms=1500))) as base:
+        port = int(base.rsplit(":", 1)[1])
+        short = socket.create_connection((HOST, port))
+        short.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 1000\r\n\r\n{\"texts\": [")
+        short.close()  # the body ends 990 bytes early
+        gone = socket.create_connection((HOST, port))
+        body = json.dumps({"texts": ["go"] * 20}).encode()
+        gone.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        wait_until(lambda: metric(base, "onnxpack_queue_depth") == 20, what="the rows to be queued")
+        gone.close()  # the client dies while its rows wait for the model
+        wait_until(lambda: metric(base, "onnxpack_queue_depth") == 0, what="the queue to drain")
+        wait_until(lambda: metric(base, "onnxpack_requests_in_progress") == 0, what="nothing held")
+        assert post(base, "/predict", {"texts": ["go"]}).status_code == 200
+
+
+def test_a_stuck_warm_up_ends_the_server_and_sigterm_always_works(package_dir, tmp_path):
+    """A graph that passes its first run but loops on real text (hostile.input_dependent_loop): the
+    warm-up never ends, so the server exits at the time limit with one line; SIGTERM before that
+    ends it within --grace-s."""
+    from conftest import hostile_package
+
+    package = hostile_package(package_dir, tmp_path, "input_dependent_loop")
+    env = {**os.environ, "ONNXPACK_PROBE_TIMEOUT": "6"}
+    command = [sys.executable, "-m", "onnxpack", "serve", str(package), "--host", HOST, "--grpc-port", str(free_port())]
+    started = time.monotonic()
+    result = subprocess.run(command + ["--port", str(free_port())], capture_output=True, text=True, timeout=60,
+                            env=env)
+    assert result.returncode == 1 and "did not finish within 6 s" in result.stderr
+    assert time.monotonic() - started < 30
+    port = free_port()
+    proc = subprocess.Popen(command + ["--port", str(port), "--grace-s", "2"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**env, "ONNXPACK_PROBE_TIMEOUT": "60"})
+    try:
+        wait_until(lambda: _accepts(port), what="the server to listen")
+        assert not ready(f"http://{HOST}:{port}")  # live, never ready: the warm-up is stuck
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        assert proc.wait(20) != 0 and time.monotonic() - started < 10
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+# ---- Triton's own client, in its default binary form ----
+
+def test_tritonclient_binary_and_json_text_and_tokens(base, predictor, model_name):
+    """tritonclient.http unchanged: BYTES text and INT64 tokens, binary (its default) and JSON, in
+    and out; answers equal predict's."""
+    import tritonclient.http as httpclient
+
+    from onnxpack.runtime.feed import encode
+
+    want = predictor.predict(TEXTS)
+    texts = np.array([t.encode() for t in TEXTS], dtype=np.object_)
+    feed = encode(predictor.tokenizer, TEXTS, predictor.input_names)
+    with httpclient.InferenceServerClient(url=base.removeprefix("http://")) as client:
+        for binary_in in (True, False):
+            for binary_out in (True, False):
+                text = httpclient.InferInput("text", [len(TEXTS)], "BYTES")
+                text.set_data_from_numpy(texts, binary_data=binary_in)
+                outputs = [httpclient.InferRequestedOutput(n, binary_data=binary_out) for n in ("label", "score")]
+                result = client.infer(model_name, [text], outputs=outputs)
+                labels = [v.decode() if isinstance(v, bytes) else v for v in result.as_numpy("label")]
+                assert labels == [w["label"] for w in want], (binary_in, binary_out)
+                assert result.as_numpy("score").tolist() == pytest.approx([w["score"] for w in want], abs=1e-6)
+        tokens = []
+        for name, values in feed.items():
+            tensor = httpclient.InferInput(name, list(values.shape), "INT64")
+            tensor.set_data_from_numpy(values)  # binary
+            tokens.append(tensor)
+        result = client.infer(model_name, tokens)  # no outputs named: all of them, in binary
+        np.testing.assert_allclose(result.as_numpy("logits"), predictor.predict_logits(TEXTS), atol=1e-5)
+
+
+@pytest.mark.parametrize("header_length, tail, message", [
+    ("9999", b"", "does not fit a body"),
+    ("abc", b"", "does not fit a body"),
+    (None, b"\x05\x00\x00\x00go", "runs past the body's end"),
+    (None, b"\x02\x00\x00\x00go" + b"extra", "5 bytes after the last binary tensor"),
+])
+def test_binary_requests_that_lie_get_4xx(base, model_name, header_length, tail, message):
+    """A header length that lies, a body shorter than it claims, a tensor's bytes that do not match."""
+    header = json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1],
+                                     "parameters": {"binary_data_size": 6 if tail.startswith(b"\x02") else 9}}]})
+    body = header.encode() + tail
+    r = httpx.post(f"{base}/v2/models/{model_name}/infer", content=body, timeout=30,
+                   headers={"Inference-Header-Content-Length": header_length or str(len(header))})
+    assert 400 <= r.status_code < 500 and message in r.json()["error"], r.text
+
+
+def test_malformed_binary_flags_are_4xx_not_5xx(base, model_name):
+    """Found by the fuzzer: `parameters` that is not an object, on the request or an output."""
+    for body in ({"inputs": [], "parameters": "x"}, {"inputs": [], "outputs": [{"name": "label", "parameters": ""}]},
+                 {"inputs": [], "outputs": "all"}):
+        assert 400 <= post(base, f"/v2/models/{model_name}/infer", body).status_code < 500
+
+
+def test_binary_token_bytes_must_match_their_shape(base, model_name):
+    ids = np.array([[101, 2000, 102]], dtype=np.int64).tobytes()
+    header = json.dumps({"inputs": [
+        {"name": "input_ids", "datatype": "INT64", "shape": [1, 4], "parameters": {"binary_data_size": len(ids)}},
+        {"name": "attention_mask", "datatype": "INT64", "shape": [1, 3], "parameters": {"binary_data_size": len(ids)}}]})
+    r = httpx.post(f"{base}/v2/models/{model_name}/infer", content=header.encode() + ids + ids, timeout=30,
+                   headers={"Inference-Header-Content-Length": str(len(header))})
+    assert r.status_code == 400 and "24 bytes for shape [1, 4] of INT64 (32 expected)" in r.json()["error"]
+
+
+# ---- the fast path ahead of FastAPI ----
+
+def test_the_fast_path_answers_well_formed_requests_and_hands_on_the_rest(package_dir, predictor):
+    """Well-formed /predict and V2 JSON requests are answered ahead of FastAPI, as the route would
+    answer them; every other request goes on to the route with its body intact."""
+    import orjson
+
+    from onnxpack.serve.http_api import _INFER, _PREDICT, _FastPath
+    from onnxpack.serve.service import Service
+    from onnxpack.serve.v2 import V2
+
+    service = Service(package_dir)
+    handed_on: list[bytes] = []
+
+    async def route(scope, receive, send):
+        handed_on.append((await receive())["body"])
+
+    routes = {path: type("Route", (), {"path": path})() for path in (_PREDICT, _INFER)}
+    fast = _FastPath(route, service, V2(service), routes)
+    infer = f"/v2/models/{package_dir.name}/infer"
+
+    async def call(path: str, body, content_type: bytes = b"application/json"):
+        body = body if isinstance(body, bytes) else orjson.dumps(body)
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+        sent = []
+        scope = {"type": "http", "method": "POST", "path": path, "headers": [(b"content-type", content_type)]}
+
+        async def receive():
+            return messages.pop(0)
+
+        async def send(message):
+            sent.append(message)
+
+        before = len(handed_on)
+        await fast(scope, receive, send)
+        if len(handed_on) > before:
+            assert handed_on[-1] == body  # handed on with its body intact
+            return None
+        return sent[0]["status"], orjson.loads(sent[1]["body"]), scope["route"].path
+
+    async def main():
+        async with service.running():
+            while not service.ready:
+                await asyncio.sleep(0.05)
+            status, answer, route_path = await call("/predict", {"texts": TEXTS})
+            want = predictor.predict(TEXTS)
+            assert status == 200 and route_path == _PREDICT and answer["truncated"] == []
+            assert [p["label"] for p in answer["predictions"]] == [w["label"] for w in want]
+            assert [p["score"] for p in answer["predictions"]] == pytest.approx([w["score"] for w in want], abs=1e-6)
+            status, answer, route_path = await call(infer, {"id": "7", "inputs": [
+                {"name": "text", "datatype": "BYTES", "shape": [len(TEXTS)], "data": TEXTS}],
+                "outputs": [{"name": "label"}]})
+            assert status == 200 and route_path == _INFER and answer["id"] == "7"
+            assert answer["outputs"] == [{"name": "label", "datatype": "BYTES", "shape": [len(TEXTS)],
+                                          "data": [w["label"] for w in want]}]
+            for path, body in [("/predict", {"texts": [""]}), ("/predict", {"texts": [" \t"]}),
+                               ("/predict", {"texts": ["ok"], "extra": 1}), ("/predict", b'{"texts": [}'),
+                               ("/predict", {"texts": ["a" * 10_001]}), ("/predict", {"texts": ["ok"] * 129}),
+                               ("/predict", {"pairs": [["a", "b"]]}), ("/predict", b'{"texts": ["\\ud800 a"]}'),
+                               (infer, {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1], "data": ["a"]}]}),
+                               (infer, {"inputs": [{"name": "text", "datatype": "INT64", "shape": [1], "data": ["a"]}]}),
+                               (infer, {"inputs": [{"name": "nope", "datatype": "BYTES", "shape": [1], "data": ["a"]}]}),
+                               ("/v2/models/other/infer", {"inputs": [{"name": "text", "datatype": "BYTES",
+                                                                       "shape": [1], "data": ["a"]}]})]:
+                assert await call(path, body) is None, (path, body)
+            assert await call("/predict", {"texts": ["ok"]}, content_type=b"text/plain") is None
+
+    asyncio.run(main())
