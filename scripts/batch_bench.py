@@ -33,7 +33,7 @@ def synthetic(path: Path, rows: int) -> None:
 
 
 def cola(path: Path) -> None:
-    from onnxpack.data import BUNDLED_COLA
+    from onnxpack.core.data import BUNDLED_COLA
 
     with open(path, "w", encoding="utf-8") as out:
         out.write("sentence\n")

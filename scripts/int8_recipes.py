@@ -23,15 +23,29 @@ from typing import Any, Callable
 
 import numpy as np
 import onnx
-from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
 
-from onnxpack.data import load_splits
-from onnxpack.feed import encode, package_tokenizer
-from onnxpack.metrics import predictions
-from onnxpack.optimize import (OptimizeConfig, _build_int8, _build_int8_static, _calibration_texts, _gate_run,
-                               _int8_static_recipes, optimize, quiet_quantizer)
-from onnxpack.package import FP32, Package, variant_file
-from onnxpack.runtime import Predictor
+from onnxpack.core.data import load_splits
+from onnxpack.core.metrics import predictions
+from onnxpack.core.package import FP32, Package, variant_file
+from onnxpack.runtime.feed import encode, package_tokenizer
+from onnxpack.runtime.optimize import (
+    OptimizeConfig,
+    _build_int8,
+    _build_int8_static,
+    _calibration_texts,
+    _gate_run,
+    _int8_static_recipes,
+    optimize,
+    quiet_quantizer,
+)
+from onnxpack.runtime.predictor import Predictor
 
 
 class Batch(CalibrationDataReader):
@@ -76,7 +90,9 @@ def recipes(package: Package, calibration: list) -> dict[str, Callable[[Path], A
 
     def nbits(block: int) -> Callable:
         def build(out: Path) -> None:
-            from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+            from onnxruntime.quantization.matmul_nbits_quantizer import (
+                MatMulNBitsQuantizer,
+            )
 
             with quiet_quantizer():
                 quantizer = MatMulNBitsQuantizer(onnx.load(str(optimized)), bits=8, block_size=block,

@@ -61,8 +61,8 @@ def killed(args: list[str], after: float) -> None:
 
 def package_ok(path: Path) -> str | None:
     """None when `path` is a complete package, else what is wrong."""
-    from onnxpack.errors import OnnxpackError
-    from onnxpack.package import Package
+    from onnxpack.core.errors import OnnxpackError
+    from onnxpack.core.package import Package
 
     try:
         package = Package.open(path)  # every file the manifest names exists with its sha256

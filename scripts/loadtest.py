@@ -45,9 +45,9 @@ import orjson
 import uvloop  # the clients' event loop: uvloop costs them less CPU, which they share with the server
 from tritonclient.grpc import service_pb2 as pb
 
-from onnxpack.data import load_splits, resolve_data
-from onnxpack.package import Package
-from onnxpack.runtime import Predictor, serving_variant
+from onnxpack.core.data import load_splits, resolve_data
+from onnxpack.core.package import Package
+from onnxpack.runtime.predictor import Predictor, serving_variant
 
 HOST = "127.0.0.1"  # loopback only: the server and the clients live on this machine
 MAX_BATCH = {"on": 32, "off": 1}

@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from loadtest import Connection, reference_predictions, server  # noqa: E402  (one client, one server starter)
 
-from onnxpack.data import load_splits, resolve_data  # noqa: E402
+from onnxpack.core.data import load_splits, resolve_data  # noqa: E402
 
 SAMPLE_S = 10
 
