@@ -12,8 +12,9 @@ import pytest
 import torch
 
 import onnxpack.build.export
-from onnxpack.build.export import EXPORTERS, ExportConfig, export
+from onnxpack.build.export import EXPORTERS, export
 from onnxpack.build.model import load_checkpoint
+from onnxpack.core.config import ExportConfig
 from onnxpack.core.errors import OnnxpackError, PackageError, ParityError
 from onnxpack.core.package import MANIFEST, MODEL, TOKENIZER, Package, sha256_file
 

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 import onnxpack.build.export
-from onnxpack.build.export import ExportConfig, export
+from onnxpack.build.export import export
 from onnxpack.build.model import load_checkpoint
-from onnxpack.build.verify import VerifyConfig, verify
+from onnxpack.build.verify import verify
+from onnxpack.core.config import ExportConfig, VerifyConfig
 from onnxpack.core.errors import ParityError
 
 BROKEN = "model.bert.encoder.layer.1.output.dense"

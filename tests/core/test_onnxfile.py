@@ -13,10 +13,11 @@ from typer.testing import CliRunner
 
 import onnxpack.core.package
 from onnxpack.build.export import export
-from onnxpack.build.verify import VerifyConfig, verify
+from onnxpack.build.verify import verify
 from onnxpack.cli import app
+from onnxpack.core.config import OptimizeConfig, VerifyConfig
 from onnxpack.core.package import Package
-from onnxpack.runtime.optimize import OptimizeConfig, optimize
+from onnxpack.runtime.optimize import optimize
 from onnxpack.runtime.predictor import Predictor
 from onnxpack.serve import create_app
 

@@ -14,8 +14,8 @@ import pytest
 from conftest import hostile_package
 from typer.testing import CliRunner
 
-from onnxpack.core import untrusted
 from onnxpack.cli import app
+from onnxpack.core import untrusted
 from onnxpack.core.errors import OnnxpackError
 from onnxpack.core.package import MANIFEST
 from onnxpack.serve import create_app

@@ -4,17 +4,20 @@ the table checked against the installed ONNX Runtime, and the graph run in onnxr
 from __future__ import annotations
 
 import shutil
+import subprocess
 
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import provision
 from typer.testing import CliRunner
 
-from onnxpack.deploy import compat, node_runtime
-from onnxpack.build.export import ExportConfig, export
+from onnxpack.build.export import export
 from onnxpack.cli import app
+from onnxpack.core.config import ExportConfig
 from onnxpack.core.errors import OnnxpackError
 from onnxpack.core.package import Package, hash_files
+from onnxpack.deploy import compat, node_runtime
 from onnxpack.runtime.predictor import Predictor
 
 
@@ -74,7 +77,7 @@ def test_check_and_require(package_copy):
 
 
 def test_export_refuses_an_opset_the_target_cannot_load_before_exporting(trained_run, tmp_path):
-    target = compat.parse_target("onnxruntime==1.10")
+    target = "onnxruntime==1.10"
     with pytest.raises(OnnxpackError, match="opset 18 is newer than onnxruntime 1.10.*--opset 15"):
         export(trained_run / "best.ckpt", tmp_path / "pkg", ExportConfig(target=target))
     assert not (tmp_path / "pkg").exists()
@@ -91,14 +94,21 @@ def test_cli_check(package_dir):
 
 
 @pytest.fixture(scope="session")
-def node():
-    """onnxruntime-node, installed into onnxpack's cache with npm (node_runtime.install) when missing."""
-    if node_runtime.available() and shutil.which("npm"):
-        node_runtime.install()
-        assert node_runtime.available() is None and node_runtime.version().startswith("1.")
-    reason = node_runtime.available()
-    if reason:
-        pytest.skip(f"needs the second runtime: {reason} (.ci/run installs node and npm)")
+def node(pytestconfig):
+    """onnxruntime-node, npm-installed into onnxpack's cache (node_runtime.install) by the first run that
+    needs it, under a lock beside it so that parallel runs wait instead of installing it twice."""
+    if shutil.which("node") is None:
+        pytest.skip("needs Node.js for onnxruntime-node: apt-get install nodejs npm")
+    home = node_runtime.home()
+    try:
+        provision(pytestconfig, home.with_name(f"{home.name}.lock"), lambda: node_runtime.available() is None,
+                  node_runtime.install,
+                  f"setting up {node_runtime.PACKAGE} in {home} for `onnxpack check` (first run only, ~1 min)")
+    except (OnnxpackError, OSError, subprocess.TimeoutExpired) as e:
+        reason = getattr(e, "message", e)
+        pytest.skip(f"could not npm-install {node_runtime.PACKAGE} ({reason}); it needs npm and its registry, or: "
+                    f"{node_runtime.INSTALL_HINT}")
+    assert node_runtime.version().startswith("1.")
 
 
 def test_onnxruntime_node_gives_pythons_logits(node, package_dir):

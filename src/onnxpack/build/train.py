@@ -17,13 +17,13 @@ import yaml
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
+from onnxpack.core.config import TrainConfig
 from onnxpack.core.data import load_splits
 from onnxpack.core.errors import OnnxpackError
 from onnxpack.core.package import atomic_dir, atomic_write_text, check_target
 
 from .datamodule import TextClassificationDataModule
 from .model import (
-    DEFAULT_MODEL,
     HF_DIR,
     TRAIN_CONFIG,
     TextClassifier,
@@ -39,79 +39,24 @@ METRICS = "metrics.json"
 
 
 @dataclasses.dataclass
-class TrainConfig:
-    data: str | None = None  # folder of TSV/CSV files or "glue/cola"; None looks in data.resolve_data's order (the bundled CoLA last)
-    model: str = DEFAULT_MODEL  # hub name or local folder; the default is bundled (offline)
-    # Label names, the index being the id; None: from the data (data.load_splits says how).
-    labels: tuple[str, ...] | None = None
-    text_columns: tuple[str, ...] | None = None  # one text column, or two for pairs; None: detected
-    multi_label: bool = False  # several labels per row, listed in one cell ("a,b"); BCE per label
-    epochs: int = 3
-    batch_size: int = 32
-    lr: float = 5e-5  # peak, after linear warm-up; then linear decay to 0
-    head_lr_scale: float = 10.0  # the pooler and classifier learn at lr x this
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    label_smoothing: float = 0.1  # training loss only; val_loss is the unsmoothed loss
-    # Class weights (1 / class frequency) ** class_balance in both losses: 0 leaves the loss plain,
-    # 1 weighs classes equally. MCC rewards predicting the minority class (CoLA's 30% unacceptable).
-    class_balance: float = 0.5
-    dropout: float | None = 0.0  # overrides the model's dropout; None keeps its own (0.1 for MiniLM)
-    freeze_embeddings: bool = False  # True keeps word embeddings fixed: a third fewer weights to update
-    max_length: int = 128  # longer texts are truncated (CoLA's longest is ~50 tokens)
-    seed: int = 42
-    val_checks_per_epoch: int = 2  # validations (and checkpoint candidates) per epoch
-    patience: int = 2  # validations without a better val_loss before stopping early
-    limit_train_batches: float | int = 1.0  # a fraction of the epoch, or a number of batches
-    # Wall-clock limit on training (Lightning's max_time); it then validates and keeps the best
-    # checkpoint. The learning rate decays to 0 by whichever of the steps or the time runs out first.
-    max_minutes: float | None = None
-    trust_remote_code: bool = False  # load a model whose folder ships its own code (auto_map)
-    threads: int | None = None  # torch intra-op threads; None leaves torch's default
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
-        """Values from a YAML file, then any non-None overrides (the command-line flags)."""
-        path = Path(path)
-        try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise OnnxpackError(f"cannot read config {path}: {str(e).splitlines()[0]}",
-                                hint="pass a YAML file of TrainConfig fields") from None
-        if not isinstance(values, dict):
-            raise OnnxpackError(f"config {path} is not a mapping of TrainConfig fields")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise OnnxpackError(f"config {path} has unknown keys {unknown}; known: {', '.join(sorted(known))}")
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
-
-    def validate(self) -> None:
-        for name in ("epochs", "batch_size", "max_length", "val_checks_per_epoch"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise OnnxpackError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if not self.lr > 0:
-            raise OnnxpackError(f"lr must be positive, got {self.lr!r}")
-        if not 0 <= self.label_smoothing < 1:
-            raise OnnxpackError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
-        if not self.class_balance >= 0 or not self.head_lr_scale > 0:
-            raise OnnxpackError(f"class_balance must be >= 0 and head_lr_scale > 0, got {self.class_balance!r} "
-                                f"and {self.head_lr_scale!r}")
-        if self.max_minutes is not None and not self.max_minutes > 0:
-            raise OnnxpackError(f"max_minutes must be positive, got {self.max_minutes!r}")
-        if not self.limit_train_batches > 0:
-            raise OnnxpackError(f"limit_train_batches must be positive, got {self.limit_train_batches!r}")
-        if self.labels is not None and len(self.labels) < 2:
-            raise OnnxpackError(f"labels must name at least two classes, got {list(self.labels)}",
-                                hint="pass --labels A,B[,...] or leave it out to take them from the data")
-
-
-@dataclasses.dataclass
 class TrainResult:
     run_dir: str
     checkpoint: str
     metrics: dict[str, float]
+
+
+def read_config(path: str | Path, **overrides: Any) -> TrainConfig:
+    """TrainConfig from a YAML file of its fields, then the overrides given (the flags set on the
+    command line). A wrong key, type or range is one line naming the key."""
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise OnnxpackError(f"cannot read config {path}: {str(e).splitlines()[0]}",
+                            hint="pass a YAML file of TrainConfig fields") from None
+    if isinstance(values, dict):
+        values.update(overrides)
+    return TrainConfig.from_mapping(values, f"config {path}")
 
 
 def fit(config: TrainConfig, run_dir: str | Path, force: bool = False) -> TrainResult:

@@ -11,10 +11,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from onnxpack.core.config import VerifyConfig
 from onnxpack.core.data import load_splits
 from onnxpack.core.errors import CheckpointError, DataError, ParityError
 from onnxpack.core.metrics import predictions, scores
-from onnxpack.core.package import FP32, atomic_write_text, now
+from onnxpack.core.package import atomic_write_text, now
 from onnxpack.runtime.predictor import Predictor
 
 from .export import LogitsModel
@@ -22,16 +23,6 @@ from .localize import localize
 from .model import load_checkpoint
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class VerifyConfig:
-    atol: float = 1e-4  # fail when max |logit difference| exceeds this
-    min_agreement: float = 1.0  # fail when the share of identical predicted labels is below this
-    batch_size: int = 64
-    provider: str | None = None  # ONNX Runtime execution provider; None: the default
-    variant: str = FP32  # the exported graph; optimized variants are gated by `optimize` instead
-    localize: bool = False  # find the first diverging module on the worst batch even when parity holds
 
 
 @dataclasses.dataclass
@@ -68,6 +59,7 @@ def verify(package_dir: str | Path, data: str | None = None, checkpoint: str | P
     then raises one ParityError naming every failed check.
     """
     config = config or VerifyConfig()
+    config.validate()
     predictor = Predictor(package_dir, provider=config.provider, variant=config.variant)
     package = predictor.package
     checkpoint = checkpoint or package.manifest.source.get("path")

@@ -15,7 +15,6 @@ dynamic batcher merges only requests of the same shape (docs/serving.md weighs t
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import re
@@ -28,6 +27,7 @@ from typing import Any
 import onnx
 
 from onnxpack.core import untrusted
+from onnxpack.core.config import ServingConfig
 from onnxpack.core.errors import OnnxpackError
 from onnxpack.core.package import MULTI_LABEL, Package, atomic_dir, graph_files
 from onnxpack.deploy import compat
@@ -36,33 +36,7 @@ MODELS_SOURCE = Path(__file__).parent / "triton_models"  # the Python-backend mo
 LABELS_FILE = "labels.txt"
 ONNX_TYPES = {onnx.TensorProto.INT64: "TYPE_INT64", onnx.TensorProto.INT32: "TYPE_INT32",
               onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16"}
-MODEL_BACKENDS = ("onnxruntime", "python")
 TEXT, TEXT_PAIR = "text", "text_pair"  # the same tensor names as `onnxpack serve`'s V2 route
-
-
-@dataclasses.dataclass
-class ServingConfig:
-    max_batch: int = 32  # Triton's max_batch_size for every model of the ensemble
-    instances: int = 1  # instance_group count of the ONNX model
-    gpu: bool = False  # KIND_GPU instances for the ONNX model (the Python steps stay on CPU)
-    variant: str | None = None  # None: serve's rule, the fastest batch-invariant variant
-    max_queue_delay_us: int = 2000  # how long the dynamic batcher waits to fill a batch
-    # "onnxruntime": Triton's ONNX Runtime backend; "python": ONNX Runtime inside a Python-backend
-    # model, for a Triton built without that backend (PyPI's nvidia-pytriton server)
-    model_backend: str = "onnxruntime"
-    target: compat.Target | None = None  # refuse a graph this Triton release cannot load
-    # The fixed length every text is padded (and truncated) to; None: the package's max_length, so
-    # answers equal `predict`'s. Shorter is faster on short texts, but cuts longer ones.
-    pad_to: int | None = None
-
-    def check(self) -> None:
-        if self.model_backend not in MODEL_BACKENDS:
-            raise OnnxpackError(f"unknown model backend {self.model_backend!r}; known: {', '.join(MODEL_BACKENDS)}")
-        if self.gpu and self.model_backend == "python":
-            raise OnnxpackError("--gpu needs the onnxruntime backend", hint="leave --model-backend at onnxruntime")
-        for name in ("max_batch", "instances"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise OnnxpackError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)!r}")
 
 
 def model_names(name: str) -> dict[str, str]:
@@ -97,7 +71,10 @@ def write_repository(package_dir: str | Path, out: str | Path, config: ServingCo
 
     `out` must be missing, empty, or hold only this package's four models (a rerun replaces them)."""
     config = config or ServingConfig()
-    config.check()
+    config.validate()
+    target = compat.parse_target(config.target or compat.newest_triton())
+    if target.kind != "triton":
+        raise OnnxpackError(f"--target {config.target} is not a Triton release", hint="pass --target triton==YY.MM")
     package = Package.open(package_dir)
     name = triton_name(package.name)
     names = model_names(name)
@@ -109,8 +86,7 @@ def write_repository(package_dir: str | Path, out: str | Path, config: ServingCo
         ["CUDAExecutionProvider" if config.gpu else "CPUExecutionProvider"], batch_invariant=True)
     graph = package.variant_path(variant)
     untrusted.trust(graph, package)
-    if config.target is not None:
-        compat.require(package, config.target, variant)
+    compat.require(package, target, variant)
     proto = onnx.load(str(graph), load_external_data=False)
     m = package.manifest
     length = config.pad_to or m.max_length
@@ -181,7 +157,7 @@ def write_repository(package_dir: str | Path, out: str | Path, config: ServingCo
         shutil.copyfile(package.tokenizer_path, tmp / names["tokenizer"] / "1" / "tokenizer.json")
         validate(tmp)
     return {"repository": str(out), "models": names, "variant": variant, "graph": graph.name,
-            "pad_to": length, "text_inputs": text_inputs}
+            "pad_to": length, "text_inputs": text_inputs, "target": str(target)}
 
 
 def _parameters(**values: Any) -> dict[str, Any]:

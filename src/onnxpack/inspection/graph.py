@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxpack.core.config import GraphConfig
 from onnxpack.core.errors import OnnxpackError
 from onnxpack.core.onnxfile import dtype_name, is_constant, tensor_types
 
@@ -54,13 +55,6 @@ CATEGORIES = {
 OP_COLOUR = {op: colour for colour, ops in CATEGORIES.items() for op in ops}
 BLOCK_COLOUR, IO_COLOUR, OTHER_COLOUR = "#ddd3f2", "#fff1b8", "#ffffff"
 INDEXED = re.compile(r"^(.+)\.(\d+)$")  # a ModuleList entry in a torch scope: "layer.3", "h.11"
-
-
-@dataclasses.dataclass
-class GraphConfig:
-    collapse: bool = True  # draw each repeated block (and big module) as one node in the overview, with a view of its own
-    max_nodes: int = 1500  # refuse to lay out a view with more nodes than this; dot's time grows fast with size
-    timeout_s: float = 120.0  # the most Graphviz may take for one view
 
 
 @dataclasses.dataclass

@@ -18,6 +18,7 @@ import onnx
 import onnxruntime as ort
 
 from onnxpack.core import untrusted
+from onnxpack.core.config import InspectConfig
 from onnxpack.core.errors import OnnxpackError
 from onnxpack.core.onnxfile import (
     all_nodes,
@@ -74,14 +75,14 @@ def resolve(path: str | Path, variant: str | None = None) -> Source:
 
 # --- the report ---------------------------------------------------------------------------------------------
 
-def summarize(path: str | Path, variant: str | None = None, batch: int = 1, seq: int | None = None) -> dict[str, Any]:
+def summarize(path: str | Path, config: InspectConfig | None = None) -> dict[str, Any]:
     """Everything `onnxpack inspect` shows, as a JSON-ready dict."""
-    if batch < 1 or (seq is not None and seq < 1):
-        raise OnnxpackError(f"--batch and --seq must be positive, got {batch} and {seq}")
-    source = resolve(path, variant)
+    config = config or InspectConfig()
+    config.validate()
+    source = resolve(path, config.variant)
     model = load_model(source.path, load_weights=False)  # sizes come from dims; no need for the bytes
     contract = _contract(model, source.package)
-    seq = seq or contract["max_length"] or DEFAULT_SEQ
+    batch, seq = config.batch, config.seq or contract["max_length"] or DEFAULT_SEQ
     return {
         "source": source.to_dict(),
         "identity": _identity(model, source.path),

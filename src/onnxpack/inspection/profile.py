@@ -21,13 +21,14 @@ import onnx
 import onnxruntime as ort
 
 from onnxpack.core import untrusted
+from onnxpack.core.config import GraphConfig, ProfileConfig
 from onnxpack.core.errors import OnnxpackError
 from onnxpack.core.onnxfile import load_model, node_key
 from onnxpack.core.package import FP32, Package, data_file, graph_files
 from onnxpack.runtime.feed import synthetic_feed, vocab_size
 from onnxpack.runtime.predictor import resolve_providers
 
-from .graph import Drawing, GraphConfig, render
+from .graph import Drawing, render
 from .inspect import Source
 
 log = logging.getLogger(__name__)
@@ -35,26 +36,6 @@ log = logging.getLogger(__name__)
 KERNEL_SUFFIX = "_kernel_time"  # ONNX Runtime names a node's kernel event "<node name>_kernel_time"
 MIN_MAPPED = 0.95  # below this share of kernel time mapped to nodes, the picture would mislead: say so
 SLOWEST = 25  # rows in the page's table of slowest nodes
-
-
-@dataclasses.dataclass
-class ProfileConfig:
-    variant: str | None = None  # None: fp32, the exported graph
-    batch: int = 1
-    seq: int | None = None  # tokens per row; None: the package's max_length
-    runs: int = 20  # timed runs, averaged
-    warmup: int = 3  # untimed runs first: allocations and thread-pool start-up
-    threads: int | None = None  # intra-op threads; None: ONNX Runtime's default
-    provider: str | None = None
-
-    def validate(self) -> None:
-        for name in ("batch", "runs"):
-            if getattr(self, name) < 1:
-                raise OnnxpackError(f"--{name} must be a positive integer, got {getattr(self, name)}")
-        if self.seq is not None and self.seq < 1:
-            raise OnnxpackError(f"--seq must be a positive integer, got {self.seq}")
-        if self.warmup < 0:
-            raise OnnxpackError(f"--warmup must be 0 or more, got {self.warmup}")
 
 
 @dataclasses.dataclass

@@ -22,8 +22,9 @@ import onnx
 import onnxruntime as ort
 
 from onnxpack.core import untrusted
+from onnxpack.core.config import BenchConfig
 from onnxpack.core.data import load_splits
-from onnxpack.core.errors import DataError, OnnxpackError
+from onnxpack.core.errors import DataError
 from onnxpack.core.onnxfile import node_flops
 from onnxpack.core.package import FP32, MULTI_LABEL, Package, now
 
@@ -32,30 +33,6 @@ from .optimize import quiet_quantizer
 from .predictor import Predictor
 
 SEED_MAX_LENGTH = 128  # the seed project padded every sentence to this
-
-
-@dataclasses.dataclass
-class BenchConfig:
-    batch_sizes: tuple[int, ...] = (1, 8, 32)
-    seq_lens: tuple[int, ...] = (16, 64)
-    threads: int = 2
-    rounds: int = 3  # blocks per engine; latencies pool over rounds
-    block_seconds: float = 0.4  # each block repeats until this much time has passed...
-    min_repeats: int = 5  # ...and at least this many times
-    pause_seconds: float = 0.3  # between blocks, for the other engine's threads to go idle
-    torch: bool = True  # PyTorch eager rows (needs torch and the package's source checkpoint)
-    compile: bool = False  # torch.compile rows too, where it works here (about a minute per shape on 2 cores)
-    checkpoint: str | None = None  # PyTorch weights; None: the package's source
-    data: str | None = None  # validation texts for the end-to-end rows; None: data.resolve_data's order (the bundled CoLA last)
-    variants: tuple[str, ...] | None = None  # None: every variant in the package
-
-    def validate(self) -> None:
-        for name in ("batch_sizes", "seq_lens"):
-            values = getattr(self, name)
-            if not values or not all(isinstance(v, int) and v > 0 for v in values):
-                raise OnnxpackError(f"--{name.replace('_', '-')} must be positive integers, got {list(values)}")
-        if not isinstance(self.threads, int) or self.threads < 1:
-            raise OnnxpackError(f"--threads must be a positive integer, got {self.threads!r}")
 
 
 Runner = Callable[[], Any]

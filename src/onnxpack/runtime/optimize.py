@@ -31,6 +31,7 @@ import onnx
 import onnxruntime as ort
 
 from onnxpack.core import onnxfile, untrusted
+from onnxpack.core.config import MIN_CALIBRATION_ROWS, OptimizeConfig
 from onnxpack.core.data import load_splits
 from onnxpack.core.errors import DataError, OnnxpackError
 from onnxpack.core.families import FAMILIES
@@ -57,36 +58,6 @@ GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 GATE_EXACT_LOGITS = 1e-3  # fusions and rewrites only reorder float sums: MiniLM's logits moved by 2e-6
 # Float graphs: 1e-6 between alone and batched; int8-static: 0 on MiniLM (docs/performance.md); dynamic int8: 1e-2
 BATCH_INVARIANT_LOGITS = 1e-4
-MIN_CALIBRATION_ROWS = 16  # fewer rows than this give activation ranges that clip unseen texts
-
-
-@dataclasses.dataclass
-class OptimizeConfig:
-    variants: tuple[str, ...] = ("optimized", "int8", "int8-static", "fp16")
-    max_mcc_drop: float = 0.01  # reject a variant whose task metric (MCC; micro-F1 multi-label) is lower by more
-    # ...or whose labels agree with fp32's on fewer rows than this: a steady metric can hide flipped labels
-    min_agreement: float = 0.99
-    per_channel: bool = False  # int8: one scale per output channel instead of per tensor
-    data: str | None = None  # validation data for the gate; None looks in data.resolve_data's order (the bundled CoLA last)
-    calibration_rows: int = 256  # int8-static: training rows its activation ranges are measured on
-    batch_size: int = 32
-    provider: str | None = None
-    threads: int | None = None
-
-    def validate(self) -> None:
-        if not 0 <= self.max_mcc_drop <= 1:
-            raise OnnxpackError(f"--max-mcc-drop must be between 0 and 1, got {self.max_mcc_drop}")
-        if not 0 <= self.min_agreement <= 1:
-            raise OnnxpackError(f"--min-agreement must be between 0 and 1, got {self.min_agreement}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise OnnxpackError(f"batch size must be a positive integer, got {self.batch_size!r}")
-        if not isinstance(self.calibration_rows, int) or self.calibration_rows < MIN_CALIBRATION_ROWS:
-            raise OnnxpackError(f"--calibration-rows must be at least {MIN_CALIBRATION_ROWS}, got {self.calibration_rows!r}",
-                                hint="int8-static measures its activation ranges on that many training rows")
-        if not self.variants:
-            raise OnnxpackError("no variants asked for", hint=f"pick from {', '.join(VARIANTS.keys())}")
-        for name in self.variants:
-            VARIANTS.get(name)  # unknown names fail here, before any work
 
 
 @dataclasses.dataclass(frozen=True)
@@ -436,6 +407,8 @@ def optimize(package_dir: str | Path, config: OptimizeConfig | None = None,
     """
     config = config or OptimizeConfig()
     config.validate()
+    for name in config.variants:
+        VARIANTS.get(name)  # an unknown name fails here, naming the known ones, before any work
     package = Package.open(package_dir)
     m = package.manifest
     multi_label = m.problem_type == MULTI_LABEL

@@ -28,6 +28,7 @@ import pyarrow.csv
 import pyarrow.dataset
 import pyarrow.parquet as pq
 
+from onnxpack.core.config import BatchConfig
 from onnxpack.core.data import PAIR_COLUMNS, TEXT_COLUMNS
 from onnxpack.core.errors import OnnxpackError
 from onnxpack.core.package import replace_dir, sweep_stale, temp_prefix
@@ -38,23 +39,6 @@ INPUT_FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "json", ".json": "json"
 OUTPUT_FORMATS = {".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl"}
 ID = "id"
 FOLDER_MARKER = "_onnxpack_batch.json"  # in a folder output: rows, parts and labels of a finished run
-
-
-@dataclasses.dataclass
-class BatchConfig:
-    text_column: str | None = None  # None: detected (sentence, text)
-    pair_columns: tuple[str, str] | None = None  # a pair model's two columns; None: detected
-    id_column: str | None = None  # None: the row number (from 0) is the id
-    batch_size: int = 32  # texts per model call
-    chunk_rows: int = 10_000  # rows read, classified and written at a time: the memory bound
-    variant: str | None = None
-    provider: str | None = None
-    threads: int | None = None
-
-    def validate(self) -> None:
-        for name in ("batch_size", "chunk_rows"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise OnnxpackError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)!r}")
 
 
 @dataclasses.dataclass

@@ -1,0 +1,111 @@
+"""The `onnxpack` app and what every command shares: the one-line error edge, the two consoles,
+and options read from core.config (each default and help text is written there, once).
+
+Results and tables go to stdout; logs, progress and notes go to stderr, for every command alike,
+so `onnxpack verify PKG > out.txt` captures the table.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from typing import Annotated, Any
+
+import click
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.markup import escape
+from typer.core import TyperGroup
+
+from onnxpack.core.config import Options, defaults
+from onnxpack.core.errors import OnnxpackError
+
+console = Console(stderr=True)  # logs, progress, notes
+stdout = Console()  # results
+
+# The help panels, in pipeline order.
+BUILD, SHIP, RUN, LOOK = ("build: train and package (onnxpack\\[train])", "ship: make it faster, check where it loads",
+                          "run: answer texts", "look: inside a package")
+
+
+class _Group(TyperGroup):
+    """Turns a user error into one line on stderr and exit code 1; bugs keep their traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except OnnxpackError as e:
+            click.echo(f"error: {e}", err=True)
+            raise typer.Exit(1) from None
+
+
+app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train a text classifier, export it to a verified ONNX package, and run it.")
+
+
+@app.callback()
+def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show debug logs.")] = False) -> None:
+    # Our own INFO lines; other libraries' only from WARNING up (ONNX Runtime's quantizer logs
+    # every tensor at INFO) unless --verbose.
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(message)s",
+                        handlers=[RichHandler(console=console, show_path=False, show_time=False)])
+    logging.getLogger("onnxpack").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+class CommaList:
+    """The one comma-list option type: `a,b,c` -> a tuple of items of `item` type; an empty item, or
+    one of the wrong type, is a usage error naming the option."""
+
+    def __init__(self, item: type = str, count: int | None = None) -> None:
+        self.item, self.count = item, count
+        self.__name__ = f"list of {item.__name__}"  # typer names a parser's type by it
+
+    def __call__(self, value: Any) -> tuple | None:
+        if value is None or isinstance(value, tuple):
+            return value
+        items = [part.strip() for part in str(value).split(",")]
+        example = ",".join(["8", "32"] if self.item is int else ["a", "b"])
+        if not all(items):
+            raise typer.BadParameter(f"{value!r} has an empty item; pass items separated by commas, e.g. {example}")
+        if self.count is not None and len(items) != self.count:
+            raise typer.BadParameter(f"takes {self.count} items separated by commas, got {value!r}")
+        try:
+            return tuple(self.item(part) for part in items)
+        except ValueError:
+            raise typer.BadParameter(f"takes {self.item.__name__} items separated by commas, e.g. {example}; "
+                                     f"got {value!r}") from None
+
+
+def option(options: type[Options], name: str, *decls: str, **kwargs: Any) -> Any:
+    """A command-line option for field `name` of an options class: its default and help from
+    core.config. Tuple fields take a comma-separated list."""
+    field = defaults(options)[name]
+    default = field.default
+    if isinstance(default, tuple) or "tuple" in str(field.type):
+        count = 2 if "tuple[str, str]" in str(field.type) else None
+        kwargs.setdefault("parser", CommaList(int if "int" in str(field.type) else str, count))
+        default = ",".join(map(str, default)) if isinstance(default, tuple) else default
+    return typer.Option(default, *decls, help=escape(field.metadata["help"]), **kwargs)
+
+
+def config_from(options: type[Options], values: dict[str, Any]) -> Any:
+    """An options object from a command's parameters: those that are fields of it."""
+    fields = defaults(options)
+    return options(**{k: v for k, v in values.items() if k in fields})
+
+
+def require_train_extra(command: str) -> None:
+    """The torch-side commands need onnxpack[train]; without it, one line naming it, before any work."""
+    missing = [m for m in ("torch", "lightning", "transformers", "torchmetrics") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise OnnxpackError(f"`onnxpack {command}` needs the torch side, which is not installed ({', '.join(missing)} "
+                            "missing)", hint="pip install 'onnxpack[train]' (install torch==2.13.0 first for the CPU build)")
+
+
+def quiet_lightning() -> None:
+    """Lightning sets up its own INFO handler on import (GPU/TPU lines, tips); keep warnings only."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.WARNING)
+        logger.handlers.clear()

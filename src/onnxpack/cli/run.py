@@ -1,0 +1,193 @@
+"""The run panel: predict, batch, serve and providers. The runtime side only: no torch."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from onnxpack.core.config import BatchConfig, PredictConfig, ServeConfig
+from onnxpack.core.errors import OnnxpackError
+
+from .app import RUN, CommaList, app, config_from, console, option, stdout
+
+
+@app.command(rich_help_panel=RUN)
+def predict(
+    package: Path = typer.Argument(..., help="Package folder."),
+    texts: Optional[list[str]] = typer.Argument(None, help="Texts; none: read --file or stdin, a text per line."),
+    pair: bool = typer.Option(False, "--pair", help="Read TEXTS two by two as sentence pairs: --pair A B [C D ...]."),
+    file: Optional[Path] = typer.Option(None, "--file", help="Texts, one per line; pairs as TSV (a<TAB>b) or JSON Lines."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write JSON lines here instead of stdout."),
+    provider: Optional[str] = option(PredictConfig, "provider"),
+    batch_size: int = option(PredictConfig, "batch_size"),
+    variant: Optional[str] = option(PredictConfig, "variant"),
+    threshold: Optional[str] = typer.Option(None, parser=CommaList(float),
+                                            help="Multi-label: one threshold, or one per label comma-separated "
+                                                 "(default: the manifest's)."),
+) -> None:
+    """Print one JSON object per text: text, label, score and the score of every label (and, for a
+    multi-label model, `labels`: those at or over their threshold)."""
+    from onnxpack.core.package import atomic_write_text
+    from onnxpack.runtime.predictor import Predictor
+
+    config = config_from(PredictConfig, locals())
+    config.validate()
+    if texts and file:
+        raise OnnxpackError("give texts as arguments or --file, not both")
+    if pair and len(texts or []) % 2:
+        raise OnnxpackError(f"--pair reads texts two by two, got {len(texts)}", hint="pass --pair FIRST SECOND [...]")
+    with Predictor(package, provider=config.provider, variant=config.variant) as predictor:
+        if threshold is not None:
+            predictor.set_thresholds(_per_label(threshold, len(predictor.labels)))
+        if file:
+            rows = _read_rows(file, predictor.pairs)
+        elif texts:
+            rows = list(zip(texts[::2], texts[1::2])) if pair else texts
+        else:
+            if sys.stdin is None or sys.stdin.isatty():
+                raise OnnxpackError("no texts to predict", hint="pass TEXT arguments, --pair A B, --file FILE, "
+                                                                "or pipe lines on stdin")
+            rows = _parse_rows(sys.stdin.read(), predictor.pairs, "stdin", json_lines=False)
+        lines = [json.dumps(r, ensure_ascii=False) for r in predictor.predict(rows, batch_size=config.batch_size)]
+    if out:
+        atomic_write_text(out, "\n".join(lines) + "\n")
+    else:
+        for line in lines:
+            stdout.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _per_label(values: tuple[float, ...], labels: int) -> list[float]:
+    """One threshold for every label, or one per label."""
+    return list(values) * labels if len(values) == 1 else list(values)
+
+
+def _read_rows(path: Path, pairs: bool) -> list:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise OnnxpackError(f"cannot read {path}: {e}", hint="pass a UTF-8 text file, one text per line") from None
+    return _parse_rows(text, pairs, str(path), json_lines=path.suffix in (".jsonl", ".json"))
+
+
+def _parse_rows(text: str, pairs: bool, where: str, json_lines: bool) -> list:
+    """A text per line; for a pair model, a TSV line `first<TAB>second` or a JSON line `["a", "b"]`
+    or `{"text": "a", "text_pair": "b"}` (any two-column names data.PAIR_COLUMNS knows)."""
+    from onnxpack.core.data import PAIR_COLUMNS
+
+    rows: list = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        if json_lines:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise OnnxpackError(f"{where}:{n} is not JSON ({e.msg})", hint="write one JSON value per line") from None
+            if isinstance(row, dict):
+                keys = next(((a, b) for a, b in PAIR_COLUMNS if a in row and b in row), None)
+                row = [row[k] for k in keys] if pairs and keys else row.get("text", row.get("sentence"))
+            rows.append(tuple(row) if isinstance(row, list) else row)
+        elif pairs:
+            parts = line.split("\t")
+            if len(parts) != 2:
+                raise OnnxpackError(f"{where}:{n} has {len(parts)} tab-separated fields; a pair model needs 2",
+                                    hint="write each pair as first<TAB>second")
+            rows.append((parts[0], parts[1]))
+        else:
+            rows.append(line)
+    return rows
+
+
+ENGINES = ("local", "ray")
+
+
+@app.command(rich_help_panel=RUN)
+def batch(
+    package: Path = typer.Argument(..., help="Package folder."),
+    input: str = typer.Option(..., "--input", help="TSV, CSV, JSON Lines or Parquet: a file, a folder or a glob."),
+    output: str = typer.Option(..., "--output", help="A .parquet or .jsonl file, or a folder (DIR/) for part files; "
+                                                     "written atomically."),
+    engine: str = typer.Option("local", help="local (streams in chunks) or ray (Ray Data: pip install 'onnxpack\\[ray]')."),
+    text_column: Optional[str] = option(BatchConfig, "text_column"),
+    pair_columns: Optional[str] = option(BatchConfig, "pair_columns"),
+    id_column: Optional[str] = option(BatchConfig, "id_column"),
+    batch_size: int = option(BatchConfig, "batch_size"),
+    chunk_rows: int = option(BatchConfig, "chunk_rows"),
+    variant: Optional[str] = option(BatchConfig, "variant"),
+    address: Optional[str] = typer.Option(None, help="ray: an existing cluster's address (default: a local one on "
+                                                     "127.0.0.1)."),
+    num_workers: Optional[int] = typer.Option(None, min=1, help="ray: model actors (default: sized from the "
+                                                                "cluster's CPUs)."),
+) -> None:
+    """Classify every row of a file (or many) into one Parquet or JSON Lines file, in input order."""
+    from rich.progress import Progress
+
+    from onnxpack.runtime.batch.local import run_local
+
+    config = config_from(BatchConfig, locals())
+    if engine not in ENGINES:
+        raise OnnxpackError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
+        task = progress.add_task("classifying", total=None)
+        advance = lambda n: progress.advance(task, n)  # noqa: E731
+        if engine == "ray":
+            from onnxpack.runtime.batch.ray_data import run_ray
+
+            summary = run_ray(package, input, output, config, address=address, num_workers=num_workers,
+                              progress=advance)
+        else:
+            summary = run_local(package, input, output, config, progress=advance)
+    stdout.print(f"{summary.rows} rows ({summary.errors} with an error) in {summary.seconds:.1f} s: "
+                 f"{summary.rows_per_s:.0f} rows/s, peak RSS {summary.peak_rss_mb:.0f} MB -> [bold]{summary.output}[/]")
+
+
+@app.command(rich_help_panel=RUN)
+def serve(
+    package: Path = typer.Argument(..., help="Package folder."),
+    host: str = option(ServeConfig, "host"),
+    port: int = option(ServeConfig, "port"),
+    max_batch: int = option(ServeConfig, "max_batch"),
+    max_delay_ms: float = option(ServeConfig, "max_delay_ms"),
+    max_concurrency: int = option(ServeConfig, "max_concurrency"),
+    max_queue: int = option(ServeConfig, "max_queue"),
+    provider: Optional[str] = option(ServeConfig, "provider"),
+    variant: Optional[str] = option(ServeConfig, "variant"),
+    instances: int = option(ServeConfig, "instances"),
+    threads: Optional[int] = option(ServeConfig, "threads"),
+    access_log: bool = typer.Option(False, help="Log every request."),
+    grace_s: float = option(ServeConfig, "grace_s"),
+    grpc_port: int = option(ServeConfig, "grpc_port"),
+) -> None:
+    """Serve the package: /predict, the Open Inference Protocol (KServe V2) over HTTP and gRPC, /metrics and a web page."""
+    from onnxpack.serve import create_app, run
+
+    config = config_from(ServeConfig, locals())
+    server = create_app(package, config)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        console.print(f"[yellow]warning[/]: listening on {host}, not loopback only: anyone who can reach this "
+                      "machine can send requests")
+    console.print(f"serving {package} on [bold]http://{host}:{port}/[/]"
+                  f"{f' and gRPC {host}:{grpc_port}' if grpc_port else ''} (Ctrl-C or SIGTERM to stop)")
+    run(server, host=host, port=port, access_log=access_log)
+
+
+@app.command(rich_help_panel=RUN)
+def providers(json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """List ONNX Runtime's execution providers: all it knows, and those available here."""
+    from onnxpack.runtime.predictor import all_providers, available_providers
+
+    known, available = all_providers(), available_providers()
+    if json_out:
+        stdout.print(json.dumps({"all": known, "available": available}), markup=False, highlight=False)
+        return
+    table = Table(title="ONNX Runtime execution providers")
+    table.add_column("provider")
+    table.add_column("available")
+    for name in known:
+        table.add_row(name, "yes" if name in available else "")
+    stdout.print(table)

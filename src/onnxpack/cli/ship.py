@@ -1,0 +1,255 @@
+"""The ship panel: optimize, bench, check, export-serving and thresholds: make a package faster,
+measure it, and check where it loads. The runtime side only, but for bench's PyTorch rows."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from onnxpack.core.config import BenchConfig, CheckConfig, OptimizeConfig, ServingConfig
+
+from .app import (
+    SHIP,
+    CommaList,
+    app,
+    config_from,
+    console,
+    option,
+    quiet_lightning,
+    stdout,
+)
+
+
+@app.command(rich_help_panel=SHIP)
+def optimize(
+    package: Path = typer.Argument(..., help="Package folder; variants are added to it."),
+    data: Optional[str] = option(OptimizeConfig, "data"),
+    max_mcc_drop: float = option(OptimizeConfig, "max_mcc_drop"),
+    min_agreement: float = option(OptimizeConfig, "min_agreement"),
+    per_channel: bool = option(OptimizeConfig, "per_channel"),
+    variants: str = option(OptimizeConfig, "variants"),
+    calibration_rows: int = option(OptimizeConfig, "calibration_rows"),
+    provider: Optional[str] = option(OptimizeConfig, "provider"),
+    batch_size: int = option(OptimizeConfig, "batch_size"),
+) -> None:
+    """Add faster variants to a package, each accepted only if its validation MCC holds."""
+    from onnxpack.core.package import Package
+    from onnxpack.runtime.optimize import optimize as optimize_package
+    from onnxpack.runtime.predictor import serving_variant
+
+    config = config_from(OptimizeConfig, locals())
+    with console.status("optimizing") as status:
+        results = optimize_package(package, config, progress=lambda message: status.update(message))
+    optimized = Package.open(package)
+    print_variants(results, optimized)
+    stdout.print(f"default variant: [bold]{optimized.default_variant()}[/] (the fastest accepted); "
+                 f"serve's: [bold]{serving_variant(optimized, provider)}[/] (the fastest whose answers do not "
+                 "depend on the batch)")
+
+
+def print_variants(results: list, package) -> None:
+    from onnxpack.core.metrics import METRIC_NAMES, task_metric
+
+    metric = task_metric(package.manifest.problem_type == "multi_label_classification")
+    table = Table(title=f"variants of {package.root} on {results[0].figures['n']} validation rows")
+    for col in ("variant", "status", METRIC_NAMES[metric], "drop", "agreement", "max |diff|", "batch drift", "rows/s"):
+        table.add_column(col)
+    for r in results:
+        f = r.figures
+        status_text = "[green]accepted[/]" if r.accepted else f"[red]{'skipped' if not f else 'rejected'}[/]"
+        table.add_row(r.variant, status_text,
+                      *(f"{f[k]:.4f}" if k in f else "" for k in (metric, f"{metric}_drop", "agreement")),
+                      *(f"{f[k]:.1e}" if k in f else "" for k in ("max_abs_diff", "batch_drift")),
+                      f"{f['items_per_s']:.0f}" if f else "")
+    stdout.print(table)
+    for r in results:
+        if r.reason:
+            stdout.print(f"{r.variant}: {r.reason}")
+
+
+@app.command(rich_help_panel=SHIP)
+def bench(
+    package: Path = typer.Argument(..., help="Package folder."),
+    batch_sizes: str = option(BenchConfig, "batch_sizes"),
+    seq_lens: str = option(BenchConfig, "seq_lens"),
+    threads: int = option(BenchConfig, "threads"),
+    variants: Optional[str] = option(BenchConfig, "variants"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results here as JSON."),
+    plot: Optional[Path] = typer.Option(None, help="Write the plot here (PNG)."),
+    data: Optional[str] = option(BenchConfig, "data"),
+    checkpoint: Optional[str] = option(BenchConfig, "checkpoint"),
+    torch: bool = option(BenchConfig, "torch", "--torch/--no-torch"),
+    compile: bool = option(BenchConfig, "compile", "--compile/--no-compile"),
+    rounds: int = option(BenchConfig, "rounds"),
+) -> None:
+    """Time PyTorch and every ONNX Runtime variant side by side; writes report.html into the package."""
+    from onnxpack.core.package import Package, atomic_write_text
+    from onnxpack.inspection.report import write_report
+    from onnxpack.runtime.bench import bench as run_bench
+    from onnxpack.runtime.bench import plot as plot_bench
+
+    config = config_from(BenchConfig, locals())
+    baseline = None
+    if config.torch:
+        try:  # the PyTorch rows need the torch side; without it, bench notes why they are missing
+            from onnxpack.build.bench_torch import torch_engines as baseline
+        except ImportError:
+            pass
+        quiet_lightning()
+    with console.status("benchmarking") as status:
+        report = run_bench(package, config, progress=lambda message: status.update(f"benchmarking: {message}"),
+                           baseline=baseline)
+    print_bench(report)
+    if json_out:
+        atomic_write_text(json_out, json.dumps(report, indent=2) + "\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        png = plot or Path(tmp) / "bench.png"
+        plot_bench(report, png)
+        card = write_report(Package.open(package), report, png)
+    stdout.print(f"model card: [bold]{card}[/]" + (f"; plot: [bold]{plot}[/]" if plot else ""))
+
+
+def print_bench(report: dict) -> None:
+    m = report["machine"]
+    table = Table(title=f"p50 latency, {m['threads']} threads; ceilings fp32 {m['fp32_matmul_gflops']} GFLOP/s, "
+                        f"int8 {m['int8_matmul_gops']} GOP/s")
+    # GFLOP/s: the model's work over the time; of ceiling: the graph's own work (a rewrite may skip some).
+    for col in ("engine", "variant", "batch", "tokens", "p50 ms", "p99 ms", "items/s", "GFLOP/s", "of ceiling"):
+        table.add_column(col)
+    for r in report["results"]:
+        table.add_row(r["engine"], r["variant"], str(r["batch_size"]), str(r["seq_len"]), f"{r['p50_ms']:.2f}",
+                      f"{r['p99_ms']:.2f}", f"{r['items_per_s']:.0f}", f"{r['gflops']:.0f}",
+                      f"{r['ceiling_fraction']:.0%}")
+    stdout.print(table)
+    stdout.print("speed-ups over PyTorch eager: " + ", ".join(f"{k} {v}×" for k, v in report["speedups"].items()))
+    if report.get("dataset"):
+        d = report["dataset"]
+        stdout.print(f"validation set ({d['n']} texts): " + ", ".join(f"{k} {v}/s" for k, v in d["items_per_s"].items())
+                     + f"; best vs seed {d['best_vs_seed']}×, {d['best_fraction_of_int8_limit']:.0%} of the int8 limit")
+    for note in report.get("notes", []):
+        console.print(f"note: {note}")
+
+
+
+@app.command(rich_help_panel=SHIP)
+def check(
+    package: Path = typer.Argument(..., help="Package folder."),
+    target: Optional[str] = option(CheckConfig, "target"),
+    data: Optional[str] = option(CheckConfig, "data"),
+    rows: int = option(CheckConfig, "rows"),
+    install_node_runtime: bool = typer.Option(False, "--install-node-runtime",
+                                              help="First npm-install onnxruntime-node into onnxpack's cache."),
+) -> None:
+    """Will the package load where it is shipped? Its IR version and opsets against the target's, per
+    variant; then its logits in a second runtime (onnxruntime-node) against Python's."""
+    import onnxruntime
+
+    from onnxpack.core.package import Package
+    from onnxpack.deploy import compat, node_runtime
+
+    config = config_from(CheckConfig, locals())
+    config.validate()
+    opened = Package.open(package)
+    runtime = compat.parse_target(config.target or f"onnxruntime=={onnxruntime.__version__}")
+    findings = compat.check(opened, runtime)
+    table = Table(title=f"{opened.name} against {runtime}")
+    for col in ("variant", "file", "IR", "opsets", "loads"):
+        table.add_column(col)
+    for f in findings:
+        table.add_row(f.variant, f.file, str(f.ir), ", ".join(f"{d} {v}" for d, v in f.opsets.items()),
+                      "[green]yes[/]" if f.ok else f"[red]no[/]: {'; '.join(f.problems)}")
+    stdout.print(table)
+    for f in findings:
+        for warning in f.warnings:
+            console.print(f"[yellow]warning[/] {f.variant}: {warning}")
+    if install_node_runtime:
+        console.print(f"installed {node_runtime.PACKAGE} into {node_runtime.install()}")
+    reason = node_runtime.available()
+    if reason:
+        console.print(f"second runtime: not run, {reason}")
+    else:
+        _second_runtime(opened, findings, config)
+    if not all(f.ok for f in findings):
+        raise typer.Exit(1)
+
+
+def _second_runtime(package, findings: list, config: CheckConfig) -> None:
+    """Each variant's logits in onnxruntime-node against Python's, on validation rows."""
+    import onnxruntime
+
+    from onnxpack.core.data import load_splits
+    from onnxpack.deploy import compat, node_runtime
+    from onnxpack.runtime.predictor import Predictor
+
+    node_target = compat.ort_target(node_runtime.version())
+    texts = load_splits(config.data, need_train=False).validation.texts[:config.rows]
+    if package.manifest.pairs and not isinstance(texts[0], tuple):  # single sentences, paired up
+        texts = list(zip(texts[::2], texts[1::2]))
+    node_findings = {g.variant: g for g in compat.check(package, node_target)}
+    for f in findings:
+        problems = node_findings[f.variant].problems
+        if problems:
+            console.print(f"second runtime: onnxruntime-node {node_runtime.version()} cannot load "
+                          f"{f.variant}: {'; '.join(problems)}")
+            continue
+        with Predictor(package, variant=f.variant, provider="cpu") as predictor:
+            result = node_runtime.compare(predictor, texts)
+        stdout.print(f"{f.variant}: {result.runtime} vs Python onnxruntime {onnxruntime.__version__} on "
+                     f"{result.rows} rows: max |diff| {result.max_abs_diff:.1e}, same label {result.agreement:.1%}")
+
+
+@app.command("export-serving", rich_help_panel=SHIP)
+def export_serving(
+    package: Path = typer.Argument(..., help="Package folder."),
+    triton: Path = typer.Option(..., "--triton", help="Triton model repository folder to write (new, empty, or this "
+                                                      "package's own)."),
+    kserve: Optional[Path] = typer.Option(None, "--kserve", help="Also write a KServe InferenceService YAML here."),
+    storage_uri: Optional[str] = typer.Option(None, help="--kserve: where the cluster finds the repository (default: "
+                                                         "pvc://onnxpack-models/<TRITON's name>)."),
+    max_batch: int = option(ServingConfig, "max_batch"),
+    instances: int = option(ServingConfig, "instances"),
+    variant: Optional[str] = option(ServingConfig, "variant"),
+    gpu: bool = option(ServingConfig, "gpu", "--gpu"),
+    target: Optional[str] = option(ServingConfig, "target"),
+    pad_to: Optional[int] = option(ServingConfig, "pad_to"),
+    model_backend: str = option(ServingConfig, "model_backend"),
+    max_queue_delay_us: int = option(ServingConfig, "max_queue_delay_us"),
+) -> None:
+    """Write a Triton model repository that takes raw text (tokenizer, model and labels as one ensemble)."""
+    from onnxpack.deploy import kserve as kserve_doc
+    from onnxpack.deploy.triton import write_repository
+
+    if kserve:
+        kserve_doc.check_path(kserve)
+    written = write_repository(package, triton, config_from(ServingConfig, locals()))
+    names = written["models"]
+    stdout.print(f"Triton repository [bold]{written['repository']}[/]: {names['ensemble']} (text in; logits, "
+                 f"label, score out) = {names['tokenizer']} -> {names['model']} ({written['variant']}) -> "
+                 f"{names['postprocess']}; padded to {written['pad_to']} tokens; checked against {written['target']}")
+    if kserve:
+        uri = storage_uri or f"pvc://onnxpack-models/{Path(written['repository']).name}"
+        version = written["target"].split("==", 1)[1]
+        kserve_doc.write(kserve, kserve_doc.inference_service(names["model"], uri, version, gpu))
+        stdout.print(f"KServe InferenceService [bold]{kserve}[/] (storageUri {uri})")
+
+
+@app.command(rich_help_panel=SHIP)
+def thresholds(
+    package: Path = typer.Argument(..., help="Package folder of a multi-label model."),
+    values: str = typer.Argument(..., parser=CommaList(float),
+                                 help="One threshold for every label, or one per label, comma-separated."),
+) -> None:
+    """Store a multi-label package's per-label thresholds in its manifest."""
+    from onnxpack.runtime.predictor import Predictor
+
+    with Predictor(package) as predictor:
+        per_label = list(values) * len(predictor.labels) if len(values) == 1 else list(values)
+        predictor.set_thresholds(per_label)  # checks count and range
+        predictor.package.update_manifest(thresholds=predictor.thresholds)
+        stdout.print(", ".join(f"{label} {t:g}" for label, t in zip(predictor.labels, predictor.thresholds)))
+
