@@ -18,7 +18,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from onnxpack.core.config import Options, defaults
+from onnxpack.core.config import Options, defaults, flag
 from onnxpack.core.errors import OnnxpackError
 
 console = Console(stderr=True)  # logs, progress, notes
@@ -54,27 +54,28 @@ def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show d
 
 
 class CommaList:
-    """The one comma-list option type: `a,b,c` -> a tuple of items of `item` type; an empty item, or
-    one of the wrong type, is a usage error naming the option."""
+    """The one comma-list option type: `a,b,c` -> a tuple of `item`s. An empty item, a wrong count or
+    an item of the wrong type is one line naming the option, as every user error is."""
 
-    def __init__(self, item: type = str, count: int | None = None) -> None:
-        self.item, self.count = item, count
+    def __init__(self, flag: str, item: type = str, count: int | None = None) -> None:
+        self.flag, self.item, self.count = flag, item, count
         self.__name__ = f"list of {item.__name__}"  # typer names a parser's type by it
 
     def __call__(self, value: Any) -> tuple | None:
         if value is None or isinstance(value, tuple):
             return value
-        items = [part.strip() for part in str(value).split(",")]
-        example = ",".join(["8", "32"] if self.item is int else ["a", "b"])
+        items = tuple(part.strip() for part in str(value).split(","))
+        example = ",".join(["8", "32"] if self.item is int else ["0.3", "0.7"] if self.item is float else ["A", "B"])
+        hint = f"pass {self.flag} {example}"
         if not all(items):
-            raise typer.BadParameter(f"{value!r} has an empty item; pass items separated by commas, e.g. {example}")
+            raise OnnxpackError(f"{self.flag} has an empty item in {value!r}", hint=hint)
         if self.count is not None and len(items) != self.count:
-            raise typer.BadParameter(f"takes {self.count} items separated by commas, got {value!r}")
+            raise OnnxpackError(f"{self.flag} takes {self.count} comma-separated items, got {value!r}", hint=hint)
         try:
             return tuple(self.item(part) for part in items)
         except ValueError:
-            raise typer.BadParameter(f"takes {self.item.__name__} items separated by commas, e.g. {example}; "
-                                     f"got {value!r}") from None
+            kind = {int: "integers", float: "numbers"}.get(self.item, "items")
+            raise OnnxpackError(f"{self.flag} takes {kind} separated by commas, got {value!r}", hint=hint) from None
 
 
 def option(options: type[Options], name: str, *decls: str, **kwargs: Any) -> Any:
@@ -84,7 +85,8 @@ def option(options: type[Options], name: str, *decls: str, **kwargs: Any) -> Any
     default = field.default
     if isinstance(default, tuple) or "tuple" in str(field.type):
         count = 2 if "tuple[str, str]" in str(field.type) else None
-        kwargs.setdefault("parser", CommaList(int if "int" in str(field.type) else str, count))
+        item = int if "int" in str(field.type) else str
+        kwargs.setdefault("parser", CommaList((decls or (flag(name),))[0].split("/")[0], item, count))
         default = ",".join(map(str, default)) if isinstance(default, tuple) else default
     return typer.Option(default, *decls, help=escape(field.metadata["help"]), **kwargs)
 

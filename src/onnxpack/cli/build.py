@@ -12,6 +12,7 @@ from click.core import ParameterSource
 from rich.table import Table
 
 from onnxpack.core.config import DATA_DEFAULT, ExportConfig, TrainConfig, VerifyConfig
+from onnxpack.core.errors import OnnxpackError
 
 from .app import (
     BUILD,
@@ -32,7 +33,8 @@ def _train_limit(value: Any) -> float | int:
     try:
         return float(value) if "." in value else int(value)
     except ValueError:
-        raise typer.BadParameter(f"takes a number of batches (60) or a fraction (0.25), got {value!r}") from None
+        raise OnnxpackError(f"--limit-train-batches takes a number of batches (60) or a fraction (0.25), "
+                            f"got {value!r}") from None
 
 
 @app.command(rich_help_panel=BUILD)

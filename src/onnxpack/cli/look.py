@@ -23,7 +23,7 @@ def inspect(
     variant: Optional[str] = option(InspectConfig, "variant"),
 ) -> None:
     """Report what a model is: identity, inputs/outputs, ops, weights, MACs, and whether it checks and loads."""
-    from onnxpack.core.package import atomic_write_text
+    from onnxpack.core.atomic import atomic_write_text
     from onnxpack.inspection.inspect import summarize
 
     report = summarize(path, config_from(InspectConfig, locals()))
@@ -100,7 +100,7 @@ def graph(
 ) -> None:
     """Draw the graph as one offline HTML page: pan, zoom, click for details, search, repeated blocks collapsed."""
     from onnxpack.core.onnxfile import load_model
-    from onnxpack.core.package import atomic_write_bytes, atomic_write_text
+    from onnxpack.core.atomic import atomic_write_bytes, atomic_write_text
     from onnxpack.inspection.graph import render, to_png
     from onnxpack.inspection.inspect import resolve
 
@@ -134,7 +134,7 @@ def profile(
     save_graph: Optional[Path] = typer.Option(None, help="Write the graph that ran (.onnx) here."),
 ) -> None:
     """Profile a package with ONNX Runtime; map kernel times onto the graph that ran and draw it by latency."""
-    from onnxpack.core.package import atomic_write_bytes, atomic_write_text
+    from onnxpack.core.atomic import atomic_write_bytes, atomic_write_text
     from onnxpack.inspection.profile import draw
     from onnxpack.inspection.profile import profile as run_profile
 

@@ -26,13 +26,13 @@ def predict(
     provider: Optional[str] = option(PredictConfig, "provider"),
     batch_size: int = option(PredictConfig, "batch_size"),
     variant: Optional[str] = option(PredictConfig, "variant"),
-    threshold: Optional[str] = typer.Option(None, parser=CommaList(float),
+    threshold: Optional[str] = typer.Option(None, parser=CommaList("--threshold", float),
                                             help="Multi-label: one threshold, or one per label comma-separated "
                                                  "(default: the manifest's)."),
 ) -> None:
     """Print one JSON object per text: text, label, score and the score of every label (and, for a
     multi-label model, `labels`: those at or over their threshold)."""
-    from onnxpack.core.package import atomic_write_text
+    from onnxpack.core.atomic import atomic_write_text
     from onnxpack.runtime.predictor import Predictor
 
     config = config_from(PredictConfig, locals())

@@ -88,7 +88,8 @@ def bench(
     rounds: int = option(BenchConfig, "rounds"),
 ) -> None:
     """Time PyTorch and every ONNX Runtime variant side by side; writes report.html into the package."""
-    from onnxpack.core.package import Package, atomic_write_text
+    from onnxpack.core.atomic import atomic_write_text
+    from onnxpack.core.package import Package
     from onnxpack.inspection.report import write_report
     from onnxpack.runtime.bench import bench as run_bench
     from onnxpack.runtime.bench import plot as plot_bench
@@ -241,7 +242,7 @@ def export_serving(
 @app.command(rich_help_panel=SHIP)
 def thresholds(
     package: Path = typer.Argument(..., help="Package folder of a multi-label model."),
-    values: str = typer.Argument(..., parser=CommaList(float),
+    values: str = typer.Argument(..., parser=CommaList("VALUES", float),
                                  help="One threshold for every label, or one per label, comma-separated."),
 ) -> None:
     """Store a multi-label package's per-label thresholds in its manifest."""
