@@ -348,3 +348,13 @@ def test_a_built_wheel_carries_the_bundled_cola(tmp_path):
         assert f"onnxpack/core/bundled/cola/{name}" in names
     readme = (BUNDLED_COLA / "README.md").read_text(encoding="utf-8")
     assert "Warstadt" in readme and "Bowman" in readme and "Licence" in readme
+
+
+def test_a_hub_dataset_offline_is_one_line_naming_the_bundled_copy(monkeypatch):
+    """glue/cola comes from the Hugging Face Hub (huggingface_hub + pyarrow, so the runtime side reads it
+    too); offline, with nothing cached, that is the user's environment: one line, not a traceback."""
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)  # conftest sets HF_HUB_OFFLINE=1 too
+    with pytest.raises(DataError) as e:
+        load_splits("glue/cola")
+    assert str(e.value).startswith("could not fetch glue/cola from the Hugging Face Hub")
+    assert "leave --data out to use the bundled CoLA copy" in str(e.value) and "\n" not in str(e.value)
