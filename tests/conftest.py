@@ -3,8 +3,12 @@ trained + exported package that every test reuses (built once per test session).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -30,6 +34,49 @@ def pytest_configure(config) -> None:
     # pytest-timeout (the test extra) defines the timeout marker; keep --strict-markers happy without it.
     if not config.pluginmanager.hasplugin("timeout"):
         config.addinivalue_line("markers", "timeout(seconds): per-test time limit (needs pytest-timeout)")
+
+
+def announce(config, message: str) -> None:
+    """Tell the person running pytest, now, past output capturing: for a setup step that takes minutes."""
+    capture = config.pluginmanager.getplugin("capturemanager")
+    reporter = config.pluginmanager.getplugin("terminalreporter")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        if reporter is not None:
+            reporter.write("\n")  # a test's setup runs mid-line: after its name, or after the progress dots
+            reporter.write_line(message)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, on_wait: Callable[[], None] = lambda: None) -> Iterator[None]:
+    """An exclusive fcntl lock on `path` (created if missing): a second pytest run waits here for the
+    first, calling `on_wait` first if it has to."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            on_wait()
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def provision(config, lock: Path, ready: Callable[[], bool], build: Callable[[], None], message: str) -> None:
+    """Set up, once for every later run, something outside the venv that some tests need (a second venv,
+    an npm package): nothing when `ready()`; else, under `lock` so that parallel runs neither race nor
+    build it twice, `build()` with `message` shown. `build` must leave `ready()` false until it is
+    complete, so a run killed halfway is redone by the next one."""
+    if ready():
+        return
+    with file_lock(lock, on_wait=lambda: announce(config, f"waiting for another test run: {message}")):
+        if ready():  # another run built it while this one waited for the lock
+            return
+        announce(config, message)
+        build()
 
 
 def write_tsv(path: Path, rows: list[tuple[str, int]]) -> Path:
@@ -127,7 +174,8 @@ def tiny_family_folder(model_type: str, tokenizer_dir: Path, out: Path, labels: 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, tiny_model_dir, small_cola) -> Path:
     """A short real Lightning run of the tiny model on the CoLA slice."""
-    from onnxpack.build.train import TrainConfig, fit
+    from onnxpack.build.train import fit
+    from onnxpack.core.config import TrainConfig
 
     out = tmp_path_factory.mktemp("run") / "run"
     fit(TrainConfig(data=str(small_cola), model=str(tiny_model_dir), epochs=2, batch_size=32, lr=1e-3,

@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import types
 from pathlib import Path
@@ -17,12 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import provision
 from typer.testing import CliRunner
 
-from onnxpack.deploy import kserve
 from onnxpack.cli import app
 from onnxpack.core.errors import OnnxpackError
 from onnxpack.core.package import Package
+from onnxpack.deploy import kserve
 from onnxpack.deploy.triton import (
     ServingConfig,
     model_names,
@@ -164,7 +166,8 @@ def test_pad_to_a_shorter_fixed_length(package_dir, tmp_path):
 def test_pair_and_multi_label_packages(tmp_path, tiny_model_dir):
     from conftest import tiny_family_folder
 
-    from onnxpack.build.export import ExportConfig, export
+    from onnxpack.build.export import export
+    from onnxpack.core.config import ExportConfig
 
     folder = tiny_family_folder("bert", tiny_model_dir, tmp_path / "hf", ["x", "y", "z"],
                                 problem_type="multi_label_classification")
@@ -219,10 +222,42 @@ def test_cli_export_serving(package_dir, tmp_path):
 # --- a real Triton ------------------------------------------------------------------------------------------
 
 # A Python environment for Triton's Python-backend stub: nvidia-pytriton's Triton 2.51 server, and what
-# the repository's Python steps import. Its own venv, because that stub is built against numpy 1.
-TRITON_ENV = Path(os.environ.get("ONNXPACK_TRITON_ENV", Path(__file__).parents[2] / ".venv-triton"))
-INSTALL = (f"python3 -m venv {TRITON_ENV} && {TRITON_ENV}/bin/pip install nvidia-pytriton==0.7.0 onnxruntime "
-           "tokenizers (.ci/run does)")
+# the repository's Python steps import. Its own venv, because that stub is built against numpy 1. The
+# first run builds it at the project root; $ONNXPACK_TRITON_ENV names one of your own, used as it is.
+OWN_ENV = os.environ.get("ONNXPACK_TRITON_ENV")
+TRITON_ENV = Path(OWN_ENV or Path(__file__).parents[2] / ".venv-triton")
+TRITON_REQUIREMENTS = ["nvidia-pytriton==0.7.0", "onnxruntime", "tokenizers"]
+INSTALL = f"python3 -m venv {TRITON_ENV} && {TRITON_ENV}/bin/pip install {' '.join(TRITON_REQUIREMENTS)}"
+READY = TRITON_ENV / ".onnxpack-ready"  # written last: the venv is complete
+LOCK = TRITON_ENV / ".onnxpack-setup.lock"  # inside the venv's folder, which .gitignore already covers
+
+
+def _build_triton_env() -> None:
+    """The venv, built in place (a venv cannot be moved once made): the lock is held, READY is not there."""
+    for path in TRITON_ENV.iterdir():  # what a killed build left
+        if path != LOCK:
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    python = getattr(sys, "_base_executable", sys.executable)  # the Python this venv's was made from
+    for command in ([python, "-m", "venv", str(TRITON_ENV)],
+                    [str(TRITON_ENV / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                     *TRITON_REQUIREMENTS]):
+        result = subprocess.run(command, capture_output=True, text=True, timeout=1200, check=False)
+        if result.returncode != 0:
+            last = (result.stderr.strip().splitlines() or ["no message"])[-1]
+            raise RuntimeError(f"`{' '.join(command[1:4])}` failed: {last}")
+    READY.write_text(" ".join(TRITON_REQUIREMENTS) + "\n")
+
+
+@pytest.fixture(scope="session")
+def triton_env(pytestconfig) -> Path:
+    """TRITON_ENV, built by the first run that needs it (under a lock: parallel runs wait for it)."""
+    if not OWN_ENV:
+        try:
+            provision(pytestconfig, LOCK, READY.is_file, _build_triton_env,
+                      f"setting up {TRITON_ENV.name} for the real-Triton test (first run only, ~1-2 min)")
+        except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
+            pytest.skip(f"could not set up {TRITON_ENV} for the real-Triton test ({e}); it needs PyPI, or: {INSTALL}")
+    return TRITON_ENV
 
 
 def _free_port() -> int:
@@ -232,7 +267,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def triton(package_dir, tmp_path_factory):
+def triton(triton_env, package_dir, tmp_path_factory):
     """A real Triton (2.51, from PyPI's nvidia-pytriton wheel) serving a repository written with
     --model-backend python: that build has the Python backend but no onnxruntime backend.
     Everything listens on 127.0.0.1."""
