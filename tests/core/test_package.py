@@ -1,10 +1,8 @@
-"""package.py: the on-disk contract (manifest, file hashes) and the atomic writers."""
+"""package.py: the on-disk contract (manifest, file hashes)."""
 
 from __future__ import annotations
 
 import json
-import os
-import stat
 from pathlib import Path
 
 import pytest
@@ -18,17 +16,9 @@ from onnxpack.core.package import (
     Manifest,
     Package,
     TensorSpec,
-    atomic_dir,
-    atomic_write_text,
     hash_files,
     sha256_file,
 )
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _rewrite_manifest(root: Path, **changes) -> None:
@@ -192,119 +182,9 @@ def test_manifest_round_trip_of_real_package(package_dir):
     assert Manifest.from_dict(raw).to_dict() == raw
 
 
-# --- atomic_dir ---------------------------------------------------------------------------------------------
-
-def test_atomic_dir_success(tmp_path):
-    target = tmp_path / "out"
-    with atomic_dir(target) as tmp:
-        assert tmp.parent == tmp_path and tmp != target
-        assert not target.exists()  # nothing under the final name until the block ends
-        (tmp / "a.txt").write_text("a")
-    assert (target / "a.txt").read_text() == "a"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
-    assert stat.S_IMODE(target.stat().st_mode) == 0o777 & ~_umask()
-
-
-def test_atomic_dir_exception_leaves_nothing(tmp_path):
-    target = tmp_path / "out"
-    with pytest.raises(RuntimeError, match="boom"):
-        with atomic_dir(target) as tmp:
-            (tmp / "half.txt").write_text("half")
-            raise RuntimeError("boom")
-    assert not target.exists()
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_atomic_dir_keyboard_interrupt_leaves_nothing(tmp_path):
-    target = tmp_path / "out"
-    with pytest.raises(KeyboardInterrupt):
-        with atomic_dir(target) as tmp:
-            (tmp / "half.txt").write_text("half")
-            raise KeyboardInterrupt
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_atomic_dir_existing_target_needs_force(tmp_path):
-    target = tmp_path / "out"
-    target.mkdir()
-    (target / "old.txt").write_text("old")
-    with pytest.raises(PackageError, match="already exists"):
-        with atomic_dir(target):
-            pytest.fail("the block must not run when the target exists")  # pragma: no cover
-    assert (target / "old.txt").read_text() == "old"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
-
-    with atomic_dir(target, force=True) as tmp:
-        (tmp / "new.txt").write_text("new")
-    assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no .tmp- nor .old- leftovers
-
-
-def test_atomic_dir_force_failure_keeps_old_target(tmp_path):
-    target = tmp_path / "out"
-    target.mkdir()
-    (target / "old.txt").write_text("old")
-    with pytest.raises(RuntimeError):
-        with atomic_dir(target, force=True) as tmp:
-            (tmp / "new.txt").write_text("new")
-            raise RuntimeError("boom")
-    assert sorted(p.name for p in target.iterdir()) == ["old.txt"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
-
-
-def test_atomic_dir_creates_parents(tmp_path):
-    target = tmp_path / "a" / "b" / "out"
-    with atomic_dir(target) as tmp:
-        (tmp / "x").write_text("x")
-    assert (target / "x").read_text() == "x"
-
-
-# --- atomic_write_text --------------------------------------------------------------------------------------
-
-def test_atomic_write_text(tmp_path):
-    path = tmp_path / "sub" / "report.json"
-    atomic_write_text(path, "first\n")
-    assert path.read_text(encoding="utf-8") == "first\n"
-    atomic_write_text(path, "second ✓\n")
-    assert path.read_text(encoding="utf-8") == "second ✓\n"
-    assert [p.name for p in path.parent.iterdir()] == ["report.json"]
-    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~_umask()
-
-
-def test_atomic_write_text_failure_leaves_no_temp_file(tmp_path):
-    path = tmp_path / "out.txt"
-    path.write_text("keep")
-    with pytest.raises(TypeError):
-        atomic_write_text(path, b"not text")  # type: ignore[arg-type]
-    assert path.read_text() == "keep"
-    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
-
-
 def test_hash_files_skips_manifest(tmp_path):
     (tmp_path / "a").write_bytes(b"a")
     (tmp_path / MANIFEST).write_text("{}")
     (tmp_path / "sub").mkdir()
     assert hash_files(tmp_path) == {"a": sha256_file(tmp_path / "a")}
     assert sha256_file(tmp_path / "a") == "ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb"
-
-
-
-def test_a_later_write_sweeps_what_a_killed_one_left(tmp_path):
-    """Temp siblings carry their process id: those of a dead process go at the next write, a live
-    process's stay."""
-    import subprocess
-    import sys
-
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead_pid = int(dead.stdout)
-    target = tmp_path / "pkg"
-    stale = [tmp_path / f".pkg.tmp-{dead_pid}-abc", tmp_path / f".pkg.old-{dead_pid}"]
-    for path in stale:
-        path.mkdir()
-        (path / "half-written").write_text("x")
-    live = tmp_path / f".pkg.tmp-{os.getpid()}-def"
-    live.mkdir()
-    (tmp_path / f".other.tmp-{dead_pid}-x").mkdir()  # another target's: not ours to sweep
-    with atomic_dir(target) as tmp:
-        (tmp / "f").write_text("done")
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, f".other.tmp-{dead_pid}-x", "pkg"])

@@ -22,6 +22,7 @@ import torch
 
 from onnxpack import __version__
 from onnxpack.core import onnxfile, untrusted
+from onnxpack.core.atomic import AtomicDir, check_target
 from onnxpack.core.config import ExportConfig
 from onnxpack.core.errors import OnnxpackError, ParityError
 from onnxpack.core.families import family
@@ -34,8 +35,6 @@ from onnxpack.core.package import (
     Manifest,
     Package,
     TensorSpec,
-    atomic_dir,
-    check_target,
     hash_files,
     now,
     sha256_file,
@@ -164,7 +163,7 @@ def export(checkpoint: str | Path, out: str | Path, config: ExportConfig | None 
     wrapper = LogitsModel(model, input_names).eval()
     pad_token_id = _pad_token_id(tokenizer, model.config)
 
-    with atomic_dir(out, force=force) as tmp:
+    with AtomicDir(out, force=force) as tmp:
         tokenizer.save_pretrained(tmp)
         # The package's own tokenizer, through the same feed builder the runtime uses.
         tokenizer_json = package_tokenizer(tmp / TOKENIZER, max_length, pad_token_id)

@@ -17,10 +17,10 @@ import yaml
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
+from onnxpack.core.atomic import AtomicDir, atomic_write_text, check_target
 from onnxpack.core.config import TrainConfig
 from onnxpack.core.data import load_splits
 from onnxpack.core.errors import OnnxpackError
-from onnxpack.core.package import atomic_dir, atomic_write_text, check_target
 
 from .datamodule import TextClassificationDataModule
 from .model import (
@@ -85,7 +85,7 @@ def fit(config: TrainConfig, run_dir: str | Path, force: bool = False) -> TrainR
     datamodule = TextClassificationDataModule(splits, tokenizer, config.batch_size, config.max_length, config.seed,
                                               input_names=spec.inputs(model.config, splits.pairs))
 
-    with atomic_dir(run_dir, force=force) as tmp:
+    with AtomicDir(run_dir, force=force) as tmp:
         checkpoint = ModelCheckpoint(dirpath=tmp, filename=Path(CHECKPOINT).stem, monitor="val_loss", mode="min",
                                      save_top_k=1, save_weights_only=True, enable_version_counter=False)
         trainer = L.Trainer(

@@ -11,11 +11,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from onnxpack.core.atomic import atomic_write_text
 from onnxpack.core.config import VerifyConfig
 from onnxpack.core.data import load_splits
 from onnxpack.core.errors import CheckpointError, DataError, ParityError
 from onnxpack.core.metrics import predictions, scores
-from onnxpack.core.package import atomic_write_text, now
+from onnxpack.core.package import now
 from onnxpack.runtime.predictor import Predictor
 
 from .export import LogitsModel

@@ -99,8 +99,8 @@ def graph(
     max_nodes: int = option(GraphConfig, "max_nodes"),
 ) -> None:
     """Draw the graph as one offline HTML page: pan, zoom, click for details, search, repeated blocks collapsed."""
-    from onnxpack.core.onnxfile import load_model
     from onnxpack.core.atomic import atomic_write_bytes, atomic_write_text
+    from onnxpack.core.onnxfile import load_model
     from onnxpack.inspection.graph import render, to_png
     from onnxpack.inspection.inspect import resolve
 

@@ -8,19 +8,15 @@ See docs/package-format.md for the field-by-field description.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import glob
 import hashlib
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_write_text
 from .errors import PackageError
 
 FORMAT_VERSION = 1
@@ -221,109 +217,6 @@ def graph_files(path: Path) -> list[Path]:
 
 def needs_external_data(weights_bytes: int) -> bool:
     return weights_bytes > EXTERNAL_DATA_BYTES
-
-
-def temp_prefix(target: Path) -> str:
-    """How a temp sibling of `target` is named: with this process's id, so that a later run can
-    remove what a killed one left (`sweep_stale`)."""
-    return f".{target.name}.tmp-{os.getpid()}-"
-
-
-def sweep_stale(target: Path) -> None:
-    """Remove the temp siblings of `target` whose process is gone: what a SIGKILLed run left."""
-    for marker in (".tmp-", ".old-"):
-        prefix = f".{target.name}{marker}"
-        for path in target.parent.glob(f"{glob.escape(prefix)}*"):
-            pid = path.name[len(prefix):].split("-", 1)[0]
-            if pid.isdigit() and not _alive(int(pid)):
-                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a single file through a temp sibling and os.replace, so readers never see half of it."""
-    _atomic_write(path, text, binary=False)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """`atomic_write_text` for binary content (an image)."""
-    _atomic_write(path, data, binary=True)
-
-
-def _atomic_write(path: Path, content: str | bytes, binary: bool) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sweep_stale(path)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def check_target(target: Path, force: bool) -> None:
-    """Refuse to replace an existing output unless forced; called early, before slow work."""
-    if target.exists() and not force:
-        raise PackageError(f"{target} already exists", hint="choose another --out or pass --force to replace it")
-
-
-@contextlib.contextmanager
-def atomic_dir(target: str | os.PathLike[str], force: bool = False) -> Iterator[Path]:
-    """Yield a temp directory beside `target`; on success it replaces `target` in one rename.
-
-    An exception (or Ctrl-C) inside the block removes the temp directory, so nothing
-    ever appears under the final name half-written.
-    """
-    target = Path(target)
-    check_target(target, force)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    sweep_stale(target)
-    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(target), dir=target.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the directory the usual mode
-    try:
-        yield tmp
-        for path in tmp.iterdir():
-            if path.is_file():
-                with open(path, "rb") as f:
-                    os.fsync(f.fileno())
-        replace_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def replace_dir(tmp: Path, target: Path) -> None:
-    """Put the finished directory `tmp` under the name `target`, replacing what was there; readers
-    see the old or the new one, never a mix."""
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def hash_files(root: Path) -> dict[str, str]:

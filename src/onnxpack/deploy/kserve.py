@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
+from onnxpack.core.atomic import atomic_write_text
 from onnxpack.core.errors import OnnxpackError
-from onnxpack.core.package import atomic_write_text
 
 API_VERSION = "serving.kserve.io/v1beta1"
 KIND = "InferenceService"

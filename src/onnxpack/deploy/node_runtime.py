@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from onnxpack.core.atomic import AtomicDir
 from onnxpack.core.errors import OnnxpackError
-from onnxpack.core.package import replace_dir, sweep_stale, temp_prefix
 from onnxpack.runtime.feed import Text, encode
 from onnxpack.runtime.predictor import Predictor
 
@@ -54,20 +54,13 @@ def install() -> Path:
     if shutil.which("npm") is None:
         raise OnnxpackError("npm is not installed", hint="install Node.js and npm (e.g. apt-get install nodejs npm)")
     target = home()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    sweep_stale(target)
-    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(target), dir=target.parent))
-    try:
+    with AtomicDir(target, force=True) as tmp:
         result = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--prefix", str(tmp), PACKAGE],
                                 env={**os.environ, "ONNXRUNTIME_NODE_INSTALL": "skip"}, capture_output=True,
                                 text=True, timeout=600)
         if result.returncode != 0:
             last = (result.stderr.strip().splitlines() or ["no message"])[-1]
             raise OnnxpackError(f"npm install {PACKAGE} failed: {last}", hint="check that npm can reach its registry")
-        replace_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 

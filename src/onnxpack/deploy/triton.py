@@ -27,9 +27,10 @@ from typing import Any
 import onnx
 
 from onnxpack.core import untrusted
+from onnxpack.core.atomic import AtomicDir
 from onnxpack.core.config import ServingConfig
 from onnxpack.core.errors import OnnxpackError
-from onnxpack.core.package import MULTI_LABEL, Package, atomic_dir, graph_files
+from onnxpack.core.package import MULTI_LABEL, Package, graph_files
 from onnxpack.deploy import compat
 
 MODELS_SOURCE = Path(__file__).parent / "triton_models"  # the Python-backend model.py files we copy
@@ -96,7 +97,7 @@ def write_repository(package_dir: str | Path, out: str | Path, config: ServingCo
     num_labels = len(m.labels)
     multi_label = m.problem_type == MULTI_LABEL
     pb = model_config_pb2()
-    with atomic_dir(out, force=True) as tmp:
+    with AtomicDir(out, force=True) as tmp:
         model_dir = tmp / names["model"]
         (model_dir / "1").mkdir(parents=True)
         for path in graph_files(graph):  # an external-data file keeps the name the graph refers to

@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from onnxpack.core.package import REPORT, Package, atomic_write_text, sha256_file
+from onnxpack.core.atomic import atomic_write_text
+from onnxpack.core.package import REPORT, Package, sha256_file
 
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }

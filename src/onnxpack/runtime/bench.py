@@ -22,6 +22,7 @@ import onnx
 import onnxruntime as ort
 
 from onnxpack.core import untrusted
+from onnxpack.core.atomic import AtomicFile
 from onnxpack.core.config import BenchConfig
 from onnxpack.core.data import load_splits
 from onnxpack.core.errors import DataError
@@ -327,10 +328,8 @@ def plot(report: dict[str, Any], path: str | Path) -> None:
     fig.suptitle(f"{Path(report['package']).name}: {machine['processor']}, {machine['threads']} threads; ceilings "
                  f"fp32 {machine['fp32_matmul_gflops']} GFLOP/s, int8 {machine['int8_matmul_gops']} GOP/s")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.tmp-", suffix=".png",
-                                     delete=False) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp.name, path)
+    try:
+        with AtomicFile(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)

@@ -16,8 +16,6 @@ import glob
 import json
 import os
 import resource
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,10 +26,10 @@ import pyarrow.csv
 import pyarrow.dataset
 import pyarrow.parquet as pq
 
+from onnxpack.core.atomic import AtomicDir, AtomicFile
 from onnxpack.core.config import BatchConfig
 from onnxpack.core.data import PAIR_COLUMNS, TEXT_COLUMNS
 from onnxpack.core.errors import OnnxpackError
-from onnxpack.core.package import replace_dir, sweep_stale, temp_prefix
 from onnxpack.runtime.feed import Text
 from onnxpack.runtime.predictor import Predictor
 
@@ -160,7 +158,7 @@ def read_chunks(input_spec: str, config: BatchConfig, pairs: bool) -> Iterator[t
 
 
 class OutputWriter:
-    """Rows to a Parquet or JSON Lines file through a temp sibling, renamed into place on close()."""
+    """Rows to a Parquet or JSON Lines file, built as an AtomicFile: in place, whole, on close()."""
 
     def __init__(self, path: Path, labels: list[str], multi_label: bool) -> None:
         self.path = Path(path)
@@ -170,16 +168,13 @@ class OutputWriter:
                                 hint="name a .parquet or .jsonl file, or a folder (ending in /) for part files")
         _check_parent(self.path)
         self.format = OUTPUT_FORMATS[suffix]
-        sweep_stale(self.path)
-        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(self.path), dir=self.path.parent)
-        os.close(fd)
-        self.tmp = Path(tmp)
+        self.file = AtomicFile(self.path)
         self.schema = pa.schema([(ID, pa.string()), ("label", pa.string()), ("score", pa.float64()),
                                  ("scores", pa.map_(pa.string(), pa.float64()))]
                                 + ([("labels", pa.list_(pa.string()))] if multi_label else [])
                                 + [("error", pa.string())])
-        self._parquet = pq.ParquetWriter(str(self.tmp), self.schema) if self.format == "parquet" else None
-        self._jsonl = open(self.tmp, "w", encoding="utf-8") if self.format == "jsonl" else None
+        self._parquet = pq.ParquetWriter(str(self.file.path), self.schema) if self.format == "parquet" else None
+        self._jsonl = open(self.file.path, "w", encoding="utf-8") if self.format == "jsonl" else None
 
     def write(self, rows: list[dict[str, Any]]) -> None:
         if self._parquet is not None:
@@ -192,25 +187,19 @@ class OutputWriter:
 
     def close(self) -> None:
         """Finish the file and put it under its final name."""
-        if self._parquet is not None:
-            self._parquet.close()
-        else:
-            self._jsonl.flush()
-            os.fsync(self._jsonl.fileno())
-            self._jsonl.close()
-        os.chmod(self.tmp, 0o644)
-        os.replace(self.tmp, self.path)
+        (self._parquet or self._jsonl).close()
+        self.file.commit()
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):
             (self._parquet or self._jsonl).close()
-        self.tmp.unlink(missing_ok=True)
+        self.file.discard()
 
 
 class FolderWriter:
     """Rows to a folder of part files (`part-00000.parquet`, one per chunk), as Spark and Ray Data
-    write them, with FOLDER_MARKER summing up the run. The folder is built under a temp name and
-    renamed into place on close(); it replaces only an empty folder or an earlier batch output."""
+    write them, with FOLDER_MARKER summing up the run. The folder is built as an AtomicDir, in place
+    whole on close(); it replaces only an empty folder or an earlier batch output."""
 
     def __init__(self, path: Path, labels: list[str], multi_label: bool) -> None:
         self.path = Path(path)
@@ -222,13 +211,13 @@ class FolderWriter:
                                 hint="name a new or empty folder; batch replaces only its own earlier output")
         self.suffix = ".jsonl" if self.path.suffix.lower() in (".jsonl", ".json") else ".parquet"
         self.labels, self.multi_label = labels, multi_label
-        sweep_stale(self.path)
-        self.tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(self.path), dir=self.path.parent))
+        self.folder = AtomicDir(self.path, force=True)
         self.parts: list[str] = []
         self.rows = 0
 
     def write(self, rows: list[dict[str, Any]]) -> None:
-        part = OutputWriter(self.tmp / f"part-{len(self.parts):05d}{self.suffix}", self.labels, self.multi_label)
+        part_path = self.folder.path / f"part-{len(self.parts):05d}{self.suffix}"
+        part = OutputWriter(part_path, self.labels, self.multi_label)
         part.write(rows)
         part.close()
         self.parts.append(part.path.name)
@@ -236,12 +225,12 @@ class FolderWriter:
 
     def close(self) -> None:
         marker = {"rows": self.rows, "parts": self.parts, "labels": self.labels, "format": self.suffix[1:]}
-        (self.tmp / FOLDER_MARKER).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
-        os.chmod(self.tmp, 0o755)
-        replace_dir(self.tmp, self.path)
+        # A plain write: the folder's commit syncs every file in it before the rename.
+        (self.folder.path / FOLDER_MARKER).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
+        self.folder.commit()
 
     def abort(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.folder.discard()
 
 
 def open_output(output: Path | str, labels: list[str], multi_label: bool) -> OutputWriter | FolderWriter:
