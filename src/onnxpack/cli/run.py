@@ -75,32 +75,24 @@ def _read_rows(path: Path, pairs: bool) -> list:
 
 
 def _parse_rows(text: str, pairs: bool, where: str, json_lines: bool) -> list:
-    """A text per line; for a pair model, a TSV line `first<TAB>second` or a JSON line `["a", "b"]`
-    or `{"text": "a", "text_pair": "b"}` (any two-column names data.PAIR_COLUMNS knows)."""
-    from onnxpack.core.data import PAIR_COLUMNS
+    """A text per line. A pair model's TSV lines `first<TAB>second`, and JSON Lines objects (their
+    text column(s) found as `train` finds them: `{"text": ...}`, `{"sentence1": ..., "sentence2": ...}`),
+    are read by core.tables, as `batch` reads them."""
+    from onnxpack.core.data import TEXT_COLUMNS, find_text_columns
+    from onnxpack.core.tables import TableFile
 
-    rows: list = []
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        if json_lines:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise OnnxpackError(f"{where}:{n} is not JSON ({e.msg})", hint="write one JSON value per line") from None
-            if isinstance(row, dict):
-                keys = next(((a, b) for a, b in PAIR_COLUMNS if a in row and b in row), None)
-                row = [row[k] for k in keys] if pairs and keys else row.get("text", row.get("sentence"))
-            rows.append(tuple(row) if isinstance(row, list) else row)
-        elif pairs:
-            parts = line.split("\t")
-            if len(parts) != 2:
-                raise OnnxpackError(f"{where}:{n} has {len(parts)} tab-separated fields; a pair model needs 2",
-                                    hint="write each pair as first<TAB>second")
-            rows.append((parts[0], parts[1]))
-        else:
-            rows.append(line)
-    return rows
+    if not (pairs or json_lines):
+        return [line for line in text.splitlines() if line.strip()]
+    table = TableFile(text.encode("utf-8"), "json" if json_lines else "tsv", name=where,
+                      column_names=None if json_lines else ("first", "second"))
+    columns = find_text_columns(table.names, pairs) if json_lines else table.names
+    if columns is None:
+        want = "two text keys, e.g. sentence1 and sentence2" if pairs else f"a text key ({'/'.join(TEXT_COLUMNS)})"
+        raise OnnxpackError(f"{where} has keys {', '.join(table.names)}; expected {want}",
+                            hint='write one object per line, e.g. {"text": "..."}' if not pairs
+                            else 'write one object per line, e.g. {"sentence1": "...", "sentence2": "..."}')
+    rows = [row for chunk in table.chunks(columns) for row in zip(*(chunk.column(c) for c in columns))]
+    return rows if pairs else [single for (single,) in rows]
 
 
 ENGINES = ("local", "ray")

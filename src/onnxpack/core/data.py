@@ -1,8 +1,9 @@
 """Labelled text data: the bundled CoLA, any TSV/CSV folder, or GLUE CoLA from the Hugging Face Hub.
 
 `load_splits(source)` gives plain Python lists: texts (or text pairs) and label ids, with the
-label names they index. Standard library only, so the runtime side (verify, optimize, bench)
-reads labelled data without torch; `datamodule` turns the lists into Lightning batches.
+label names they index. Files are read by core.tables (pyarrow), with no model framework, so the
+runtime side (verify, optimize, bench) reads labelled data without torch; `datamodule` turns the
+lists into Lightning batches.
 
 Labels may be ints or names in the data. Their names come from, in order: the caller (`--labels`,
 or a package's labels), a `labels.txt` beside the data (one name per line, line i naming id i),
@@ -11,9 +12,7 @@ or the data itself (the ids as written, or the distinct names sorted).
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import gzip
 import logging
 import os
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Union
 
 from .errors import DataError
+from .tables import TableFile
 
 log = logging.getLogger(__name__)
 
@@ -102,20 +102,8 @@ def resolve_data(data: str | None) -> str:
 def read_table(path: Path, text_columns: Sequence[str] | None = None, multi_label: bool = False) -> Table:
     """Read a TSV/CSV (gzipped when named .gz) with a header row naming the text column (or two, for
     pairs) and a label column. `text_columns` names them; otherwise they are detected."""
-    gzipped = path.suffix == ".gz"
-    delimiter = "\t" if path.name.removesuffix(".gz").endswith(".tsv") else ","
-    try:
-        with (gzip.open(path, "rt", encoding="utf-8", newline="") if gzipped
-              else open(path, encoding="utf-8", newline="")) as f:
-            reader = csv.reader(f, delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL)
-            header = next(reader, None)
-            rows = list(reader)
-    except UnicodeDecodeError:
-        raise DataError(f"{path} is not UTF-8 text", hint="save it as UTF-8") from None
-    except (OSError, EOFError) as e:  # unreadable, or a .gz that is not (wholly) gzip
-        raise DataError(f"cannot read {path}: {e}", hint="give a readable UTF-8 TSV/CSV file (gzipped if named .gz)") from None
-    if header is None:
-        raise DataError(f"{path} is empty", hint="give a file with a header row and at least one labelled row")
+    table = TableFile(path)
+    header = table.names
     columns = [c.strip().lower() for c in header]
     text_cols = _text_columns(path, header, columns, text_columns)
     label_col = next((columns.index(c) for c in LABEL_COLUMNS if c in columns), None)
@@ -124,29 +112,36 @@ def read_table(path: Path, text_columns: Sequence[str] | None = None, multi_labe
                         hint="rename the header row, e.g. 'sentence<TAB>label'")
     texts: list[Text] = []
     labels: list[list[str]] = []
-    for line_no, row in enumerate(rows, start=2):
-        if not row or all(not cell.strip() for cell in row):
-            continue
-        if len(row) <= max(*text_cols, label_col):
-            raise DataError(f"{path}:{line_no} has {len(row)} fields, expected {len(columns)}",
-                            hint="check the delimiter (tab for .tsv, comma for .csv)")
-        parts = [row[c] for c in text_cols]
-        if len(parts) == 2 and not all(part.strip() for part in parts):
-            empty = header[text_cols[0] if not parts[0].strip() else text_cols[1]]
-            raise DataError(f"{path}:{line_no} has no {empty.strip()!r} text: every row of a pair data set needs both",
-                            hint="fill in or remove that row")
-        cell = row[label_col].strip()
-        if multi_label:
-            names = [name.strip() for name in cell.split(MULTI_LABEL_SEPARATOR) if name.strip()]
-        elif not cell:
-            raise DataError(f"{path}:{line_no} has no label", hint="give every row a label")
-        else:
-            names = [cell]
-        texts.append(parts[0] if len(parts) == 1 else (parts[0], parts[1]))
-        labels.append(names)
+    for chunk in table.chunks():
+        cells = [chunk.column(c) for c in text_cols]
+        for k, (line_no, cell) in enumerate(zip(chunk.lines, chunk.column(label_col))):
+            parts = [column[k] for column in cells]
+            if len(parts) == 2 and not all(part.strip() for part in parts):
+                empty = header[text_cols[0] if not parts[0].strip() else text_cols[1]]
+                raise DataError(f"{path}:{line_no} has no {empty.strip()!r} text: every row of a pair data set "
+                                "needs both", hint="fill in or remove that row")
+            cell = cell.strip()
+            if multi_label:
+                names = [name.strip() for name in cell.split(MULTI_LABEL_SEPARATOR) if name.strip()]
+            elif not cell:
+                raise DataError(f"{path}:{line_no} has no label", hint="give every row a label")
+            else:
+                names = [cell]
+            texts.append(parts[0] if len(parts) == 1 else (parts[0], parts[1]))
+            labels.append(names)
     if not texts:
         raise DataError(f"{path} has a header but no rows", hint="add labelled rows")
     return Table(texts, labels, str(path))
+
+
+def find_text_columns(names: Sequence[str], pairs: bool | None = None) -> list[str] | None:
+    """The text column(s) among `names` as the usual data sets name them: a pair's two (PAIR_COLUMNS)
+    when `pairs` is True, one (TEXT_COLUMNS) when False, and when None a pair if there is one."""
+    if pairs is not False:
+        pair = next(([a, b] for a, b in PAIR_COLUMNS if a in names and b in names), None)
+        if pair or pairs:
+            return pair
+    return next(([c] for c in TEXT_COLUMNS if c in names), None)
 
 
 def _text_columns(path: Path, header: list[str], columns: list[str], named: Sequence[str] | None) -> list[int]:
@@ -157,16 +152,13 @@ def _text_columns(path: Path, header: list[str], columns: list[str], named: Sequ
             raise DataError(f"{path} has columns {header}; --text-columns names {list(named)}",
                             hint="name one text column, or two for sentence pairs, as the header spells them")
         return [columns.index(c.strip().lower()) for c in named]
-    for first, second in PAIR_COLUMNS:
-        if first in columns and second in columns:
-            return [columns.index(first), columns.index(second)]
-    single = next((columns.index(c) for c in TEXT_COLUMNS if c in columns), None)
-    if single is None:
+    found = find_text_columns(columns)
+    if found is None:
         pairs = ", ".join(f"{a}/{b}" for a, b in PAIR_COLUMNS)
         raise DataError(f"{path} has columns {header}; expected a text column ({'/'.join(TEXT_COLUMNS)}) "
                         f"or two for pairs ({pairs})",
                         hint="rename the header row, or pass --text-columns A or A,B")
-    return [single]
+    return [columns.index(c) for c in found]
 
 
 def _find(directory: Path, stems: tuple[str, ...]) -> Path | None:
@@ -290,9 +282,7 @@ def _check_label_coverage(splits: Splits) -> None:
 
 def _load_hub(name: str, need_train: bool, labels: Sequence[str] | None) -> Splits:
     """A GLUE task from the Hugging Face Hub: its Parquet files, fetched by huggingface_hub (which
-    tokenizers brings) and read with pyarrow, so the runtime side reads it too."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    tokenizers brings) and read by core.tables, so the runtime side reads it too."""
     from huggingface_hub import snapshot_download  # online only
 
     repo, task = HUB_DATASETS[name]
@@ -306,8 +296,13 @@ def _load_hub(name: str, need_train: bool, labels: Sequence[str] | None) -> Spli
         files = sorted(folder.glob(f"{stem}-*.parquet"))
         if not files:
             raise DataError(f"{repo} has no {task} {stem} split", hint="leave --data out to use the bundled CoLA copy")
-        table = pa.concat_tables([pq.read_table(f) for f in files])
-        return Split(table.column("sentence").to_pylist(), [int(y) for y in table.column("label").to_pylist()])
+        texts: list[Text] = []
+        ids: list[int] = []
+        for path in files:
+            for chunk in TableFile(path).chunks(["sentence", "label"]):
+                texts += chunk.column("sentence")
+                ids += [int(y) for y in chunk.column("label")]
+        return Split(texts, ids)
 
     return Splits(train=split("train") if need_train else None, validation=split("validation"), source=name,
                   labels=list(labels) if labels is not None else list(COLA_LABELS))

@@ -22,18 +22,16 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.csv
-import pyarrow.dataset
 import pyarrow.parquet as pq
 
 from onnxpack.core.atomic import AtomicDir, AtomicFile
 from onnxpack.core.config import BatchConfig
-from onnxpack.core.data import PAIR_COLUMNS, TEXT_COLUMNS
+from onnxpack.core.data import TEXT_COLUMNS, find_text_columns
 from onnxpack.core.errors import OnnxpackError
+from onnxpack.core.tables import FORMATS, TableFile, table_format
 from onnxpack.runtime.feed import Text
 from onnxpack.runtime.predictor import Predictor
 
-INPUT_FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 OUTPUT_FORMATS = {".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl"}
 ID = "id"
 FOLDER_MARKER = "_onnxpack_batch.json"  # in a folder output: rows, parts and labels of a finished run
@@ -60,30 +58,15 @@ def input_files(spec: str) -> tuple[list[Path], str]:
         files = sorted(Path(p) for p in glob.glob(spec) if Path(p).is_file())
     if not files:
         raise OnnxpackError(f"--input {spec} names no file", hint="pass a file, a folder of files, or a glob")
-    formats = {INPUT_FORMATS.get(f.suffix.lower()) for f in files}
+    formats = {table_format(f) for f in files}
     if None in formats:
-        bad = next(f for f in files if f.suffix.lower() not in INPUT_FORMATS)
+        bad = next(f for f in files if table_format(f) is None)
         raise OnnxpackError(f"{bad} is not a supported input ({bad.suffix or 'no suffix'})",
-                            hint=f"use {', '.join(sorted(INPUT_FORMATS))} files")
+                            hint=f"use {', '.join(sorted(FORMATS))} files (TSV, CSV and JSON Lines may be gzipped)")
     if len(formats) > 1:
         raise OnnxpackError(f"--input {spec} mixes formats ({', '.join(sorted(formats))})",
                             hint="give files of one format")
     return files, formats.pop()
-
-
-def _dataset(files: list[Path], fmt: str) -> pyarrow.dataset.Dataset:
-    if fmt in ("tsv", "csv"):
-        tsv = fmt == "tsv"
-        file_format = pyarrow.dataset.CsvFileFormat(
-            parse_options=pyarrow.csv.ParseOptions(delimiter="\t" if tsv else ",", quote_char=False if tsv else '"'),
-            convert_options=pyarrow.csv.ConvertOptions(strings_can_be_null=False))
-    else:
-        file_format = fmt
-    try:
-        return pyarrow.dataset.dataset([str(f) for f in files], format=file_format)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise OnnxpackError(f"cannot read {files[0] if len(files) == 1 else 'the input files'}: "
-                            f"{str(e).splitlines()[0]}", hint="check the file's format and encoding") from None
 
 
 def text_columns(names: list[str], config: BatchConfig, pairs: bool) -> list[str]:
@@ -94,10 +77,8 @@ def text_columns(names: list[str], config: BatchConfig, pairs: bool) -> list[str
         if missing:
             raise OnnxpackError(f"the input has no column {missing[0]!r}; it has {', '.join(names)}",
                                 hint="pass --text-column (or --pair-columns A,B) naming its text")
-    elif pairs:
-        named = next(([a, b] for a, b in PAIR_COLUMNS if a in names and b in names), None)
     else:
-        named = next(([c] for c in TEXT_COLUMNS if c in names), None)
+        named = find_text_columns(names, pairs)
     if not named:
         want = "two text columns (--pair-columns A,B)" if pairs else f"a text column ({'/'.join(TEXT_COLUMNS)})"
         raise OnnxpackError(f"the input has columns {', '.join(names)}; expected {want}",
@@ -135,26 +116,24 @@ def classify(predictor: Predictor, ids: list[Any], texts: list[Any], batch_size:
     return rows
 
 
+def input_columns(files: list[Path], fmt: str, config: BatchConfig, pairs: bool) -> tuple[list[str], list[str]]:
+    """The text column(s), and every column to read, by the first file's header (both engines)."""
+    texts_in = text_columns(TableFile(files[0], fmt).names, config, pairs)
+    return texts_in, list(dict.fromkeys(texts_in + ([config.id_column] if config.id_column else [])))
+
+
 def read_chunks(input_spec: str, config: BatchConfig, pairs: bool) -> Iterator[tuple[list[Any], list[Text | None]]]:
     """(ids, texts) per chunk of at most `chunk_rows` rows, streamed from the files in order."""
     files, fmt = input_files(input_spec)
-    dataset = _dataset(files, fmt)
-    texts_in = text_columns(dataset.schema.names, config, pairs)
-    columns = texts_in + ([config.id_column] if config.id_column else [])
+    texts_in, columns = input_columns(files, fmt, config, pairs)
     number = 0
-    try:
-        for record_batch in dataset.to_batches(columns=list(dict.fromkeys(columns)), batch_size=config.chunk_rows):
-            if record_batch.num_rows == 0:
-                continue
-            data = record_batch.to_pydict()
-            n = record_batch.num_rows
-            texts = list(zip(*(data[c] for c in texts_in))) if pairs else data[texts_in[0]]
-            ids = data[config.id_column] if config.id_column else list(range(number, number + n))
+    for path in files:
+        for chunk in TableFile(path, fmt).chunks(columns, config.chunk_rows):
+            n = len(chunk)
+            texts = list(zip(*(chunk.column(c) for c in texts_in))) if pairs else chunk.column(texts_in[0])
+            ids = chunk.column(config.id_column) if config.id_column else list(range(number, number + n))
             number += n
             yield ids, texts
-    except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as e:
-        raise OnnxpackError(f"cannot read the input: {str(e).splitlines()[0]}",
-                            hint="check the file's format and encoding (UTF-8)") from None
 
 
 class OutputWriter:

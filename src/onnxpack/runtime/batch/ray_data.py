@@ -1,4 +1,5 @@
-"""Batch inference on Ray Data: `read_*` -> `map_batches(actor pool)` -> one output file.
+"""Batch inference on Ray Data: read (core.tables, a task per file) -> `map_batches(actor pool)` -> one
+output file.
 
 Each actor holds one Predictor (one ONNX Runtime session, threads = the actor's CPUs) and runs
 batch.classify, so both engines give the same rows. The pool is sized from the cluster's CPUs with
@@ -19,14 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from onnxpack.core.errors import OnnxpackError
+from onnxpack.core.tables import TableFile
 from onnxpack.runtime.predictor import Predictor
 
 from .local import (
     BatchConfig,
     BatchSummary,
     classify,
+    input_columns,
     input_files,
-    text_columns,
     write_rows,
 )
 
@@ -65,16 +67,17 @@ def run_ray(package: str | Path, input_spec: str, output: str | Path, config: Ba
     files, fmt = input_files(input_spec)
     with Predictor(package, provider=config.provider, variant=config.variant) as probe:  # fails fast on the package
         pairs, labels, multi_label = probe.pairs, probe.labels, probe.multi_label
+    texts_in, columns = input_columns(files, fmt, config, pairs)  # the local engine's rules, before Ray starts
     started_here = _init(ray, address)
     started = time.perf_counter()
     try:
-        dataset = _read(ray, files, fmt)
-        texts_in = text_columns(dataset.schema().names, config, pairs)  # the local engine's rules
-        columns = list(dict.fromkeys(texts_in + ([config.id_column] if config.id_column else [])))
+        dataset = ray.data.from_items([str(f.resolve()) for f in files]).map_batches(
+            _read_files, batch_size=1, batch_format="pyarrow",
+            fn_kwargs={"fmt": fmt, "columns": columns, "chunk_rows": config.chunk_rows})
         cpus = float(ray.cluster_resources().get("CPU", 1))
         workers = num_workers or max(1, int(cpus - READ_RESERVE_CPUS))
         per_actor = max(0.1, (cpus - READ_RESERVE_CPUS) / workers)
-        results = dataset.select_columns(columns).map_batches(
+        results = dataset.map_batches(
             _ActorPredictor, compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=per_actor,
             batch_size=min(config.chunk_rows, 4096), batch_format="pyarrow",
             fn_constructor_kwargs={"package": str(Path(package).resolve()), "text_columns": texts_in,
@@ -145,14 +148,11 @@ def _init_or_record(ray: Any, address: str, options: dict[str, Any], failure: li
         failure.append(e)
 
 
-def _read(ray: Any, files: list[Path], fmt: str) -> Any:
-    import pyarrow.csv
+def _read_files(paths: Any, fmt: str, columns: list[str], chunk_rows: int) -> Iterator[Any]:
+    """A read task: the files named in `paths` (a pyarrow table of one `item` column), through the
+    reader the local engine uses, a chunk at a time."""
+    import pyarrow as pa
 
-    paths = [str(f.resolve()) for f in files]
-    if fmt in ("tsv", "csv"):
-        tsv = fmt == "tsv"
-        return ray.data.read_csv(paths, parse_options=pyarrow.csv.ParseOptions(
-            delimiter="\t" if tsv else ",", quote_char=False if tsv else '"'))
-    if fmt == "json":
-        return ray.data.read_json(paths)
-    return ray.data.read_parquet(paths)
+    for path in paths.column("item").to_pylist():
+        for chunk in TableFile(Path(path), fmt).chunks(columns, chunk_rows):
+            yield pa.Table.from_batches([chunk.batch])
