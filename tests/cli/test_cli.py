@@ -88,6 +88,33 @@ def test_predict_file_and_out(runner, package_dir, tmp_path):
     assert [r["text"] for r in rows] == ["one text", "another one"]
 
 
+@pytest.mark.parametrize("lines", [['{"text": "him saw she", "id": 1}', '{"text": "go"}'], ['"him saw she"', '"go"']],
+                         ids=["objects", "strings"])
+def test_predict_file_json_lines(runner, package_dir, tmp_path, lines):
+    """JSON Lines of objects (read as a table, as batch reads them) or of bare strings."""
+    path = tmp_path / "t.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = runner.invoke(app, ["predict", str(package_dir), "--file", str(path)])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["text"] for line in result.stdout.splitlines()] == ["him saw she", "go"]
+
+
+def test_predict_file_json_lines_without_the_text_key(runner, package_dir, tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"text": "a text"}\n{"sentence": "another"}\n', encoding="utf-8")
+    result = runner.invoke(app, ["predict", str(package_dir), "--file", str(path)])
+    line = _one_error_line(result)  # the first text key found (sentence) is missing on row 1
+    assert line == f"error: {path}: row 1 has no text under 'sentence' (hint: give every line the same text key(s))"
+
+
+def test_predict_file_json_lines_of_mixed_shapes(runner, package_dir, tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('"a text"\n["a", "pair"]\n', encoding="utf-8")
+    result = runner.invoke(app, ["predict", str(package_dir), "--file", str(path)])
+    assert _one_error_line(result) == (f"error: {path}:2 is not a string (or an object per line) "
+                                       "(hint: write every line the same way)")
+
+
 def test_predict_empty_stdin(runner, package_dir):
     result = runner.invoke(app, ["predict", str(package_dir)], input="")
     assert _one_error_line(result).startswith("error: no texts to predict")

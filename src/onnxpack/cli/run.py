@@ -83,6 +83,8 @@ def _parse_rows(text: str, pairs: bool, where: str, json_lines: bool) -> list:
 
     if not (pairs or json_lines):
         return [line for line in text.splitlines() if line.strip()]
+    if json_lines and not text.lstrip().startswith("{"):
+        return _json_values(text, pairs, where)
     table = TableFile(text.encode("utf-8"), "json" if json_lines else "tsv", name=where,
                       column_names=None if json_lines else ("first", "second"))
     columns = find_text_columns(table.names, pairs) if json_lines else table.names
@@ -92,7 +94,32 @@ def _parse_rows(text: str, pairs: bool, where: str, json_lines: bool) -> list:
                             hint='write one object per line, e.g. {"text": "..."}' if not pairs
                             else 'write one object per line, e.g. {"sentence1": "...", "sentence2": "..."}')
     rows = [row for chunk in table.chunks(columns) for row in zip(*(chunk.column(c) for c in columns))]
+    missing = next((n for n, row in enumerate(rows, start=1) if not all(isinstance(v, str) for v in row)), None)
+    if missing is not None:  # JSON Lines: the row's line (blank lines are not rows)
+        raise OnnxpackError(f"{where}: row {missing} has no text under {' and '.join(map(repr, columns))}",
+                            hint="give every line the same text key(s)")
     return rows if pairs else [single for (single,) in rows]
+
+
+
+def _json_values(text: str, pairs: bool, where: str) -> list:
+    """JSON Lines of bare values, not a table: a string per line, or a pair as `["first", "second"]`."""
+    rows: list = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise OnnxpackError(f"{where}:{n} is not JSON ({e.msg})", hint="write one JSON value per line") from None
+        shape_ok = (isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)) if pairs \
+            else isinstance(value, str)
+        if not shape_ok:
+            want = 'a ["first", "second"] pair' if pairs else "a string"
+            raise OnnxpackError(f"{where}:{n} is not {want} (or an object per line)",
+                                hint="write every line the same way")
+        rows.append(tuple(value) if pairs else value)
+    return rows
 
 
 ENGINES = ("local", "ray")

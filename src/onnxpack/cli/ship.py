@@ -3,6 +3,7 @@ measure it, and check where it loads. The runtime side only, but for bench's PyT
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import tempfile
 from pathlib import Path
@@ -95,6 +96,9 @@ def bench(
     from onnxpack.runtime.bench import plot as plot_bench
 
     config = config_from(BenchConfig, locals())
+    drawable = importlib.util.find_spec("matplotlib") is not None
+    if plot and not drawable:
+        raise OnnxpackError("--plot needs matplotlib, which is not installed", hint="pip install 'onnxpack[plot]'")
     baseline = None
     if config.torch:
         try:  # the PyTorch rows need the torch side; without it, bench notes why they are missing
@@ -108,9 +112,12 @@ def bench(
     print_bench(report)
     if json_out:
         atomic_write_text(json_out, json.dumps(report, indent=2) + "\n")
+    if not drawable:
+        console.print("note: the model card has no plot: pip install 'onnxpack\\[plot]' to draw one")
     with tempfile.TemporaryDirectory() as tmp:
-        png = plot or Path(tmp) / "bench.png"
-        plot_bench(report, png)
+        png = (plot or Path(tmp) / "bench.png") if drawable else None
+        if png:
+            plot_bench(report, png)
         card = write_report(Package.open(package), report, png)
     stdout.print(f"model card: [bold]{card}[/]" + (f"; plot: [bold]{plot}[/]" if plot else ""))
 
@@ -234,8 +241,7 @@ def export_serving(
                  f"{names['postprocess']}; padded to {written['pad_to']} tokens; checked against {written['target']}")
     if kserve:
         uri = storage_uri or f"pvc://onnxpack-models/{Path(written['repository']).name}"
-        version = written["target"].split("==", 1)[1]
-        kserve_doc.write(kserve, kserve_doc.inference_service(names["model"], uri, version, gpu))
+        kserve_doc.write(kserve, kserve_doc.inference_service(names["model"], uri, written["triton_version"], gpu))
         stdout.print(f"KServe InferenceService [bold]{kserve}[/] (storageUri {uri})")
 
 
