@@ -203,7 +203,7 @@ def test_cli_export_serving(package_dir, tmp_path):
     assert "tiny-cola_text" in result.output and (tmp_path / "isvc.yaml").is_file()
     assert read_config(tmp_path / "models" / "tiny-cola_text" / "config.pbtxt").max_batch_size == 16
     (tmp_path / "occupied" / "other_model").mkdir(parents=True)
-    for args, message in ((["--max-batch", "0"], "--max-batch must be a positive integer"),
+    for args, message in ((["--max-batch", "0"], "--max-batch must be at least 1, got 0"),
                           (["--variant", "int4"], "has no variant 'int4'"),
                           (["--target", "triton==99.01"], "unknown Triton release 99.01"),
                           (["--target", "onnxruntime==1.20"], "is not a Triton release"),
