@@ -14,9 +14,10 @@ import torch
 from onnxpack.core.atomic import atomic_write_text
 from onnxpack.core.config import VerifyConfig
 from onnxpack.core.data import load_splits
-from onnxpack.core.errors import CheckpointError, DataError, ParityError
+from onnxpack.core.errors import CheckpointError, ParityError
 from onnxpack.core.metrics import predictions, scores
 from onnxpack.core.package import now
+from onnxpack.runtime.feed import Text, check_row_kind
 from onnxpack.runtime.predictor import Predictor
 
 from .export import LogitsModel
@@ -68,59 +69,16 @@ def verify(package_dir: str | Path, data: str | None = None, checkpoint: str | P
         raise CheckpointError(f"the package's source checkpoint {checkpoint} is not there",
                               hint="pass --checkpoint PATH to the checkpoint it was exported from")
     model, hf_tokenizer, _ = load_checkpoint(checkpoint)
-    validation = load_splits(data, need_train=False, labels=predictor.labels, multi_label=predictor.multi_label)
-    texts, labels = validation.validation.texts, validation.validation.labels
-    if validation.pairs != predictor.pairs:
-        raise DataError(f"the package takes {'sentence pairs' if predictor.pairs else 'single texts'} but "
-                        f"{validation.source} has {'pairs' if validation.pairs else 'single texts'}",
-                        hint="pass --data with the kind of rows the model was trained on")
-
-    torch_logits = np.zeros((len(texts), len(predictor.labels)), dtype=np.float32)
-    onnx_logits = np.zeros_like(torch_logits)
-    mismatches, worst_diff, worst_feed = 0, -1.0, None
-    for batch, feed in predictor.encoded_batches(texts, config.batch_size):
-        batch_texts = [texts[i] for i in batch]
-        onnx_logits[batch] = predictor.run(feed)
-        with torch.inference_mode():
-            torch_logits[batch] = model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.numpy()
-        if (batch_diff := float(np.abs(onnx_logits[batch] - torch_logits[batch]).max())) > worst_diff:
-            worst_diff, worst_feed = batch_diff, feed
-        if predictor.pairs:
-            reference = hf_tokenizer([a for a, _ in batch_texts], [b for _, b in batch_texts], truncation=True,
-                                     max_length=predictor.max_length)["input_ids"]
-        else:
-            reference = hf_tokenizer(batch_texts, truncation=True, max_length=predictor.max_length)["input_ids"]
-        mismatches += sum(ref != list(ids[:int(mask.sum())])
-                          for ref, ids, mask in zip(reference, feed["input_ids"], feed["attention_mask"]))
-        if progress:
-            progress(len(batch))
-
-    diff = np.abs(onnx_logits - torch_logits)
-    y = np.array(labels)
-    thresholds = predictor.thresholds if predictor.multi_label else None
-    torch_pred, onnx_pred = predictions(torch_logits, thresholds), predictions(onnx_logits, thresholds)
-    num_classes = len(predictor.labels)
-
-    report = ParityReport(
-        n=len(texts), max_abs_diff=float(diff.max()),
-        max_rel_diff=float((diff / np.maximum(np.abs(torch_logits), 1e-3)).max()),
-        agreement=float((torch_pred == onnx_pred).reshape(len(texts), -1).all(axis=1).mean()),
-        torch=scores(torch_pred, y, num_classes), onnx=scores(onnx_pred, y, num_classes),
-        tokenizer_mismatches=int(mismatches), atol=config.atol, min_agreement=config.min_agreement,
-        passed=True, failures=[], provider=predictor.providers[0], localization=None, checkpoint=str(checkpoint),
-        data=validation.source, at=now())
+    splits = load_splits(data, need_train=False, labels=predictor.labels, multi_label=predictor.multi_label)
+    check_row_kind(predictor.pairs, splits)
+    run = _run_both(predictor, model, hf_tokenizer, splits.validation.texts, config.batch_size, progress)
+    report = _report(predictor, run, np.array(splits.validation.labels), config, str(checkpoint), splits.source)
     if report.max_abs_diff > config.atol or config.localize:
-        found = localize(LogitsModel(model, tuple(worst_feed)), package.variant_path(predictor.variant), worst_feed,
-                         max(config.atol, 0.0))
+        found = localize(LogitsModel(model, tuple(run.worst_feed)), package.variant_path(predictor.variant),
+                         run.worst_feed, max(config.atol, 0.0))
         report.localization = {"first": dataclasses.asdict(found.first) if found.first else None,
                                "summary": found.describe()}
-    if report.max_abs_diff > config.atol:
-        report.failures.append(f"max_abs_diff {report.max_abs_diff:.2e} > atol {config.atol:g}; "
-                               f"{report.localization['summary']}")
-    if report.agreement < config.min_agreement:
-        report.failures.append(f"agreement {report.agreement:.4f} < {config.min_agreement:g}")
-    if mismatches:
-        report.failures.append(f"the package tokenizer encodes {mismatches} rows differently from the checkpoint's")
+    report.failures = _failures(report, config)
     report.passed = not report.failures
 
     if json_out:
@@ -130,3 +88,75 @@ def verify(package_dir: str | Path, data: str | None = None, checkpoint: str | P
         raise ParityError(f"{package.root} fails verification on {report.n} rows: {'; '.join(report.failures)}",
                           report=report)
     return report
+
+
+@dataclasses.dataclass
+class _BothRuns:
+    """Both engines' logits for every row, and what the report and localization need of the batches."""
+
+    torch_logits: np.ndarray
+    onnx_logits: np.ndarray
+    tokenizer_mismatches: int
+    worst_feed: dict[str, np.ndarray]  # the batch whose logits differ the most: where localize looks
+
+
+def _run_both(predictor: Predictor, model: Any, hf_tokenizer: Any, texts: list[Text], batch_size: int,
+              progress: Callable[[int], None] | None) -> _BothRuns:
+    """Each batch through ONNX Runtime and PyTorch on the same feed, and through both tokenizers."""
+    torch_logits = np.zeros((len(texts), len(predictor.labels)), dtype=np.float32)
+    onnx_logits = np.zeros_like(torch_logits)
+    mismatches, worst_diff, worst_feed = 0, -1.0, None
+    for batch, feed in predictor.encoded_batches(texts, batch_size):
+        onnx_logits[batch] = predictor.run(feed)
+        with torch.inference_mode():
+            torch_logits[batch] = model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.numpy()
+        if (batch_diff := float(np.abs(onnx_logits[batch] - torch_logits[batch]).max())) > worst_diff:
+            worst_diff, worst_feed = batch_diff, feed
+        mismatches += _tokenizer_mismatches(predictor, hf_tokenizer, [texts[i] for i in batch], feed)
+        if progress:
+            progress(len(batch))
+    return _BothRuns(torch_logits, onnx_logits, mismatches, worst_feed)
+
+
+def _tokenizer_mismatches(predictor: Predictor, hf_tokenizer: Any, texts: list[Text],
+                          feed: dict[str, np.ndarray]) -> int:
+    """Rows of one batch whose token ids (padding aside) differ from the checkpoint's tokenizer's."""
+    if predictor.pairs:
+        reference = hf_tokenizer([a for a, _ in texts], [b for _, b in texts], truncation=True,
+                                 max_length=predictor.max_length)["input_ids"]
+    else:
+        reference = hf_tokenizer(texts, truncation=True, max_length=predictor.max_length)["input_ids"]
+    return sum(ref != list(ids[:int(mask.sum())])
+               for ref, ids, mask in zip(reference, feed["input_ids"], feed["attention_mask"]))
+
+
+def _report(predictor: Predictor, run: _BothRuns, labels: np.ndarray, config: VerifyConfig, checkpoint: str,
+            data: str) -> ParityReport:
+    """The differences and both sides' scores; not yet judged (passed, failures, localization)."""
+    torch_logits, onnx_logits = run.torch_logits, run.onnx_logits
+    diff = np.abs(onnx_logits - torch_logits)
+    thresholds = predictor.thresholds if predictor.multi_label else None
+    torch_pred, onnx_pred = predictions(torch_logits, thresholds), predictions(onnx_logits, thresholds)
+    num_classes = len(predictor.labels)
+    return ParityReport(
+        n=len(labels), max_abs_diff=float(diff.max()),
+        max_rel_diff=float((diff / np.maximum(np.abs(torch_logits), 1e-3)).max()),
+        agreement=float((torch_pred == onnx_pred).reshape(len(labels), -1).all(axis=1).mean()),
+        torch=scores(torch_pred, labels, num_classes), onnx=scores(onnx_pred, labels, num_classes),
+        tokenizer_mismatches=int(run.tokenizer_mismatches), atol=config.atol, min_agreement=config.min_agreement,
+        passed=True, failures=[], provider=predictor.providers[0], localization=None, checkpoint=checkpoint,
+        data=data, at=now())
+
+
+def _failures(report: ParityReport, config: VerifyConfig) -> list[str]:
+    """Every check the report fails, each as one clause of the error."""
+    failures = []
+    if report.max_abs_diff > config.atol:
+        failures.append(f"max_abs_diff {report.max_abs_diff:.2e} > atol {config.atol:g}; "
+                        f"{report.localization['summary']}")
+    if report.agreement < config.min_agreement:
+        failures.append(f"agreement {report.agreement:.4f} < {config.min_agreement:g}")
+    if report.tokenizer_mismatches:
+        failures.append(f"the package tokenizer encodes {report.tokenizer_mismatches} rows differently "
+                        "from the checkpoint's")
+    return failures

@@ -14,7 +14,8 @@ from typing import Union
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from onnxpack.core.errors import OnnxpackError, PackageError
+from onnxpack.core.data import Splits
+from onnxpack.core.errors import DataError, OnnxpackError, PackageError
 from onnxpack.core.families import (
     ATTENTION_MASK,
     INPUT_IDS,
@@ -72,6 +73,14 @@ def check_texts(texts: Sequence[Text], pairs: bool) -> None:
             parts = (text,)
         if any(not part.strip() for part in parts):
             raise OnnxpackError(f"text {i} is empty", hint="remove empty texts")
+
+
+def check_row_kind(pairs: bool, splits: Splits) -> None:
+    """Refuse data whose rows are pairs for a single-text model, or single texts for a pair model."""
+    if splits.pairs != pairs:
+        raise DataError(f"the package takes {'sentence pairs' if pairs else 'single texts'} but "
+                        f"{splits.source} has {'pairs' if splits.pairs else 'single texts'}",
+                        hint="pass --data with the kind of rows the model was trained on")
 
 
 def columns(encodings: Sequence[Encoding], input_names: Sequence[str]) -> dict[str, np.ndarray]:

@@ -32,7 +32,7 @@ import onnxruntime as ort
 
 from onnxpack.core import onnxfile, untrusted
 from onnxpack.core.config import MIN_CALIBRATION_ROWS, OptimizeConfig
-from onnxpack.core.data import load_splits
+from onnxpack.core.data import Split, load_splits
 from onnxpack.core.errors import DataError, OnnxpackError
 from onnxpack.core.families import FAMILIES
 from onnxpack.core.metrics import METRIC_NAMES, predictions, scores, task_metric
@@ -49,7 +49,7 @@ from onnxpack.core.package import (
 )
 from onnxpack.core.registry import Registry
 
-from .feed import Text, encode, package_tokenizer
+from .feed import Text, check_row_kind, encode, package_tokenizer
 from .predictor import Predictor, available_providers
 
 log = logging.getLogger(__name__)
@@ -398,6 +398,163 @@ class GateResult:
     figures: dict[str, Any]  # mcc, acc, mcc_drop, agreement, max_abs_diff, items_per_s, ...
 
 
+@dataclasses.dataclass(frozen=True)
+class Gate:
+    """A rule every candidate must pass to join the package.
+
+    `reason` is formatted with the candidate's figures and with `spec`, `config`, `metric_name`
+    (MCC or micro-F1), `score` (the candidate's) and `drop` (fp32's score minus the candidate's).
+    """
+
+    name: str
+    passes: Callable[[dict[str, Any], VariantSpec, OptimizeConfig], bool]  # (figures, spec, config)
+    reason: str
+    # False for a promise of the variant itself (not of a recipe): its reason names no recipe.
+    names_recipe: bool = True
+
+
+def _metric_drop(figures: dict[str, Any]) -> float:
+    return figures[f"{figures['metric']}_drop"]
+
+
+# In order: the first that fails is the reason. The labels' agreement comes before the metric
+# because a steady metric can hide flipped labels.
+GATES = (
+    Gate("exact",
+         lambda figures, spec, config: spec.exact_within is None or figures["max_abs_diff"] <= spec.exact_within,
+         "logits moved by {max_abs_diff:.2g} from fp32's (> {spec.exact_within}): the rewrite changed the model",
+         names_recipe=False),
+    Gate("batch invariance", lambda figures, spec, config: not spec.batch_invariant or figures["batch_invariant"],
+         "a text's logits moved by {batch_drift:.2g} between running alone and in a batch "
+         "(> " + str(BATCH_INVARIANT_LOGITS) + "): not batch invariant"),
+    Gate("agreement", lambda figures, spec, config: figures["agreement"] >= config.min_agreement,
+         "labels agree with fp32's on {agreement:.2%} of rows (< {config.min_agreement:.0%})"),
+    Gate("metric", lambda figures, spec, config: _metric_drop(figures) <= config.max_mcc_drop,
+         "{metric_name} {score:.4f} is {drop:.4f} below fp32's (> {config.max_mcc_drop})"),
+)
+
+
+class Ladder:
+    """One optimize run: the package, the rows it is gated and calibrated on, fp32's reference
+    run (made when the ladder is set up), and every variant built and gated so far.
+
+    A variant is built and gated at most once, also when it is another's base: an accepted graph
+    is the starting point of the rungs above it, but only asked-for variants join the package.
+    """
+
+    def __init__(self, package: Package, config: OptimizeConfig, validation: Split, calibration: list[Text],
+                 scratch: Path, step: Callable[[str], None]) -> None:
+        self.package = package
+        self.config = config
+        self.texts = validation.texts
+        self.labels = np.array(validation.labels)
+        self.calibration = calibration  # training texts; empty unless an asked-for variant is calibrated
+        self.scratch = scratch  # where candidates are built, inside the package folder
+        self.step = step
+        multi_label = package.manifest.problem_type == MULTI_LABEL
+        self.metric = task_metric(multi_label)
+        self.thresholds = package.manifest.thresholds if multi_label else None
+        self.gpu = [p for p in GPU_PROVIDERS if p in available_providers()]
+        step("fp32: validation run")
+        self.fp32_logits, self.fp32_figures = _gate_run(package, None, self.texts, self.labels, self.thresholds,
+                                                        config)
+        self.built: dict[str, Path] = {FP32: package.model_path}  # accepted graphs, the bases of later rungs
+        self.entries: dict[str, dict[str, Any]] = {}  # accepted variants' manifest entries
+        self.gated: dict[str, GateResult] = {}
+
+    def result(self, name: str) -> GateResult:
+        """An asked-for variant's result; skipped when it needs a GPU and this machine has none."""
+        if VARIANTS.get(name).needs_gpu and not self.gpu:
+            return GateResult(name, False, "skipped: needs a GPU execution provider "
+                              f"({', '.join(GPU_PROVIDERS)}); this machine has none", {})
+        return self._gate(name)
+
+    def _gate(self, name: str) -> GateResult:
+        """`name` built and gated, once: a base asked for again gets the same result."""
+        if name not in self.gated:
+            self.gated[name] = self._build_and_gate(name)
+        return self.gated[name]
+
+    def add_accepted(self, results: list[GateResult]) -> None:
+        """Add the accepted ones of `results` (the asked-for variants) to the package, manifest last."""
+        keep = [r.variant for r in results if r.accepted]  # in ladder order
+        if keep:
+            _add_variants(self.package, {name: self.built[name] for name in keep},
+                          {name: self.entries[name] for name in keep}, self.fp32_figures, results, self.config)
+
+    def _base(self, name: str) -> tuple[str, Path]:
+        """The variant `name` is built from, and its graph (built and gated first when need be)."""
+        base_variant = VARIANTS.get(name).base
+        while base_variant != FP32 and VARIANTS.get(base_variant).skip_reason(self.package):
+            base_variant = VARIANTS.get(base_variant).base  # e.g. int8 straight from fp32 when nothing fuses
+        if base_variant not in self.built:  # e.g. int8 asked for alone: build its base without adding it
+            base = self._gate(base_variant)
+            if not base.accepted:
+                raise OnnxpackError(f"{name} is built from {base_variant}, which the gate rejected: {base.reason}")
+        return base_variant, self.built[base_variant]
+
+    def _build_and_gate(self, name: str) -> GateResult:
+        """Build each recipe in turn and keep the first that passes every gate."""
+        spec = VARIANTS.get(name)
+        if reason := spec.skip_reason(self.package):
+            return GateResult(name, False, reason, {})
+        base_variant, base = self._base(name)
+        result = GateResult(name, False, "no recipe", {})
+        for attempt, recipe in enumerate(spec.recipes(self.config)):
+            started = time.perf_counter()
+            path, info = self._build(name, attempt, recipe, base, base_variant)
+            build_seconds = round(time.perf_counter() - started, 1)
+            result = self._judge(name, recipe, self._figures(name, path))
+            if result.accepted:
+                self.built[name] = path
+                self.entries[name] = {"file": variant_file(name), "built_from": base_variant, **info,
+                                      "build_seconds": build_seconds, **result.figures}
+                return result
+        return result
+
+    def _build(self, name: str, attempt: int, recipe: dict[str, Any], base: Path,
+               base_variant: str) -> tuple[Path, dict[str, Any]]:
+        """One candidate graph in the scratch folder, and what its build function says of it."""
+        spec = VARIANTS.get(name)
+        # A folder per attempt, the file under its final name: a weights file beside it is named after it.
+        path = self.scratch / f"{name}-{attempt}" / variant_file(name)
+        path.parent.mkdir()
+        self.step(f"{name}: building from {base_variant} {recipe or ''}")
+        if spec.calibrated:
+            self.step(f"{name}: calibrating on {len(self.calibration)} training rows")
+        info = spec.build(self.package, base, path, recipe, self.calibration if spec.calibrated else [])
+        untrusted.remember(path)  # built here from a checked graph: no need to probe it
+        return path, info
+
+    def _figures(self, name: str, path: Path) -> dict[str, Any]:
+        """The candidate's validation run, and how far it moved from fp32's."""
+        self.step(f"{name}: validation run")
+        provider = self.gpu[0] if VARIANTS.get(name).needs_gpu else self.config.provider
+        logits, figures = _gate_run(self.package, path, self.texts, self.labels, self.thresholds,
+                                    dataclasses.replace(self.config, provider=provider))
+        same = predictions(logits, self.thresholds) == predictions(self.fp32_logits, self.thresholds)
+        return figures | {"metric": self.metric,
+                          f"{self.metric}_drop": self.fp32_figures[self.metric] - figures[self.metric],
+                          "agreement": float(same.reshape(len(self.labels), -1).all(axis=1).mean()),
+                          "max_abs_diff": float(np.abs(logits - self.fp32_logits).max())}
+
+    def _judge(self, name: str, recipe: dict[str, Any], figures: dict[str, Any]) -> GateResult:
+        """Accepted when it passes every gate; else rejected for the first it fails."""
+        spec = VARIANTS.get(name)
+        failed = next((gate for gate in GATES if not gate.passes(figures, spec, self.config)), None)
+        if failed is None:
+            return GateResult(name, True, "", figures)
+        reason = failed.reason.format(**figures, spec=spec, config=self.config,
+                                      metric_name=METRIC_NAMES[self.metric], score=figures[self.metric],
+                                      drop=_metric_drop(figures))
+        if failed.names_recipe:
+            reason += f" with {recipe}" if recipe else ""
+            log.info("%s %s rejected: %s", name, recipe, reason)
+        else:
+            log.info("%s rejected: %s", name, reason)
+        return GateResult(name, False, reason, figures)
+
+
 def optimize(package_dir: str | Path, config: OptimizeConfig | None = None,
              progress: Callable[[str], None] | None = None) -> list[GateResult]:
     """Build, gate and add the asked-for variants; returns every result, accepted or not.
@@ -410,6 +567,17 @@ def optimize(package_dir: str | Path, config: OptimizeConfig | None = None,
     for name in config.variants:
         VARIANTS.get(name)  # an unknown name fails here, naming the known ones, before any work
     package = Package.open(package_dir)
+    validation, calibration = _gate_rows(package, config)
+    with tempfile.TemporaryDirectory(prefix=".optimize-", dir=package.root) as scratch:
+        ladder = Ladder(package, config, validation, calibration, Path(scratch), progress or (lambda message: None))
+        results = [ladder.result(name) for name in config.variants]
+        ladder.add_accepted(results)
+    return [GateResult(FP32, True, "", ladder.fp32_figures)] + results
+
+
+def _gate_rows(package: Package, config: OptimizeConfig) -> tuple[Split, list[Text]]:
+    """The validation rows every variant is gated on, and the training texts that calibrated
+    variants are built with (none when no asked-for variant is calibrated)."""
     m = package.manifest
     multi_label = m.problem_type == MULTI_LABEL
     calibrated = [name for name in config.variants if VARIANTS.get(name).calibrated]
@@ -418,116 +586,15 @@ def optimize(package_dir: str | Path, config: OptimizeConfig | None = None,
     except DataError as e:
         if not calibrated:
             raise
-        load_splits(config.data, need_train=False, labels=m.labels, multi_label=multi_label)  # the validation's own error
-        raise OnnxpackError(f"{', '.join(calibrated)} calibrates on training rows: {e.message}",
-                            hint=f"add a training file to the data, or leave {', '.join(calibrated)} out of --variants") from None
-    if splits.pairs != m.pairs:
-        raise OnnxpackError(f"the package takes {'sentence pairs' if m.pairs else 'single texts'} but "
-                            f"{splits.source} has {'pairs' if splits.pairs else 'single texts'}",
-                            hint="pass --data with the kind of rows the model was trained on")
-    validation = splits.validation
-    calibration = _calibration_texts(splits.train.texts, config.calibration_rows, splits.source,
-                                     calibrated) if calibrated else []
-    labels = np.array(validation.labels)
-    metric = task_metric(multi_label)
-    thresholds = m.thresholds if multi_label else None
-    gpu = [p for p in GPU_PROVIDERS if p in available_providers()]
-    step = progress or (lambda message: None)
-
-    results: list[GateResult] = []
-    with tempfile.TemporaryDirectory(prefix=".optimize-", dir=package.root) as tmp:
-        step("fp32: validation run")
-        fp32_logits, fp32_figures = _gate_run(package, None, validation.texts, labels, thresholds, config)
-        built: dict[str, Path] = {FP32: package.model_path}  # accepted graphs, the bases of later rungs
-        accepted: dict[str, dict[str, Any]] = {}
-        gated: dict[str, GateResult] = {}
-
-        def base_name(name: str) -> str:
-            base = VARIANTS.get(name).base
-            while base != FP32 and VARIANTS.get(base).skip_reason(package):
-                base = VARIANTS.get(base).base  # e.g. int8 straight from fp32 when nothing fuses
-            return base
-
-        def base_of(name: str) -> Path:
-            base_variant = base_name(name)
-            if base_variant not in built:  # e.g. int8 asked for alone: build its base without adding it
-                base = gate(base_variant)
-                if not base.accepted:
-                    raise OnnxpackError(f"{name} is built from {base_variant}, which the gate rejected: {base.reason}")
-            return built[base_variant]
-
-        def gate(name: str) -> GateResult:
-            if name not in gated:
-                gated[name] = build_and_gate(name)
-            return gated[name]
-
-        def build_and_gate(name: str) -> GateResult:
-            """Build each recipe in turn and keep the first whose task metric (MCC, or micro-F1) holds."""
-            spec = VARIANTS.get(name)
-            if reason := spec.skip_reason(package):
-                return GateResult(name, False, reason, {})
-            base = base_of(name)
-            base_variant = base_name(name)
-            provider = gpu[0] if spec.needs_gpu else config.provider
-            result = GateResult(name, False, "no recipe", {})
-            for i, recipe in enumerate(spec.recipes(config)):
-                # A folder per attempt, the file under its final name: a weights file beside it is named after it.
-                path = Path(tmp) / f"{name}-{i}" / variant_file(name)
-                path.parent.mkdir()
-                step(f"{name}: building from {base_variant} {recipe or ''}")
-                started = time.perf_counter()
-                if spec.calibrated:
-                    step(f"{name}: calibrating on {len(calibration)} training rows")
-                info = spec.build(package, base, path, recipe, calibration if spec.calibrated else [])
-                untrusted.remember(path)  # built here from a checked graph: no need to probe it
-                build_seconds = round(time.perf_counter() - started, 1)
-                step(f"{name}: validation run")
-                logits, figures = _gate_run(package, path, validation.texts, labels, thresholds,
-                                            dataclasses.replace(config, provider=provider))
-                same = predictions(logits, thresholds) == predictions(fp32_logits, thresholds)
-                figures |= {"metric": metric, f"{metric}_drop": fp32_figures[metric] - figures[metric],
-                            "agreement": float(same.reshape(len(labels), -1).all(axis=1).mean()),
-                            "max_abs_diff": float(np.abs(logits - fp32_logits).max())}
-                if spec.exact_within is not None and figures["max_abs_diff"] > spec.exact_within:
-                    result = GateResult(name, False, f"logits moved by {figures['max_abs_diff']:.2g} from fp32's "
-                                        f"(> {spec.exact_within}): the rewrite changed the model", figures)
-                    log.info("%s rejected: %s", name, result.reason)
-                    continue
-                if spec.batch_invariant and not figures["batch_invariant"]:
-                    result = GateResult(name, False, f"a text's logits moved by {figures['batch_drift']:.2g} between "
-                                        f"running alone and in a batch (> {BATCH_INVARIANT_LOGITS}): not batch "
-                                        f"invariant{' with ' + str(recipe) if recipe else ''}", figures)
-                    log.info("%s %s rejected: %s", name, recipe, result.reason)
-                    continue
-                if figures["agreement"] < config.min_agreement:
-                    result = GateResult(name, False, f"labels agree with fp32's on {figures['agreement']:.2%} of rows "
-                                        f"(< {config.min_agreement:.0%}){' with ' + str(recipe) if recipe else ''}",
-                                        figures)
-                    log.info("%s %s rejected: %s", name, recipe, result.reason)
-                    continue
-                if figures[f"{metric}_drop"] <= config.max_mcc_drop:
-                    built[name] = path
-                    accepted[name] = {"file": variant_file(name), "built_from": base_variant, **info,
-                                      "build_seconds": build_seconds, **figures}
-                    return GateResult(name, True, "", figures)
-                result = GateResult(name, False, f"{METRIC_NAMES[metric]} {figures[metric]:.4f} is "
-                                    f"{figures[f'{metric}_drop']:.4f} below fp32's (> {config.max_mcc_drop})"
-                                    f"{' with ' + str(recipe) if recipe else ''}", figures)
-                log.info("%s %s rejected: %s", name, recipe, result.reason)
-            return result
-
-        for name in config.variants:
-            if VARIANTS.get(name).needs_gpu and not gpu:
-                results.append(GateResult(name, False, "skipped: needs a GPU execution provider "
-                                          f"({', '.join(GPU_PROVIDERS)}); this machine has none", {}))
-                continue
-            results.append(gate(name))
-
-        keep = [r.variant for r in results if r.accepted]  # in ladder order
-        if keep:
-            _add_variants(package, {name: built[name] for name in keep}, {name: accepted[name] for name in keep},
-                          fp32_figures, results, config)
-    return [GateResult(FP32, True, "", fp32_figures)] + results
+        # the validation's own error, if it has one
+        load_splits(config.data, need_train=False, labels=m.labels, multi_label=multi_label)
+        names = ", ".join(calibrated)
+        raise OnnxpackError(f"{names} calibrates on training rows: {e.message}",
+                            hint=f"add a training file to the data, or leave {names} out of --variants") from None
+    check_row_kind(m.pairs, splits)
+    if not calibrated:
+        return splits.validation, []
+    return splits.validation, _calibration_texts(splits.train.texts, config.calibration_rows, splits.source, calibrated)
 
 
 def _calibration_texts(texts: Sequence[Text], rows: int, source: str, variants: list[str]) -> list[Text]:
