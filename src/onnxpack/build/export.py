@@ -168,15 +168,7 @@ def export(checkpoint: str | Path, out: str | Path, config: ExportConfig | None 
         # The package's own tokenizer, through the same feed builder the runtime uses.
         tokenizer_json = package_tokenizer(tmp / TOKENIZER, max_length, pad_token_id)
         sample = _tensors(encode(tokenizer_json, check_texts(2, pairs), input_names))
-        # The exporter writes into a scratch folder: over 2 GiB it leaves a file per weight there.
-        scratch = tmp / ".export"
-        scratch.mkdir()
-        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the exporters' own deprecation chatter
-            exporter(wrapper, sample, scratch / MODEL, config.opset)
-        _stamp_metadata(scratch / MODEL, tmp / MODEL, labels, max_length, problem_type)
-        untrusted.remember(tmp / MODEL)  # exported here from torch: no need to probe it
-        shutil.rmtree(scratch)
+        _export_graph(exporter, wrapper, sample, tmp, config.opset, labels, max_length, problem_type)
         if target is not None:
             compat.check_graph(*compat.graph_versions(tmp / MODEL), target)
         self_check_diff = _self_check(wrapper, tokenizer_json, tmp / MODEL, pairs, config.atol)
@@ -197,6 +189,20 @@ def export(checkpoint: str | Path, out: str | Path, config: ExportConfig | None 
         )
         write_manifest(tmp, manifest)
     return Package.open(out)
+
+
+def _export_graph(exporter: Exporter, wrapper: LogitsModel, sample: tuple[torch.Tensor, ...], root: Path, opset: int,
+                  labels: list[str], max_length: int, problem_type: str) -> None:
+    """The package's model.onnx in `root`: exported, then stamped with what the model means."""
+    # The exporter writes into a scratch folder: over 2 GiB it leaves a file per weight there.
+    scratch = root / ".export"
+    scratch.mkdir()
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporters' own deprecation chatter
+        exporter(wrapper, sample, scratch / MODEL, opset)
+    _stamp_metadata(scratch / MODEL, root / MODEL, labels, max_length, problem_type)
+    untrusted.remember(root / MODEL)  # exported here from torch: no need to probe it
+    shutil.rmtree(scratch)
 
 
 def _pad_token_id(tokenizer: Any, config: Any) -> int:

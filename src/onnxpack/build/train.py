@@ -19,7 +19,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from onnxpack.core.atomic import AtomicDir, atomic_write_text, check_target
 from onnxpack.core.config import TrainConfig
-from onnxpack.core.data import load_splits
+from onnxpack.core.data import Splits, load_splits
 from onnxpack.core.errors import OnnxpackError
 
 from .datamodule import TextClassificationDataModule
@@ -73,47 +73,21 @@ def fit(config: TrainConfig, run_dir: str | Path, force: bool = False) -> TrainR
         torch.set_num_threads(config.threads)
     L.seed_everything(config.seed, workers=True, verbose=False)
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
-    model = build_model(config.model, splits.labels, config.dropout, multi_label=config.multi_label,
-                        trust_remote_code=config.trust_remote_code)
-    if config.freeze_embeddings:
-        model.get_input_embeddings().weight.requires_grad_(False)
-    module = TextClassifier(model, lr=config.lr, weight_decay=config.weight_decay, warmup_ratio=config.warmup_ratio,
-                            label_smoothing=config.label_smoothing, head_lr_scale=config.head_lr_scale,
-                            class_weights=None if config.multi_label else
-                            _class_weights(splits.train.labels, len(splits.labels), config.class_balance),
-                            time_budget_s=config.max_minutes * 60 if config.max_minutes else None)
+    module = _classifier(config, splits)
     datamodule = TextClassificationDataModule(splits, tokenizer, config.batch_size, config.max_length, config.seed,
-                                              input_names=spec.inputs(model.config, splits.pairs))
+                                              input_names=spec.inputs(module.model.config, splits.pairs))
 
     with AtomicDir(run_dir, force=force) as tmp:
         checkpoint = ModelCheckpoint(dirpath=tmp, filename=Path(CHECKPOINT).stem, monitor="val_loss", mode="min",
                                      save_top_k=1, save_weights_only=True, enable_version_counter=False)
-        trainer = L.Trainer(
-            max_epochs=config.epochs, limit_train_batches=config.limit_train_batches, accelerator="cpu",
-            max_time=datetime.timedelta(minutes=config.max_minutes) if config.max_minutes else None,
-            val_check_interval=1 / config.val_checks_per_epoch,
-            logger=CSVLogger(tmp, name="logs", version=""), default_root_dir=tmp,
-            callbacks=[checkpoint, EarlyStopping(monitor="val_loss", mode="min", patience=config.patience),
-                       TQDMProgressBar()],
-            num_sanity_val_steps=0, enable_model_summary=False,
-        )
+        trainer = _trainer(config, tmp, checkpoint)
         # from_pretrained leaves the model in eval mode and Lightning keeps submodule modes:
         # without this, dropout would stay off for the whole training.
         module.train()
         started = time.perf_counter()
         trainer.fit(module, datamodule=datamodule)
         seconds = time.perf_counter() - started
-        last_loss = trainer.callback_metrics.get("val_loss")
-        if (module.validated_at_step == trainer.global_step and last_loss is not None
-                and bool(last_loss == checkpoint.best_model_score)):
-            # The last validation ran after the last step and scored best: the weights in memory are
-            # best.ckpt's, and its scores describe them. No second pass.
-            best = module
-            scores = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
-        else:
-            # Re-score the best checkpoint so metrics.json describes the file we keep.
-            best = TextClassifier.load_from_checkpoint(checkpoint.best_model_path, model=model, weights_only=True)
-            scores = trainer.validate(best, datamodule=datamodule, verbose=False)[0]
+        best, scores = _best_and_scores(module, trainer, checkpoint, datamodule)
         best.model.save_pretrained(tmp / HF_DIR)
         tokenizer.save_pretrained(tmp / HF_DIR)
         metrics = {k: float(v) for k, v in scores.items()}
@@ -127,6 +101,46 @@ def fit(config: TrainConfig, run_dir: str | Path, force: bool = False) -> TrainR
                                                      "pairs": splits.pairs}
         atomic_write_text(tmp / TRAIN_CONFIG, json.dumps(train_config, indent=2) + "\n")
     return TrainResult(run_dir=str(run_dir), checkpoint=str(run_dir / CHECKPOINT), metrics=metrics)
+
+
+def _classifier(config: TrainConfig, splits: Splits) -> TextClassifier:
+    """The pretrained model with a fresh head for the data's labels, in the LightningModule that trains it."""
+    model = build_model(config.model, splits.labels, config.dropout, multi_label=config.multi_label,
+                        trust_remote_code=config.trust_remote_code)
+    if config.freeze_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
+    return TextClassifier(model, lr=config.lr, weight_decay=config.weight_decay, warmup_ratio=config.warmup_ratio,
+                          label_smoothing=config.label_smoothing, head_lr_scale=config.head_lr_scale,
+                          class_weights=None if config.multi_label else
+                          _class_weights(splits.train.labels, len(splits.labels), config.class_balance),
+                          time_budget_s=config.max_minutes * 60 if config.max_minutes else None)
+
+
+def _trainer(config: TrainConfig, run_dir: Path, checkpoint: ModelCheckpoint) -> L.Trainer:
+    """On CPU, logging to CSV in the run folder; stops early when validation loss stops falling."""
+    return L.Trainer(
+        max_epochs=config.epochs, limit_train_batches=config.limit_train_batches, accelerator="cpu",
+        max_time=datetime.timedelta(minutes=config.max_minutes) if config.max_minutes else None,
+        val_check_interval=1 / config.val_checks_per_epoch,
+        logger=CSVLogger(run_dir, name="logs", version=""), default_root_dir=run_dir,
+        callbacks=[checkpoint, EarlyStopping(monitor="val_loss", mode="min", patience=config.patience),
+                   TQDMProgressBar()],
+        num_sanity_val_steps=0, enable_model_summary=False,
+    )
+
+
+def _best_and_scores(module: TextClassifier, trainer: L.Trainer, checkpoint: ModelCheckpoint,
+                     datamodule: TextClassificationDataModule) -> tuple[TextClassifier, dict[str, Any]]:
+    """The best checkpoint's module and its validation scores, after training."""
+    last_loss = trainer.callback_metrics.get("val_loss")
+    if (module.validated_at_step == trainer.global_step and last_loss is not None
+            and bool(last_loss == checkpoint.best_model_score)):
+        # The last validation ran after the last step and scored best: the weights in memory are
+        # best.ckpt's, and its scores describe them. No second pass.
+        return module, {k: v for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
+    # Re-score the best checkpoint so metrics.json describes the file we keep.
+    best = TextClassifier.load_from_checkpoint(checkpoint.best_model_path, model=module.model, weights_only=True)
+    return best, trainer.validate(best, datamodule=datamodule, verbose=False)[0]
 
 
 def _class_weights(labels: list[int], num_classes: int, power: float) -> list[float] | None:

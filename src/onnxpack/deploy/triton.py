@@ -15,6 +15,7 @@ dynamic batcher merges only requests of the same shape (docs/serving.md weighs t
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import re
@@ -30,7 +31,7 @@ from onnxpack.core import untrusted
 from onnxpack.core.atomic import AtomicDir
 from onnxpack.core.config import ServingConfig
 from onnxpack.core.errors import OnnxpackError
-from onnxpack.core.package import MULTI_LABEL, Package, graph_files
+from onnxpack.core.package import MULTI_LABEL, Manifest, Package, graph_files
 from onnxpack.deploy import compat
 
 MODELS_SOURCE = Path(__file__).parent / "triton_models"  # the Python-backend model.py files we copy
@@ -77,8 +78,7 @@ def write_repository(package_dir: str | Path, out: str | Path, config: ServingCo
     if target.kind != "triton":
         raise OnnxpackError(f"--target {config.target} is not a Triton release", hint="pass --target triton==YY.MM")
     package = Package.open(package_dir)
-    name = triton_name(package.name)
-    names = model_names(name)
+    names = model_names(triton_name(package.name))
     out = Path(out)
     _check_folder(out, set(names.values()))
     if not out.parent.is_dir():
@@ -88,77 +88,133 @@ def write_repository(package_dir: str | Path, out: str | Path, config: ServingCo
     graph = package.variant_path(variant)
     untrusted.trust(graph, package)
     compat.require(package, target, variant)
-    proto = onnx.load(str(graph), load_external_data=False)
     m = package.manifest
     length = config.pad_to or m.max_length
     if not 2 <= length <= m.max_length:
         raise OnnxpackError(f"--pad-to {length} must be between 2 and the package's max_length {m.max_length}")
+    proto = onnx.load(str(graph), load_external_data=False)
     inputs = [(t.name, _triton_type(t.type.tensor_type.elem_type, t.name)) for t in proto.graph.input]
-    num_labels = len(m.labels)
-    multi_label = m.problem_type == MULTI_LABEL
-    pb = model_config_pb2()
+    layout = _Layout(names, m, inputs, [TEXT, TEXT_PAIR] if m.pairs else [TEXT], length)
+    model_config_pb2()  # without tritonclient this fails here, before any folder is made
     with AtomicDir(out, force=True) as tmp:
-        model_dir = tmp / names["model"]
-        (model_dir / "1").mkdir(parents=True)
-        for path in graph_files(graph):  # an external-data file keeps the name the graph refers to
-            shutil.copyfile(path, model_dir / "1" / ("model.onnx" if path == graph else path.name))
-        for folder in (model_dir, tmp / names["ensemble"]):  # the classification extension on either
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / LABELS_FILE).write_text("".join(f"{label}\n" for label in m.labels), encoding="utf-8")
-        model = pb.ModelConfig(
-            name=names["model"], backend=config.model_backend, max_batch_size=config.max_batch,
-            input=[pb.ModelInput(name=n, data_type=pb.DataType.Value(t), dims=[-1]) for n, t in inputs],
-            output=[pb.ModelOutput(name="logits", data_type=pb.TYPE_FP32, dims=[num_labels],
-                                   label_filename=LABELS_FILE)],
-            dynamic_batching=pb.ModelDynamicBatching(max_queue_delay_microseconds=config.max_queue_delay_us),
-            instance_group=[pb.ModelInstanceGroup(
-                count=config.instances,
-                kind=pb.ModelInstanceGroup.KIND_GPU if config.gpu else pb.ModelInstanceGroup.KIND_CPU)],
-            parameters=_parameters(threads=0) if config.model_backend == "python" else {})
-        text_inputs = [TEXT, TEXT_PAIR] if m.pairs else [TEXT]
-        string_inputs = [pb.ModelInput(name=n, data_type=pb.TYPE_STRING, dims=[1]) for n in text_inputs]
-        tokenizer = pb.ModelConfig(
-            name=names["tokenizer"], backend="python", max_batch_size=config.max_batch, input=string_inputs,
-            output=[pb.ModelOutput(name=n, data_type=pb.DataType.Value(t), dims=[length]) for n, t in inputs],
-            dynamic_batching=pb.ModelDynamicBatching(max_queue_delay_microseconds=config.max_queue_delay_us),
-            instance_group=[pb.ModelInstanceGroup(count=1, kind=pb.ModelInstanceGroup.KIND_CPU)],
-            parameters=_parameters(tokenizer_file="tokenizer.json", max_length=length,
-                                   pad_token_id=m.pad_token_id))
-        label_outputs = [pb.ModelOutput(name="label", data_type=pb.TYPE_STRING, dims=[1]),
-                         pb.ModelOutput(name="score", data_type=pb.TYPE_FP32, dims=[1])]
-        if multi_label:
-            label_outputs.append(pb.ModelOutput(name="labels", data_type=pb.TYPE_STRING, dims=[1]))
-        postprocess = pb.ModelConfig(
-            name=names["postprocess"], backend="python", max_batch_size=config.max_batch,
-            input=[pb.ModelInput(name="logits", data_type=pb.TYPE_FP32, dims=[num_labels])],
-            output=label_outputs,
-            instance_group=[pb.ModelInstanceGroup(count=1, kind=pb.ModelInstanceGroup.KIND_CPU)],
-            parameters=_parameters(labels=json.dumps(m.labels), problem_type=m.problem_type,
-                                   thresholds=json.dumps(m.thresholds or [])))
-        step = pb.ModelEnsembling.Step
-        ensemble = pb.ModelConfig(
-            name=names["ensemble"], platform="ensemble", max_batch_size=config.max_batch, input=string_inputs,
-            output=[pb.ModelOutput(name="logits", data_type=pb.TYPE_FP32, dims=[num_labels],
-                                   label_filename=LABELS_FILE)] + label_outputs,
-            ensemble_scheduling=pb.ModelEnsembling(step=[
-                step(model_name=names["tokenizer"], model_version=-1, input_map={n: n for n in text_inputs},
-                     output_map={n: n for n, _ in inputs}),
-                step(model_name=names["model"], model_version=-1, input_map={n: n for n, _ in inputs},
-                     output_map={"logits": "logits"}),
-                step(model_name=names["postprocess"], model_version=-1, input_map={"logits": "logits"},
-                     output_map={o.name: o.name for o in label_outputs})]))
-        model_source = "onnx_model.py" if config.model_backend == "python" else None
-        for config_pb, source in ((model, model_source), (tokenizer, "tokenizer.py"), (postprocess, "postprocess.py"),
-                                  (ensemble, None)):
-            folder = tmp / config_pb.name
-            (folder / "1").mkdir(parents=True, exist_ok=True)  # an ensemble needs its empty version folder too
-            (folder / "config.pbtxt").write_text(_text_format(config_pb), encoding="utf-8")
-            if source:
-                shutil.copyfile(MODELS_SOURCE / source, folder / "1" / "model.py")
-        shutil.copyfile(package.tokenizer_path, tmp / names["tokenizer"] / "1" / "tokenizer.json")
+        _write_models(tmp, layout, graph, package.tokenizer_path, config)
         validate(tmp)
     return {"repository": str(out), "models": names, "variant": variant, "graph": graph.name,
-            "pad_to": length, "text_inputs": text_inputs, "target": str(target)}
+            "pad_to": length, "text_inputs": layout.text_inputs, "target": str(target),
+            "triton_version": target.version}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """What the four models' configs are built from."""
+
+    names: dict[str, str]  # model_names()
+    manifest: Manifest
+    inputs: list[tuple[str, str]]  # the graph's inputs: (name, Triton type)
+    text_inputs: list[str]  # the ensemble's string inputs: text, and text_pair for a pair model
+    length: int  # every row is padded (and cut) to this many tokens
+
+
+def _write_models(root: Path, layout: _Layout, graph: Path, tokenizer_path: Path, config: ServingConfig) -> None:
+    """The four model folders: config.pbtxt, version folder 1/ with the graph or model.py, labels.txt."""
+    names, labels = layout.names, layout.manifest.labels
+    model_dir = root / names["model"]
+    (model_dir / "1").mkdir(parents=True)
+    for path in graph_files(graph):  # an external-data file keeps the name the graph refers to
+        shutil.copyfile(path, model_dir / "1" / ("model.onnx" if path == graph else path.name))
+    for folder in (model_dir, root / names["ensemble"]):  # the classification extension on either
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / LABELS_FILE).write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
+    model_source = "onnx_model.py" if config.model_backend == "python" else None
+    for config_pb, source in ((_onnx_model_config(layout, config), model_source),
+                              (_tokenizer_config(layout, config), "tokenizer.py"),
+                              (_postprocess_config(layout, config), "postprocess.py"),
+                              (_ensemble_config(layout, config), None)):
+        folder = root / config_pb.name
+        (folder / "1").mkdir(parents=True, exist_ok=True)  # an ensemble needs its empty version folder too
+        (folder / "config.pbtxt").write_text(_text_format(config_pb), encoding="utf-8")
+        if source:
+            shutil.copyfile(MODELS_SOURCE / source, folder / "1" / "model.py")
+    shutil.copyfile(tokenizer_path, root / names["tokenizer"] / "1" / "tokenizer.json")
+
+
+def _onnx_model_config(layout: _Layout, config: ServingConfig) -> Any:
+    """The graph, on Triton's onnxruntime backend or in a Python-backend model."""
+    pb = model_config_pb2()
+    return pb.ModelConfig(
+        name=layout.names["model"], backend=config.model_backend, max_batch_size=config.max_batch,
+        input=[pb.ModelInput(name=n, data_type=pb.DataType.Value(t), dims=[-1]) for n, t in layout.inputs],
+        output=[_logits_output(layout)],
+        dynamic_batching=pb.ModelDynamicBatching(max_queue_delay_microseconds=config.max_queue_delay_us),
+        instance_group=[pb.ModelInstanceGroup(
+            count=config.instances,
+            kind=pb.ModelInstanceGroup.KIND_GPU if config.gpu else pb.ModelInstanceGroup.KIND_CPU)],
+        parameters=_parameters(threads=0) if config.model_backend == "python" else {})
+
+
+def _tokenizer_config(layout: _Layout, config: ServingConfig) -> Any:
+    """Text in, the graph's inputs out, every row `layout.length` tokens."""
+    pb = model_config_pb2()
+    m = layout.manifest
+    return pb.ModelConfig(
+        name=layout.names["tokenizer"], backend="python", max_batch_size=config.max_batch,
+        input=_string_inputs(layout),
+        output=[pb.ModelOutput(name=n, data_type=pb.DataType.Value(t), dims=[layout.length]) for n, t in layout.inputs],
+        dynamic_batching=pb.ModelDynamicBatching(max_queue_delay_microseconds=config.max_queue_delay_us),
+        instance_group=[pb.ModelInstanceGroup(count=1, kind=pb.ModelInstanceGroup.KIND_CPU)],
+        parameters=_parameters(tokenizer_file="tokenizer.json", max_length=layout.length,
+                               pad_token_id=m.pad_token_id))
+
+
+def _postprocess_config(layout: _Layout, config: ServingConfig) -> Any:
+    """Logits in; label and score (and for multi-label, every label over its threshold) out."""
+    pb = model_config_pb2()
+    m = layout.manifest
+    return pb.ModelConfig(
+        name=layout.names["postprocess"], backend="python", max_batch_size=config.max_batch,
+        input=[pb.ModelInput(name="logits", data_type=pb.TYPE_FP32, dims=[len(m.labels)])],
+        output=_label_outputs(layout),
+        instance_group=[pb.ModelInstanceGroup(count=1, kind=pb.ModelInstanceGroup.KIND_CPU)],
+        parameters=_parameters(labels=json.dumps(m.labels), problem_type=m.problem_type,
+                               thresholds=json.dumps(m.thresholds or [])))
+
+
+def _ensemble_config(layout: _Layout, config: ServingConfig) -> Any:
+    """The model clients call: tokenizer, then the graph, then postprocess."""
+    pb = model_config_pb2()
+    names, inputs, label_outputs = layout.names, layout.inputs, _label_outputs(layout)
+    step = pb.ModelEnsembling.Step
+    return pb.ModelConfig(
+        name=names["ensemble"], platform="ensemble", max_batch_size=config.max_batch, input=_string_inputs(layout),
+        output=[_logits_output(layout)] + label_outputs,
+        ensemble_scheduling=pb.ModelEnsembling(step=[
+            step(model_name=names["tokenizer"], model_version=-1, input_map={n: n for n in layout.text_inputs},
+                 output_map={n: n for n, _ in inputs}),
+            step(model_name=names["model"], model_version=-1, input_map={n: n for n, _ in inputs},
+                 output_map={"logits": "logits"}),
+            step(model_name=names["postprocess"], model_version=-1, input_map={"logits": "logits"},
+                 output_map={o.name: o.name for o in label_outputs})]))
+
+
+def _string_inputs(layout: _Layout) -> list[Any]:
+    pb = model_config_pb2()
+    return [pb.ModelInput(name=n, data_type=pb.TYPE_STRING, dims=[1]) for n in layout.text_inputs]
+
+
+def _logits_output(layout: _Layout) -> Any:
+    """Logits, with labels.txt for Triton's classification extension."""
+    pb = model_config_pb2()
+    return pb.ModelOutput(name="logits", data_type=pb.TYPE_FP32, dims=[len(layout.manifest.labels)],
+                          label_filename=LABELS_FILE)
+
+
+def _label_outputs(layout: _Layout) -> list[Any]:
+    pb = model_config_pb2()
+    outputs = [pb.ModelOutput(name="label", data_type=pb.TYPE_STRING, dims=[1]),
+               pb.ModelOutput(name="score", data_type=pb.TYPE_FP32, dims=[1])]
+    if layout.manifest.problem_type == MULTI_LABEL:
+        outputs.append(pb.ModelOutput(name="labels", data_type=pb.TYPE_STRING, dims=[1]))
+    return outputs
 
 
 def _parameters(**values: Any) -> dict[str, Any]:

@@ -157,13 +157,33 @@ def bench(package_dir: str | Path, config: BenchConfig | None = None,
     baseline_engines = baseline(package, config, notes) if baseline and config.torch else {}
     if config.torch and baseline is None:
         notes.append("PyTorch rows skipped: the baseline needs the torch side (pip install 'onnxpack[train]')")
+    fp32_graph = onnx.load(str(package.model_path), load_external_data=False)
+    results, ceilings = _latency_rows(package, variants, fp32_graph, baseline_engines, config, step)
+    machine = machine_info(config.threads) | {"matmul_shape": list(CEILING_SHAPE)}
+    for name, key in CEILINGS.items():  # medians over the shapes' rounds, and how far they drifted
+        machine[key] = round(statistics.median(ceilings[name]), 1)
+        machine[f"{key}_range"] = [round(min(ceilings[name]), 1), round(max(ceilings[name]), 1)]
+
+    step("tokenizer")
+    tokenizer_rows = _tokenizer_rows(package, config)
+    step("end-to-end on the validation set")
+    dataset = _dataset_rows(package, variants, config, machine, fp32_graph, notes)
+    return {"package": str(package.root), "at": now(), "machine": machine,
+            "config": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("checkpoint", "data")},
+            "results": results, "tokenizer": tokenizer_rows, "dataset": dataset,
+            "speedups": speedups(results), "notes": notes}
+
+
+def _latency_rows(package: Package, variants: list[str], fp32_graph: onnx.ModelProto,
+                  baseline_engines: dict[str, Callable[[dict[str, np.ndarray]], Runner]], config: BenchConfig,
+                  step: Callable[[str], None]) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:
+    """A row per engine and (batch, sequence), each shape's engines timed in the same rounds as this
+    machine's MatMul ceilings; the rows, and each ceiling as measured at each shape (GFLOP/s)."""
     sessions = {name: ort.InferenceSession(str(package.variant_path(name)), _session_options(config.threads),
                                            providers=["CPUExecutionProvider"]) for name in variants}
     input_names = {name: {i.name for i in s.get_inputs()} for name, s in sessions.items()}
     vocab = vocab_size(package)
-
     ceiling_engines = {f"ceiling/{name}": run for name, run in matmul_ceiling_engines(config.threads).items()}
-    fp32_graph = onnx.load(str(package.model_path), load_external_data=False)
     graphs = {name: fp32_graph if name == FP32 else onnx.load(str(package.variant_path(name)), load_external_data=False)
               for name in variants}
     results, ceilings = [], {name: [] for name in CEILINGS}
@@ -192,19 +212,7 @@ def bench(package_dir: str | Path, config: BenchConfig | None = None,
                 row["graph_gflops"] = _sig(done / (row["p50_ms"] / 1000) / 1e9)
                 row["ceiling_fraction"] = _sig(row["graph_gflops"] / here["int8" if "int8" in variant else "fp32"])
                 results.append(row)
-    machine = machine_info(config.threads) | {"matmul_shape": list(CEILING_SHAPE)}
-    for name, key in CEILINGS.items():  # medians over the shapes' rounds, and how far they drifted
-        machine[key] = round(statistics.median(ceilings[name]), 1)
-        machine[f"{key}_range"] = [round(min(ceilings[name]), 1), round(max(ceilings[name]), 1)]
-
-    step("tokenizer")
-    tokenizer_rows = _tokenizer_rows(package, config)
-    step("end-to-end on the validation set")
-    dataset = _dataset_rows(package, variants, config, machine, fp32_graph, notes)
-    return {"package": str(package.root), "at": now(), "machine": machine,
-            "config": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("checkpoint", "data")},
-            "results": results, "tokenizer": tokenizer_rows, "dataset": dataset,
-            "speedups": speedups(results), "notes": notes}
+    return results, ceilings
 
 
 def _tokenizer_rows(package: Package, config: BenchConfig) -> list[dict[str, Any]]:
