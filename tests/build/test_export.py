@@ -158,9 +158,10 @@ def test_unknown_exporter(trained_run, tmp_path):
 
 def test_self_check_failure_writes_nothing(trained_run, tmp_path):
     with pytest.raises(ParityError) as info:
-        export(trained_run / "best.ckpt", tmp_path / "pkg", ExportConfig(atol=-1.0))
+        # ONNX Runtime and PyTorch sum in different orders: their logits differ in the last bits (~1e-8)
+        export(trained_run / "best.ckpt", tmp_path / "pkg", ExportConfig(atol=0.0))
     message = str(info.value)
-    assert "exported model disagrees with PyTorch beyond atol -1" in message
+    assert "exported model disagrees with PyTorch beyond atol 0:" in message
     for size in (1, 3, 17):
         assert f"batch {size}x" in message
     assert "nothing was written" in message

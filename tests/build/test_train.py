@@ -168,7 +168,7 @@ def test_fit_existing_dir_without_force_fails_before_training(tmp_path):
 
 
 def test_fit_validates_config_first(tmp_path):
-    with pytest.raises(OnnxpackError, match="epochs must be a positive integer"):
+    with pytest.raises(OnnxpackError, match="--epochs must be at least 1, got 0"):
         fit(TrainConfig(epochs=0, data=str(tmp_path / "no-data")), tmp_path / "run")
     assert not (tmp_path / "run").exists()
 

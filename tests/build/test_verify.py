@@ -48,10 +48,27 @@ def test_verify_with_hf_folder_checkpoint(package_copy, small_cola, trained_run)
     assert report.passed and report.checkpoint == str(trained_run / "hf")
 
 
-def test_verify_failure_raises_with_report_and_writes_it(package_copy, small_cola, tmp_path):
+def _label_swapping_checkpoint(trained_run, out):
+    """The trained model with its two classes' head rows swapped: every label is the other one."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    shutil.copytree(trained_run / "hf", out)
+    model = AutoModelForSequenceClassification.from_pretrained(out)
+    with torch.no_grad():
+        for tensor in (model.classifier.weight, model.classifier.bias):
+            tensor.copy_(tensor.flip(0))
+    model.save_pretrained(out)
+    return out
+
+
+def test_verify_failure_raises_with_report_and_writes_it(package_copy, small_cola, trained_run, tmp_path):
     json_out = tmp_path / "parity.json"
+    checkpoint = _label_swapping_checkpoint(trained_run, tmp_path / "swapped")
     with pytest.raises(ParityError) as info:
-        verify(package_copy, str(small_cola), config=VerifyConfig(atol=-1.0, min_agreement=1.5), json_out=json_out)
+        verify(package_copy, str(small_cola), checkpoint=checkpoint, config=VerifyConfig(atol=0.0), json_out=json_out)
     report = info.value.report
     assert isinstance(report, ParityReport)
     assert not report.passed and report.n == 64
@@ -59,11 +76,11 @@ def test_verify_failure_raises_with_report_and_writes_it(package_copy, small_col
     assert len(report.failures) == 2
     message = str(info.value)
     assert "fails verification on 64 rows" in message
-    assert "> atol -1" in message and "agreement 1.0000 < 1.5" in message
+    assert "> atol 0;" in message and "agreement 0.0000 < 1" in message
     written = json.loads(json_out.read_text())
     assert written["passed"] is False and written["failures"] == report.failures
     parity = Package.open(package_copy).manifest.parity
-    assert parity["passed"] is False and parity["atol"] == -1.0
+    assert parity["passed"] is False and parity["atol"] == 0.0
 
 
 def test_verify_missing_checkpoint(package_copy, small_cola, tmp_path):

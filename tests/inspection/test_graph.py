@@ -137,7 +137,7 @@ def test_cli_writes_html_png_svg(graphviz, package_dir, tmp_path):
     result = CliRunner().invoke(app, ["graph", str(package_dir), "--out", str(tmp_path / "g.html"),
                                       "--png", str(tmp_path / "g.png"), "--svg", str(tmp_path / "g.svg")])
     assert result.exit_code == 0, result.output
-    assert "4 blocks collapsed" in result.stderr  # layer.0, layer.1, the embeddings' and the mask's arithmetic
+    assert "4 blocks collapsed" in result.stdout  # layer.0, layer.1, the embeddings' and the mask's arithmetic
     assert (tmp_path / "g.png").read_bytes().startswith(b"\x89PNG")
     assert "<svg" in (tmp_path / "g.svg").read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.html", "g.png", "g.svg"]  # no temp files left

@@ -59,8 +59,8 @@ def test_unknown_variant(package_dir):
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"batch": 0}, "--batch must be a positive integer, got 0"),
-    ({"runs": 0}, "--runs must be a positive integer, got 0"),
+    ({"batch": 0}, "--batch must be at least 1, got 0"),
+    ({"runs": 0}, "--runs must be at least 1, got 0"),
     ({"seq": 65}, "--seq 65 is longer than the package's max_length 64"),
 ])
 def test_bad_settings(package_dir, changes, message):

@@ -352,7 +352,7 @@ def test_a_rewrite_that_moves_the_logits_is_rejected(package_copy, small_cola, m
     (OptimizeConfig(min_agreement=1.2), "--min-agreement must be between 0 and 1"),
     (OptimizeConfig(variants=("int4",)), "unknown variant 'int4'; known: fp16, int8, int8-static, optimized"),
     (OptimizeConfig(calibration_rows=8), "--calibration-rows must be at least 16, got 8"),
-    (OptimizeConfig(batch_size=0), "positive integer"),
+    (OptimizeConfig(batch_size=0), "--batch-size must be at least 1, got 0"),
 ])
 def test_bad_options_leave_the_package_as_it_was(package_copy, small_cola, config, message):
     before = (package_copy / MANIFEST).read_text()
