@@ -174,8 +174,8 @@ def tiny_family_folder(model_type: str, tokenizer_dir: Path, out: Path, labels: 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, tiny_model_dir, small_cola) -> Path:
     """A short real Lightning run of the tiny model on the CoLA slice."""
-    from onnxpack.build.train import fit
     from onnxpack.core.config import TrainConfig
+    from onnxpack.pytorch.train import fit
 
     out = tmp_path_factory.mktemp("run") / "run"
     fit(TrainConfig(data=str(small_cola), model=str(tiny_model_dir), epochs=2, batch_size=32, lr=1e-3,
@@ -185,7 +185,7 @@ def trained_run(tmp_path_factory, tiny_model_dir, small_cola) -> Path:
 
 @pytest.fixture(scope="session")
 def package_dir(tmp_path_factory, trained_run) -> Path:
-    from onnxpack.build.export import export
+    from onnxpack.pytorch.export import export
 
     out = tmp_path_factory.mktemp("pkg") / "tiny-cola"
     export(trained_run / "best.ckpt", out)

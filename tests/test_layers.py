@@ -1,5 +1,5 @@
 """The one-way rule: checkpoint -> package -> runtime. The floors import only downwards
-(import-linter's contracts in pyproject.toml), nothing outside onnxpack.build imports a model
+(import-linter's contracts in pyproject.toml), nothing outside onnxpack.pytorch imports a model
 framework, and the runtime side works in a process where torch cannot even be imported."""
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def runtime_modules() -> list[str]:
     """Every module outside the torch side, found by walking the package (not a list to forget to extend)."""
     names = [m.name for m in pkgutil.walk_packages(onnxpack.__path__, "onnxpack.")]
     assert "onnxpack.runtime.optimize" in names and "onnxpack.serve.grpc_api" in names
-    return [n for n in names if not n.startswith("onnxpack.build") and n != "onnxpack.__main__"]
+    return [n for n in names if not n.startswith("onnxpack.pytorch") and n != "onnxpack.__main__"]
 
 
 def test_the_import_contracts_hold():

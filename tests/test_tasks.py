@@ -15,12 +15,13 @@ from conftest import tiny_family_folder
 from live import free_port, post, running
 from typer.testing import CliRunner
 
-from onnxpack.build.export import export
-from onnxpack.build.train import TrainConfig, fit
-from onnxpack.build.verify import verify
 from onnxpack.cli import app as cli_app
+from onnxpack.core.config import OptimizeConfig, TrainConfig
 from onnxpack.core.package import Package
-from onnxpack.runtime.optimize import OptimizeConfig, optimize
+from onnxpack.pytorch.export import export
+from onnxpack.pytorch.train import fit
+from onnxpack.pytorch.verify import verify
+from onnxpack.runtime.optimize import optimize
 from onnxpack.runtime.predictor import Predictor, serving_variant
 from onnxpack.serve import ServeConfig, create_app
 

@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from onnxpack.cli import app
 
+
 @pytest.fixture()
 def runner() -> CliRunner:
     return CliRunner()

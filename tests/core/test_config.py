@@ -10,8 +10,16 @@ import sys
 import pytest
 
 from onnxpack.core import config
-from onnxpack.core.config import (BatchConfig, BenchConfig, OptimizeConfig, Options, ServeConfig, ServingConfig,
-                                  TrainConfig, option)
+from onnxpack.core.config import (
+    BatchConfig,
+    BenchConfig,
+    OptimizeConfig,
+    Options,
+    ServeConfig,
+    ServingConfig,
+    TrainConfig,
+    option,
+)
 from onnxpack.core.errors import OnnxpackError
 
 ALL = [c for c in vars(config).values() if isinstance(c, type) and issubclass(c, Options) and c is not Options]

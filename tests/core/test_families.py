@@ -9,11 +9,11 @@ import torch
 from conftest import tiny_family_folder
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from onnxpack.build.export import export
 from onnxpack.core.config import ExportConfig
 from onnxpack.core.errors import OnnxpackError
 from onnxpack.core.families import FAMILIES, family
 from onnxpack.core.package import Package
+from onnxpack.pytorch.export import export
 from onnxpack.runtime.predictor import Predictor, serving_variant
 
 # One case per registry key; test_registry.py checks this list against FAMILIES.
@@ -110,8 +110,8 @@ def test_family_through_every_stage(model_type, tiny_model_dir, tmp_path):
     """verify, optimize (or why a variant does not apply), bench and serve, for every family."""
     from live import post, running
 
-    from onnxpack.build.verify import verify
     from onnxpack.core.config import BenchConfig, OptimizeConfig
+    from onnxpack.pytorch.verify import verify
     from onnxpack.runtime.bench import bench
     from onnxpack.runtime.optimize import optimize
     from onnxpack.serve import create_app

@@ -12,11 +12,11 @@ from live import post, running
 from typer.testing import CliRunner
 
 import onnxpack.core.package
-from onnxpack.build.export import export
-from onnxpack.build.verify import verify
 from onnxpack.cli import app
 from onnxpack.core.config import OptimizeConfig, VerifyConfig
 from onnxpack.core.package import Package
+from onnxpack.pytorch.export import export
+from onnxpack.pytorch.verify import verify
 from onnxpack.runtime.optimize import optimize
 from onnxpack.runtime.predictor import Predictor
 from onnxpack.serve import create_app

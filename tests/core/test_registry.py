@@ -60,7 +60,7 @@ def _module_constant(path: Path, name: str) -> tuple[str, ...]:
 
 
 @pytest.mark.parametrize(("test_file", "constant", "module", "registry_name"), [
-    ("build/test_export.py", "EXPORTER_CASES", "onnxpack.build.export", "EXPORTERS"),
+    ("pytorch/test_export.py", "EXPORTER_CASES", "onnxpack.pytorch.export", "EXPORTERS"),
     ("core/test_families.py", "FAMILY_CASES", "onnxpack.core.families", "FAMILIES"),
 ])
 def test_every_registry_key_has_a_test(test_file, constant, module, registry_name):

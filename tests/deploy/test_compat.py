@@ -12,12 +12,12 @@ import pytest
 from conftest import provision
 from typer.testing import CliRunner
 
-from onnxpack.build.export import export
 from onnxpack.cli import app
 from onnxpack.core.config import ExportConfig
 from onnxpack.core.errors import OnnxpackError
 from onnxpack.core.package import Package, hash_files
 from onnxpack.deploy import compat, node_runtime
+from onnxpack.pytorch.export import export
 from onnxpack.runtime.predictor import Predictor
 
 

@@ -166,8 +166,8 @@ def test_pad_to_a_shorter_fixed_length(package_dir, tmp_path):
 def test_pair_and_multi_label_packages(tmp_path, tiny_model_dir):
     from conftest import tiny_family_folder
 
-    from onnxpack.build.export import export
     from onnxpack.core.config import ExportConfig
+    from onnxpack.pytorch.export import export
 
     folder = tiny_family_folder("bert", tiny_model_dir, tmp_path / "hf", ["x", "y", "z"],
                                 problem_type="multi_label_classification")

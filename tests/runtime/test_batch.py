@@ -83,8 +83,8 @@ def test_folder_glob_csv_jsonl_and_parquet_inputs(package_dir, tmp_path):
 def test_pairs(tiny_model_dir, tmp_path):
     from conftest import tiny_family_folder
 
-    from onnxpack.build.export import export
     from onnxpack.core.config import ExportConfig
+    from onnxpack.pytorch.export import export
 
     folder = tiny_family_folder("bert", tiny_model_dir, tmp_path / "hf", ["no", "yes"])
     package = export(folder, tmp_path / "pkg", ExportConfig(pairs=True))

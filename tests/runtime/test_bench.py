@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from onnxpack.build.bench_torch import torch_engines
 from onnxpack.core.config import OptimizeConfig
 from onnxpack.core.errors import OnnxpackError, PackageError
 from onnxpack.core.package import FP32, REPORT, Package
 from onnxpack.inspection.report import write_report
+from onnxpack.pytorch.bench import torch_engines
 from onnxpack.runtime.bench import (
     BenchConfig,
     bench,

@@ -79,7 +79,7 @@ def test_fixed_length_padding_is_kept(package_dir):
 def test_predict_matches_torch(predictor, trained_run):
     import torch
 
-    from onnxpack.build.model import load_checkpoint
+    from onnxpack.pytorch.model import load_checkpoint
 
     model, tokenizer, _ = load_checkpoint(trained_run / "best.ckpt")
     enc = tokenizer(TEXTS, padding=True, return_tensors="pt", return_token_type_ids=False)

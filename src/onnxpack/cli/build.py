@@ -59,7 +59,7 @@ def train(
 ) -> None:
     """Fine-tune a classifier with Lightning; keeps the best checkpoint by validation loss."""
     require_train_extra("train")
-    from onnxpack.build.train import fit, read_config
+    from onnxpack.pytorch.train import fit, read_config
 
     quiet_lightning()
     values = dict(data=data, model=model, epochs=epochs, batch_size=batch_size, lr=lr, max_length=max_length,
@@ -100,7 +100,7 @@ def export(
 ) -> None:
     """Export to ONNX, check against PyTorch on batches of 1, 3 and 17, write the package."""
     require_train_extra("export")
-    from onnxpack.build.export import export as export_package
+    from onnxpack.pytorch.export import export as export_package
 
     config = config_from(ExportConfig, locals())
     package = export_package(checkpoint, out, config, force=force)
@@ -125,8 +125,8 @@ def verify(
     require_train_extra("verify")
     from rich.progress import Progress
 
-    from onnxpack.build.verify import verify as verify_package
     from onnxpack.core.errors import ParityError
+    from onnxpack.pytorch.verify import verify as verify_package
 
     config = config_from(VerifyConfig, locals())
     with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
@@ -171,9 +171,9 @@ def demo(
     Replaces OUT/run and OUT/package from an earlier demo, so the command can be rerun as is.
     """
     require_train_extra("demo")
-    from onnxpack.build.export import export as export_package
-    from onnxpack.build.train import fit
-    from onnxpack.build.verify import verify as verify_package
+    from onnxpack.pytorch.export import export as export_package
+    from onnxpack.pytorch.train import fit
+    from onnxpack.pytorch.verify import verify as verify_package
     from onnxpack.runtime.predictor import Predictor
 
     quiet_lightning()

@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 
 from onnxpack.core.config import BenchConfig, CheckConfig, OptimizeConfig, ServingConfig
+from onnxpack.core.errors import OnnxpackError
 
 from .app import (
     SHIP,
@@ -102,7 +103,7 @@ def bench(
     baseline = None
     if config.torch:
         try:  # the PyTorch rows need the torch side; without it, bench notes why they are missing
-            from onnxpack.build.bench_torch import torch_engines as baseline
+            from onnxpack.pytorch.bench import torch_engines as baseline
         except ImportError:
             pass
         quiet_lightning()

@@ -134,7 +134,7 @@ def _cpu_name() -> str:
     return platform.processor()
 
 
-# A baseline outside ONNX Runtime (build.bench_torch's PyTorch): given the package, the config and
+# A baseline outside ONNX Runtime (pytorch.bench's PyTorch): given the package, the config and
 # the notes to add to, the engines it times, each a function of a feed that returns its runner.
 Baseline = Callable[[Package, "BenchConfig", list[str]], dict[str, Callable[[dict[str, np.ndarray]], Runner]]]
 
@@ -143,7 +143,7 @@ def bench(package_dir: str | Path, config: BenchConfig | None = None,
           progress: Callable[[str], None] | None = None, baseline: Baseline | None = None) -> dict[str, Any]:
     """Latency and throughput per (engine, variant, batch, sequence), ceilings, speed-ups, end-to-end rows.
 
-    `baseline` adds engines beside ONNX Runtime's (the CLI passes build.bench_torch's PyTorch rows)."""
+    `baseline` adds engines beside ONNX Runtime's (the CLI passes pytorch.bench's PyTorch rows)."""
     config = config or BenchConfig()
     config.validate()
     step = progress or (lambda message: None)

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import onnxpack.build.model
-from onnxpack.build.train import CHECKPOINT, METRICS, _class_weights, fit, read_config
+import onnxpack.pytorch.model
 from onnxpack.core.config import TrainConfig
 from onnxpack.core.errors import DataError, OnnxpackError, PackageError
+from onnxpack.pytorch.train import CHECKPOINT, METRICS, _class_weights, fit, read_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -184,14 +184,14 @@ def test_fit_missing_data_writes_nothing(tmp_path):
 def test_fit_trains_with_dropout_on_and_force_replaces(tmp_path, monkeypatch, small_cola, tiny_model_dir):
     """A model from from_pretrained starts in eval mode; fit must put it in train mode (dropout on)."""
     seen: list[tuple[bool, list[bool]]] = []
-    original = onnxpack.build.model.TextClassifier.training_step
+    original = onnxpack.pytorch.model.TextClassifier.training_step
 
     def spy(self, batch, batch_idx):
         dropouts = [m.training for m in self.modules() if isinstance(m, torch.nn.Dropout)]
         seen.append((self.model.training, dropouts))
         return original(self, batch, batch_idx)
 
-    monkeypatch.setattr(onnxpack.build.model.TextClassifier, "training_step", spy)
+    monkeypatch.setattr(onnxpack.pytorch.model.TextClassifier, "training_step", spy)
     run = tmp_path / "run"
     run.mkdir()
     (run / "stale.txt").write_text("from an older run")
@@ -222,9 +222,9 @@ def test_fit_stops_at_the_time_limit_and_keeps_a_checkpoint(tmp_path, small_cola
     # One validation, so fit took its scores instead of a second pass: they describe best.ckpt.
     import lightning as L
 
-    from onnxpack.build.datamodule import TextClassificationDataModule
-    from onnxpack.build.model import TextClassifier, build_model, load_tokenizer
     from onnxpack.core.data import COLA_LABELS, load_splits
+    from onnxpack.pytorch.datamodule import TextClassificationDataModule
+    from onnxpack.pytorch.model import TextClassifier, build_model, load_tokenizer
 
     best = TextClassifier.load_from_checkpoint(result.checkpoint, model=build_model(str(tiny_model_dir), COLA_LABELS),
                                                weights_only=True)

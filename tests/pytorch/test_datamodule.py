@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import random
 
-from onnxpack.build.datamodule import (
+from onnxpack.core.data import BUNDLED_COLA, Split, Splits, load_splits
+from onnxpack.pytorch.datamodule import (
     LengthGroupedBatchSampler,
     TextClassificationDataModule,
 )
-from onnxpack.core.data import BUNDLED_COLA, Split, Splits, load_splits
 
 # --- LengthGroupedBatchSampler ------------------------------------------------------------------------------
 

@@ -11,12 +11,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-import onnxpack.build.export
-from onnxpack.build.export import EXPORTERS, export
-from onnxpack.build.model import load_checkpoint
+import onnxpack.pytorch.export
 from onnxpack.core.config import ExportConfig
 from onnxpack.core.errors import OnnxpackError, PackageError, ParityError
 from onnxpack.core.package import MANIFEST, MODEL, TOKENIZER, Package, sha256_file
+from onnxpack.pytorch.export import EXPORTERS, export
+from onnxpack.pytorch.model import load_checkpoint
 
 # One test case per registry key; test_registry.py checks this list against the registry,
 # so a new exporter cannot land without a test here (families: test_families.py).
@@ -176,7 +176,7 @@ def test_self_check_failure_keeps_existing_package_under_force(trained_run, tmp_
     def failing_check(*args, **kwargs):
         raise ParityError("simulated parity miss")
 
-    monkeypatch.setattr(onnxpack.build.export, "_self_check", failing_check)
+    monkeypatch.setattr(onnxpack.pytorch.export, "_self_check", failing_check)
     with pytest.raises(ParityError, match="simulated parity miss"):
         export(trained_run / "best.ckpt", out, force=True)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from onnxpack.build.verify import ParityReport, verify
 from onnxpack.core.config import VerifyConfig
 from onnxpack.core.errors import CheckpointError, ParityError
 from onnxpack.core.package import MANIFEST, Package
+from onnxpack.pytorch.verify import ParityReport, verify
 
 
 def test_verify_passes(package_copy, small_cola, tmp_path):

@@ -7,5 +7,5 @@ floor that imports torch, Lightning, transformers or torchmetrics (`pip install 
     export.py       checkpoint -> package (torch.onnx), self-checked on three batch sizes
     localize.py     where an exported graph first departs from PyTorch
     verify.py       PyTorch against ONNX Runtime on every validation row
-    bench_torch.py  bench's PyTorch baseline
+    bench.py        bench's PyTorch baseline
 """
