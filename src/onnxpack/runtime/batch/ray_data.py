@@ -71,15 +71,17 @@ def run_ray(package: str | Path, input_spec: str, output: str | Path, config: Ba
     started_here = _init(ray, address)
     started = time.perf_counter()
     try:
+        block_rows = min(config.chunk_rows, 4096)
         dataset = ray.data.from_items([str(f.resolve()) for f in files]).map_batches(
             _read_files, batch_size=1, batch_format="pyarrow",
-            fn_kwargs={"fmt": fmt, "columns": columns, "chunk_rows": config.chunk_rows})
+            fn_kwargs={"fmt": fmt, "columns": columns, "chunk_rows": block_rows},
+        ).repartition(target_num_rows_per_block=block_rows)  # streamed: a read task's chunks reach many actors
         cpus = float(ray.cluster_resources().get("CPU", 1))
         workers = num_workers or max(1, int(cpus - READ_RESERVE_CPUS))
         per_actor = max(0.1, (cpus - READ_RESERVE_CPUS) / workers)
         results = dataset.map_batches(
             _ActorPredictor, compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=per_actor,
-            batch_size=min(config.chunk_rows, 4096), batch_format="pyarrow",
+            batch_size=block_rows, batch_format="pyarrow",
             fn_constructor_kwargs={"package": str(Path(package).resolve()), "text_columns": texts_in,
                                    "id_column": config.id_column, "config": config,
                                    "threads": max(1, round(per_actor))})
