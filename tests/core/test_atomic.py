@@ -16,6 +16,7 @@ from onnxpack.core.atomic import (
     AtomicFile,
     atomic_write_bytes,
     atomic_write_text,
+    move_file,
 )
 from onnxpack.core.errors import PackageError
 
@@ -101,6 +102,17 @@ def test_file_commit_and_discard_for_long_lived_writers(tmp_path):
     assert kept.commit() == tmp_path / "kept.jsonl"
     dropped.discard()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.jsonl"]
+
+
+def test_move_file_syncs_the_file_then_the_folder_it_joins(tmp_path, synced):
+    """optimize's variants: built in a scratch folder inside the package, then moved in."""
+    scratch = tmp_path / ".scratch"
+    scratch.mkdir()
+    (scratch / "model.int8.onnx").write_bytes(b"graph")
+    (tmp_path / "model.int8.onnx").write_bytes(b"an earlier run's")
+    moved = move_file(scratch / "model.int8.onnx", tmp_path / "model.int8.onnx")
+    assert moved.read_bytes() == b"graph" and list(scratch.iterdir()) == []
+    assert synced == [_identity(moved), _identity(tmp_path)]
 
 
 # --- folders ------------------------------------------------------------------------------------------------

@@ -53,33 +53,33 @@ def check_target(target: Path, force: bool) -> None:
         raise PackageError(f"{target} already exists", hint="choose another --out or pass --force to replace it")
 
 
-class AtomicFile:
-    """A file written under a temp sibling of `target` and put in place whole by `commit()`.
+class _Staged:
+    """What AtomicFile and AtomicDir share: a temp sibling `path` of `target`, put in place whole by
+    `commit()` or removed by `discard()`. As a context manager it yields the temp path, commits when
+    the block ends and discards on an exception (Ctrl-C included)."""
 
-    As a context manager it yields the temp path, commits when the block ends and discards the
-    temp file on an exception (Ctrl-C included). A writer with a longer life (batch's output)
-    calls `commit()` or `discard()` itself.
-    """
-
-    def __init__(self, target: str | os.PathLike[str]) -> None:
-        self.target = Path(target)
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        sweep_stale(self.target)
-        self.path = _new_temp(self.target, lambda p: os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)))
+    target: Path
+    path: Path
 
     def commit(self) -> Path:
-        """fsync the file, rename it to the target, fsync the folder; the target is then on disk."""
+        """Sync the temp sibling, rename it to the target, sync the folder; the target is then on disk."""
         try:
-            _fsync(self.path)
-            os.replace(self.path, self.target)
+            self._sync()
+            self._rename()
         except BaseException:
             self.discard()
             raise
         _fsync(self.target.parent)
         return self.target
 
+    def _sync(self) -> None:
+        raise NotImplementedError
+
+    def _rename(self) -> None:
+        raise NotImplementedError
+
     def discard(self) -> None:
-        self.path.unlink(missing_ok=True)
+        raise NotImplementedError
 
     def __enter__(self) -> Path:
         return self.path
@@ -89,6 +89,28 @@ class AtomicFile:
             self.commit()
         else:
             self.discard()
+
+
+class AtomicFile(_Staged):
+    """A file written under a temp sibling of `target` and put in place whole by `commit()`.
+
+    A writer with a longer life than a `with` block (batch's output) calls `commit()` or `discard()` itself.
+    """
+
+    def __init__(self, target: str | os.PathLike[str]) -> None:
+        self.target = Path(target)
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        sweep_stale(self.target)
+        self.path = _new_temp(self.target, lambda p: os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)))
+
+    def _sync(self) -> None:
+        _fsync(self.path)
+
+    def _rename(self) -> None:
+        os.replace(self.path, self.target)
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -103,11 +125,9 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         f.write(data)
 
 
-class AtomicDir:
-    """A folder built under a temp sibling of `target` and put in place by one rename on `commit()`.
-
-    As a context manager it yields the temp folder and commits when the block ends; an exception
-    (Ctrl-C included) removes the temp folder, so nothing ever appears under the final name
+class AtomicDir(_Staged):
+    """A folder built under a temp sibling of `target` and put in place by one rename on `commit()`,
+    every file and folder of the tree synced first, so nothing ever appears under the final name
     half-written. An existing `target` is refused unless `force`, before any work is done.
     """
 
@@ -118,28 +138,23 @@ class AtomicDir:
         sweep_stale(self.target)
         self.path = _new_temp(self.target, lambda p: os.mkdir(p, 0o777))
 
-    def commit(self) -> Path:
-        """fsync every file and folder in the tree, rename it to the target, fsync the parent."""
-        try:
-            _fsync_tree(self.path)
-            replace_dir(self.path, self.target)
-        except BaseException:
-            self.discard()
-            raise
-        _fsync(self.target.parent)
-        return self.target
+    def _sync(self) -> None:
+        _fsync_tree(self.path)
+
+    def _rename(self) -> None:
+        replace_dir(self.path, self.target)
 
     def discard(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
 
-    def __enter__(self) -> Path:
-        return self.path
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
-        if kind is None:
-            self.commit()
-        else:
-            self.discard()
+def move_file(path: Path, target: Path) -> Path:
+    """Put a file finished elsewhere on the same file system (a scratch folder inside the target's)
+    under `target`, as AtomicFile.commit does: fsync its data, rename it, fsync the target's folder."""
+    _fsync(path)
+    os.replace(path, target)
+    _fsync(target.parent)
+    return target
 
 
 def replace_dir(tmp: Path, target: Path) -> None:

@@ -1,5 +1,5 @@
 """Every ONNX-proto helper in one place: reading and writing graphs of any size, element-type
-names, tensor sizes, Constant nodes, shape inference, and the matrix products' FLOPs.
+names, node attributes, tensor sizes, Constant nodes, shape inference, and the matrix products' FLOPs.
 
 Over ONNX's 2 GiB protobuf limit the weights go to `<file>.data` beside the graph
 (package.EXTERNAL_DATA_BYTES says when); every stage that writes a graph saves through `save`.
@@ -177,7 +177,8 @@ def tensor_types(model: onnx.ModelProto, batch: int | None = None, seq: int | No
     return types
 
 
-def _attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
+def attribute(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
+    """A node attribute's value by name, or `default` when the node does not set it."""
     for a in node.attribute:
         if a.name == name:
             return onnx.helper.get_attribute_value(a)
@@ -199,12 +200,12 @@ def _node_macs(node: onnx.NodeProto, dims: dict[str, Dims | None]) -> int | None
         if not _known(a):
             return None
         if _known(out):
-            return math.prod(out) * (a[-2] if _attr(node, "transA", 0) and len(a) >= 2 else a[-1])
+            return math.prod(out) * (a[-2] if attribute(node, "transA", 0) and len(a) >= 2 else a[-1])
         # Output left unknown (inference stops at some contrib ops): every element of A meets N columns of B.
         b = shape(3 if node.op_type == "QLinearMatMul" else 1)
         if not _known(b) or len(b) < 2:
             return None
-        return math.prod(a) * (b[-2] if _attr(node, "transB", 0) else b[-1])
+        return math.prod(a) * (b[-2] if attribute(node, "transB", 0) else b[-1])
     if node.op_type in CONV_WEIGHT:
         w = shape(CONV_WEIGHT[node.op_type])
         if not _known(w) or not _known(out):
@@ -215,7 +216,7 @@ def _node_macs(node: onnx.NodeProto, dims: dict[str, Dims | None]) -> int | None
     if not _known(a) or not _known(w) or len(a) != 3:
         return None
     batch, seq, _ = a
-    hq, _, hv = _attr(node, "qkv_hidden_sizes", None) or [w[-1] // 3] * 3
+    hq, _, hv = attribute(node, "qkv_hidden_sizes", None) or [w[-1] // 3] * 3
     return math.prod(a) * w[-1] + batch * seq * seq * (hq + hv)
 
 

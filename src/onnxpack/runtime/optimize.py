@@ -31,6 +31,7 @@ import onnx
 import onnxruntime as ort
 
 from onnxpack.core import onnxfile, untrusted
+from onnxpack.core.atomic import move_file
 from onnxpack.core.config import MIN_CALIBRATION_ROWS, OptimizeConfig
 from onnxpack.core.data import Split, load_splits
 from onnxpack.core.errors import DataError, OnnxpackError
@@ -208,7 +209,7 @@ def _first_token_only(model: Any) -> int:
     taking that row right after the attention gives the same logits for 1/seq_len of the work:
     at 16 tokens, 12% of the model's FLOPs.
     """
-    pick = next((n for n in model.nodes() if n.op_type == "Gather" and _attribute(n, "axis", 0) == 1
+    pick = next((n for n in model.nodes() if n.op_type == "Gather" and onnxfile.attribute(n, "axis", 0) == 1
                  and _scalar_constant(model, n.input[1])), None)
     if pick is None:
         return 0
@@ -219,7 +220,7 @@ def _first_token_only(model: Any) -> int:
     def joins(node: onnx.NodeProto | None) -> bool:
         if node is None or node.op_type not in _ROW_WISE or node.output[0] in outputs or node in tail:
             return False
-        if node.op_type == "LayerNormalization" and _attribute(node, "axis", -1) != -1:
+        if node.op_type == "LayerNormalization" and onnxfile.attribute(node, "axis", -1) != -1:
             return False
         constants = [i for i in node.input if _is_constant(model, i)]
         if node.op_type == "MatMul" and constants != node.input[1:]:
@@ -263,10 +264,6 @@ def _is_constant(model: Any, name: str) -> bool:
 def _scalar_constant(model: Any, name: str) -> bool:
     value = model.get_constant_value(name)
     return value is not None and np.ndim(value) == 0
-
-
-def _attribute(node: onnx.NodeProto, name: str, default: Any) -> Any:
-    return next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
 def _int8_recipes(config: OptimizeConfig) -> list[dict[str, Any]]:
@@ -664,7 +661,7 @@ def _add_variants(package: Package, files: dict[str, Path], entries: dict[str, d
                 stale.append(old)
         for f in reversed(moving):  # the weights before the graph that names them
             hashes[f.name] = sha256_file(f)
-            os.replace(f, package.root / f.name)
+            move_file(f, package.root / f.name)  # synced, renamed in, the folder synced
     variants = {FP32: {"file": MODEL, **fp32_figures,
                        "bytes": sum(os.path.getsize(f) for f in graph_files(package.model_path))},
                 **{k: v for k, v in m.variants.items() if k != FP32}, **entries}
