@@ -3,7 +3,6 @@ the one comma-list type, results on stdout and logs on stderr, and the torch sid
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 import sys
 
@@ -82,7 +81,7 @@ def test_one_comma_list_type_for_every_option(runner, tmp_path, args, message):
     args = [str(tmp_path / a) if a in ("PKG", "OUT") else a for a in args]
     result = runner.invoke(app, args)
     assert result.exit_code == 1 and result.stdout == ""
-    assert result.stderr.splitlines() == [result.stderr.splitlines()[0]]
+    assert len(result.stderr.splitlines()) == 1, result.stderr
     assert result.stderr.startswith(message)
     assert not (tmp_path / "OUT").exists()
 
@@ -102,12 +101,6 @@ def test_an_option_out_of_range_is_the_same_line_from_the_cli_and_from_python(ru
     with pytest.raises(OnnxpackError) as e:
         config.validate()
     assert str(e.value) == message
-
-
-def test_every_config_validates_its_own_defaults():
-    for cls in CONFIGS.values():
-        cls().validate()
-        assert all(f.metadata.get("help") for f in dataclasses.fields(cls)), cls.__name__
 
 
 @pytest.mark.timeout(300)

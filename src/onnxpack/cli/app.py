@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import click
 import typer
@@ -20,6 +20,8 @@ from typer.core import TyperGroup
 
 from onnxpack.core.config import Options, defaults, flag
 from onnxpack.core.errors import OnnxpackError
+
+OptionsT = TypeVar("OptionsT", bound=Options)
 
 console = Console(stderr=True)  # logs, progress, notes
 stdout = Console()  # results
@@ -32,7 +34,7 @@ BUILD, SHIP, RUN, LOOK = ("build: train and package (onnxpack\\[train])", "ship:
 class _Group(TyperGroup):
     """Turns a user error into one line on stderr and exit code 1; bugs keep their traceback."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except OnnxpackError as e:
@@ -61,7 +63,7 @@ class CommaList:
         self.flag, self.item, self.count = flag, item, count
         self.__name__ = f"list of {item.__name__}"  # typer names a parser's type by it
 
-    def __call__(self, value: Any) -> tuple | None:
+    def __call__(self, value: Any) -> tuple[Any, ...] | None:
         if value is None or isinstance(value, tuple):
             return value
         items = tuple(part.strip() for part in str(value).split(","))
@@ -91,7 +93,12 @@ def option(options: type[Options], name: str, *decls: str, **kwargs: Any) -> Any
     return typer.Option(default, *decls, help=escape(field.metadata["help"]), **kwargs)
 
 
-def config_from(options: type[Options], values: dict[str, Any]) -> Any:
+def per_label(values: tuple[float, ...], labels: int) -> list[float]:
+    """Thresholds as `--threshold` and `thresholds` take them: one for every label, or one per label."""
+    return list(values) * labels if len(values) == 1 else list(values)
+
+
+def config_from(options: type[OptionsT], values: dict[str, Any]) -> OptionsT:
     """An options object from a command's parameters: those that are fields of it."""
     fields = defaults(options)
     return options(**{k: v for k, v in values.items() if k in fields})

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from click.core import ParameterSource
@@ -24,6 +24,9 @@ from .app import (
     require_train_extra,
     stdout,
 )
+
+if TYPE_CHECKING:
+    from onnxpack.pytorch.verify import ParityReport
 
 
 def _train_limit(value: Any) -> float | int:
@@ -141,7 +144,7 @@ def verify(
     print_parity(report)
 
 
-def print_parity(report: Any) -> None:
+def print_parity(report: ParityReport) -> None:
     table = Table(title=f"parity on {report.n} validation rows ({report.provider})")
     for col in ("max_abs_diff", "max_rel_diff", "agreement", "torch mcc", "onnx mcc", "torch acc", "onnx acc"):
         table.add_column(col)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.table import Table
@@ -12,6 +12,9 @@ from rich.table import Table
 from onnxpack.core.config import GraphConfig, InspectConfig, ProfileConfig
 
 from .app import LOOK, app, config_from, console, option, stdout
+
+if TYPE_CHECKING:
+    from onnxpack.inspection.profile import Profile
 
 
 @app.command(rich_help_panel=LOOK)
@@ -32,7 +35,7 @@ def inspect(
         atomic_write_text(json_out, json.dumps(report, indent=2) + "\n")
 
 
-def print_inspect(r: dict) -> None:
+def print_inspect(r: dict[str, Any]) -> None:
     ident, contract, structure, weights, compute, validity = (
         r[k] for k in ("identity", "contract", "structure", "weights", "compute", "validity"))
     source = r["source"]
@@ -85,7 +88,6 @@ def print_inspect(r: dict) -> None:
     if parity:
         stdout.print(f"last parity: max |diff| {parity['max_abs_diff']:.1e} on {parity.get('n', '?')} rows, "
                      f"{'passed' if parity.get('passed', True) else 'failed'}" + (f" ({parity['at']})" if "at" in parity else ""))
-
 
 
 @app.command(rich_help_panel=LOOK)
@@ -150,7 +152,7 @@ def profile(
     stdout.print(f"profile: [bold]{out}[/]")
 
 
-def print_profile(result) -> None:
+def print_profile(result: Profile) -> None:
     stdout.print(result.graph, highlight=False, soft_wrap=True)
     stdout.print(f"batch {result.batch} × {result.seq} tokens: {result.run_ms:.2f} ms per run, kernels "
                  f"{result.kernel_ms:.2f} ms, {result.mapped_fraction:.1%} of kernel time mapped to nodes",

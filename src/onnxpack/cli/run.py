@@ -13,7 +13,7 @@ from rich.table import Table
 from onnxpack.core.config import BatchConfig, PredictConfig, ServeConfig
 from onnxpack.core.errors import OnnxpackError
 
-from .app import RUN, CommaList, app, config_from, console, option, stdout
+from .app import RUN, CommaList, app, config_from, console, option, per_label, stdout
 
 
 @app.command(rich_help_panel=RUN)
@@ -43,7 +43,7 @@ def predict(
         raise OnnxpackError(f"--pair reads texts two by two, got {len(texts)}", hint="pass --pair FIRST SECOND [...]")
     with Predictor(package, provider=config.provider, variant=config.variant) as predictor:
         if threshold is not None:
-            predictor.set_thresholds(_per_label(threshold, len(predictor.labels)))
+            predictor.set_thresholds(per_label(threshold, len(predictor.labels)))
         if file:
             rows = _read_rows(file, predictor.pairs)
         elif texts:
@@ -59,11 +59,6 @@ def predict(
     else:
         for line in lines:
             stdout.print(line, markup=False, highlight=False, soft_wrap=True)
-
-
-def _per_label(values: tuple[float, ...], labels: int) -> list[float]:
-    """One threshold for every label, or one per label."""
-    return list(values) * labels if len(values) == 1 else list(values)
 
 
 def _read_rows(path: Path, pairs: bool) -> list:
@@ -99,7 +94,6 @@ def _parse_rows(text: str, pairs: bool, where: str, json_lines: bool) -> list:
         raise OnnxpackError(f"{where}: row {missing} has no text under {' and '.join(map(repr, columns))}",
                             hint="give every line the same text key(s)")
     return rows if pairs else [single for (single,) in rows]
-
 
 
 def _json_values(text: str, pairs: bool, where: str) -> list:

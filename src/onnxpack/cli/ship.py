@@ -7,7 +7,7 @@ import importlib.util
 import json
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.table import Table
@@ -22,9 +22,15 @@ from .app import (
     config_from,
     console,
     option,
+    per_label,
     quiet_lightning,
     stdout,
 )
+
+if TYPE_CHECKING:
+    from onnxpack.core.package import Package
+    from onnxpack.deploy.compat import Finding
+    from onnxpack.runtime.optimize import GateResult
 
 
 @app.command(rich_help_panel=SHIP)
@@ -54,7 +60,7 @@ def optimize(
                  "depend on the batch)")
 
 
-def print_variants(results: list, package) -> None:
+def print_variants(results: list[GateResult], package: Package) -> None:
     from onnxpack.core.metrics import METRIC_NAMES, task_metric
 
     metric = task_metric(package.manifest.problem_type == "multi_label_classification")
@@ -123,7 +129,7 @@ def bench(
     stdout.print(f"model card: [bold]{card}[/]" + (f"; plot: [bold]{plot}[/]" if plot else ""))
 
 
-def print_bench(report: dict) -> None:
+def print_bench(report: dict[str, Any]) -> None:
     m = report["machine"]
     table = Table(title=f"p50 latency, {m['threads']} threads; ceilings fp32 {m['fp32_matmul_gflops']} GFLOP/s, "
                         f"int8 {m['int8_matmul_gops']} GOP/s")
@@ -142,7 +148,6 @@ def print_bench(report: dict) -> None:
                      + f"; best vs seed {d['best_vs_seed']}×, {d['best_fraction_of_int8_limit']:.0%} of the int8 limit")
     for note in report.get("notes", []):
         console.print(f"note: {note}")
-
 
 
 @app.command(rich_help_panel=SHIP)
@@ -187,7 +192,7 @@ def check(
         raise typer.Exit(1)
 
 
-def _second_runtime(package, findings: list, config: CheckConfig) -> None:
+def _second_runtime(package: Package, findings: list[Finding], config: CheckConfig) -> None:
     """Each variant's logits in onnxruntime-node against Python's, on validation rows."""
     import onnxruntime
 
@@ -256,8 +261,7 @@ def thresholds(
     from onnxpack.runtime.predictor import Predictor
 
     with Predictor(package) as predictor:
-        per_label = list(values) * len(predictor.labels) if len(values) == 1 else list(values)
-        predictor.set_thresholds(per_label)  # checks count and range
+        predictor.set_thresholds(per_label(values, len(predictor.labels)))  # checks count and range
         predictor.package.update_manifest(thresholds=predictor.thresholds)
         stdout.print(", ".join(f"{label} {t:g}" for label, t in zip(predictor.labels, predictor.thresholds)))
 

@@ -1,6 +1,6 @@
 """Every stage's options, written once: each field's default, help text and limits.
 
-The stages take these dataclasses; the CLI builds its options from them (cli/options.py), so a
+The stages take these dataclasses; the CLI builds its options from them (cli/app.py's `option`), so a
 default or a help text is never written twice. `validate()` is one generic check for all of them:
 the type a field is annotated with (a YAML value of the wrong type gets one line naming the key),
 then the limits its metadata gives. An option out of range gets the same one-line message from
@@ -14,7 +14,7 @@ import functools
 import types
 import typing
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from .errors import OnnxpackError
 
@@ -50,7 +50,7 @@ class Options:
         self.check()
 
     @classmethod
-    def from_mapping(cls, values: Any, origin: str) -> Any:
+    def from_mapping(cls, values: Any, origin: str) -> Self:
         """Options from a mapping such as a YAML file's, checked: an unknown key, or a value of the wrong
         type or out of range, is one line naming the key."""
         if not isinstance(values, dict):
