@@ -31,12 +31,12 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
+from onnxpack.core.config import OptimizeConfig
 from onnxpack.core.data import load_splits
 from onnxpack.core.metrics import predictions
 from onnxpack.core.package import FP32, Package, variant_file
 from onnxpack.runtime.feed import encode, package_tokenizer
 from onnxpack.runtime.optimize import (
-    OptimizeConfig,
     _build_int8,
     _build_int8_static,
     _calibration_texts,

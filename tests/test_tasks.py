@@ -16,14 +16,14 @@ from live import free_port, post, running
 from typer.testing import CliRunner
 
 from onnxpack.cli import app as cli_app
-from onnxpack.core.config import OptimizeConfig, TrainConfig
+from onnxpack.core.config import OptimizeConfig, ServeConfig, TrainConfig
 from onnxpack.core.package import Package
 from onnxpack.pytorch.export import export
 from onnxpack.pytorch.train import fit
 from onnxpack.pytorch.verify import verify
 from onnxpack.runtime.optimize import optimize
 from onnxpack.runtime.predictor import Predictor, serving_variant
-from onnxpack.serve import ServeConfig, create_app
+from onnxpack.serve import create_app
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -1,4 +1,4 @@
-"""triton_repo.py and kserve.py: the repository parses as Triton's ModelConfig, its checks catch
+"""triton.py and kserve.py: the repository parses as Triton's ModelConfig, its checks catch
 what the parse misses, its Python steps tokenize and label as `predict` does, and a real Triton
 server (the one PyPI's nvidia-pytriton bundles) answers raw text with `predict`'s labels."""
 
@@ -22,11 +22,11 @@ from conftest import provision
 from typer.testing import CliRunner
 
 from onnxpack.cli import app
+from onnxpack.core.config import ServingConfig
 from onnxpack.core.errors import OnnxpackError
 from onnxpack.core.package import Package
 from onnxpack.deploy import kserve
 from onnxpack.deploy.triton import (
-    ServingConfig,
     model_names,
     read_config,
     validate,

@@ -1,4 +1,4 @@
-"""batch.py and batch_ray.py: every input row gives one output row, in order, on both engines."""
+"""batch/local.py and batch/ray_data.py: every input row gives one output row, in order, on both engines."""
 
 from __future__ import annotations
 

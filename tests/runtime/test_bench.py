@@ -1,4 +1,5 @@
-"""bench.py and report.py: blocks not interleaved, ceilings, rows, speed-ups, plot and model card."""
+"""bench.py (with pytorch/bench.py's PyTorch rows) and inspection/report.py: blocks not interleaved,
+ceilings, rows, speed-ups, plot and model card."""
 
 from __future__ import annotations
 
@@ -8,13 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from onnxpack.core.config import OptimizeConfig
+from onnxpack.core.config import BenchConfig, OptimizeConfig
 from onnxpack.core.errors import OnnxpackError, PackageError
 from onnxpack.core.package import FP32, REPORT, Package
 from onnxpack.inspection.report import write_report
 from onnxpack.pytorch.bench import torch_engines
 from onnxpack.runtime.bench import (
-    BenchConfig,
     bench,
     latency_row,
     plot,

@@ -1,4 +1,4 @@
-"""runtime.py: the Predictor (texts in, labels out, with ONNX Runtime only) and provider selection."""
+"""predictor.py: the Predictor (texts in, labels out, with ONNX Runtime only) and provider selection."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 with a memory and a time limit, so a hostile graph costs a one-line error instead of a crash, a hang,
 a 4 TB allocation or a read outside its folder.
 
-`trust(path)` is the gate every stage passes before it loads a graph (runtime.Predictor, inspect,
+`trust(path)` is the gate every stage passes before it loads a graph (the Predictor, inspect,
 graph, profile, bench, optimize, export-serving). It does, in order:
 1. `check_file`, in this process, on the parsed protobuf only (no weights read): not empty, parses,
    has a graph; an IR version this onnx knows; opsets only of the standard domains and ONNX

@@ -15,7 +15,6 @@ import collections
 import dataclasses
 import html
 import json
-import logging
 import math
 import re
 import shutil
@@ -30,8 +29,6 @@ from onnx import numpy_helper
 from onnxpack.core.config import GraphConfig
 from onnxpack.core.errors import OnnxpackError
 from onnxpack.core.onnxfile import dtype_name, is_constant, tensor_types
-
-log = logging.getLogger(__name__)
 
 MAIN = "main"  # id of the overview
 ATTR_CHARS = 200  # attribute values are cut to this length on the page

@@ -54,5 +54,3 @@ def _runner(model: Any, feed: dict[str, np.ndarray]) -> Runner:
             return model(**tensors)
 
     return run
-
-

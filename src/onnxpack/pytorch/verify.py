@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,8 +22,6 @@ from onnxpack.runtime.predictor import Predictor
 from .export import LogitsModel
 from .localize import localize
 from .model import load_checkpoint
-
-log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass

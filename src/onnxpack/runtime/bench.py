@@ -136,7 +136,7 @@ def _cpu_name() -> str:
 
 # A baseline outside ONNX Runtime (pytorch.bench's PyTorch): given the package, the config and
 # the notes to add to, the engines it times, each a function of a feed that returns its runner.
-Baseline = Callable[[Package, "BenchConfig", list[str]], dict[str, Callable[[dict[str, np.ndarray]], Runner]]]
+Baseline = Callable[[Package, BenchConfig, list[str]], dict[str, Callable[[dict[str, np.ndarray]], Runner]]]
 
 
 def bench(package_dir: str | Path, config: BenchConfig | None = None,

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import collections
-import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -21,8 +20,6 @@ from onnxpack.core.errors import OnnxpackError
 from onnxpack.core.package import MULTI_LABEL, Package, check_thresholds
 
 from .feed import Text, check_input_names, check_texts, encode, package_tokenizer
-
-log = logging.getLogger(__name__)
 
 # Short names users type, mapped to ONNX Runtime's provider names.
 PROVIDER_ALIASES = {

@@ -2,10 +2,10 @@
 output file.
 
 Each actor holds one Predictor (one ONNX Runtime session, threads = the actor's CPUs) and runs
-batch.classify, so both engines give the same rows. The pool is sized from the cluster's CPUs with
+local.classify, so both engines give the same rows. The pool is sized from the cluster's CPUs with
 fractional CPUs per actor: actors that take every CPU starve the read tasks, and Ray then waits
 forever without a word (ray issue 44687). Rows keep their order (`preserve_order`) and the driver
-streams them into one file with batch.OutputWriter. A local cluster binds to 127.0.0.1 only.
+streams them into one file or folder with local.write_rows. A local cluster binds to 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from onnxpack.core.config import BatchConfig
 from onnxpack.core.errors import OnnxpackError
 from onnxpack.core.tables import TableFile
 from onnxpack.runtime.predictor import Predictor
 
 from .local import (
-    BatchConfig,
     BatchSummary,
     classify,
     input_columns,
@@ -60,7 +60,7 @@ class _ActorPredictor:
 def run_ray(package: str | Path, input_spec: str, output: str | Path, config: BatchConfig | None = None,
             address: str | None = None, num_workers: int | None = None,
             progress: Callable[[int], None] | None = None) -> BatchSummary:
-    """The `ray` engine: the same rows as `batch.run_local`, computed by an actor pool."""
+    """The `ray` engine: the same rows as `local.run_local`, computed by an actor pool."""
     config = config or BatchConfig()
     config.validate()
     ray = _import_ray()
