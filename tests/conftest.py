@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner, Result
 
 from onnxpack.core.data import BUNDLED_COLA, read_table
 
@@ -77,6 +78,22 @@ def provision(config, lock: Path, ready: Callable[[], bool], build: Callable[[],
             return
         announce(config, message)
         build()
+
+
+@pytest.fixture()
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def one_error_line(result: Result) -> str:
+    """The whole of stderr for a user error: one line, `error: ...`, and nothing on stdout."""
+    assert result.exit_code == 1, (result.exit_code, result.output, result.exception)
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in result.output
+    return lines[0]
 
 
 def write_tsv(path: Path, rows: list[tuple[str, int]]) -> Path:

@@ -8,7 +8,6 @@ import sys
 
 import pytest
 import typer
-from typer.testing import CliRunner
 
 from onnxpack.cli import app
 from onnxpack.core import config as options
@@ -23,11 +22,6 @@ CONFIGS = {"train": options.TrainConfig, "export": options.ExportConfig, "verify
            "profile": options.ProfileConfig}
 PIPELINE = ["train", "export", "verify", "demo", "optimize", "bench", "check", "export-serving", "thresholds",
             "predict", "batch", "serve", "providers", "inspect", "graph", "profile", "view"]
-
-
-@pytest.fixture()
-def runner() -> CliRunner:
-    return CliRunner()
 
 
 def test_the_commands_are_the_pipeline_in_order():
@@ -134,3 +128,8 @@ def test_torch_side_commands_name_the_extra_without_it(tmp_path, command):
     assert len(lines) == 1 and "onnxpack[train]" in lines[0] and lines[0].startswith("error: "), result.stderr
     assert list(tmp_path.iterdir()) == []
 
+
+def test_no_args_shows_help(runner):
+    result = runner.invoke(app, [])
+    assert "Usage: " in result.output and "build: train and package" in result.output
+    assert "error:" not in result.output

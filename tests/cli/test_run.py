@@ -1,0 +1,120 @@
+"""cli/run.py: predict and providers through Typer's CliRunner: output, and exactly one `error: ...` line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import one_error_line
+
+from onnxpack.cli import app
+
+# --- providers ----------------------------------------------------------------------------------------------
+
+def test_providers_json(runner):
+    result = runner.invoke(app, ["providers", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert "CPUExecutionProvider" in data["available"]
+    assert set(data["available"]) <= set(data["all"])
+
+
+def test_providers_table(runner):
+    result = runner.invoke(app, ["providers"])
+    assert result.exit_code == 0 and "CPUExecutionProvider" in result.stdout
+
+
+# --- predict ------------------------------------------------------------------------------------------------
+
+def test_predict_texts(runner, package_dir):
+    texts = ["the cat sat on the mat", "him saw she", "go"]
+    result = runner.invoke(app, ["predict", str(package_dir), *texts, "--batch-size", "2"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3
+    rows = [json.loads(line) for line in lines]
+    assert [r["text"] for r in rows] == texts
+    for r in rows:
+        assert r["label"] in ("unacceptable", "acceptable")
+        assert sum(r["scores"].values()) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_predict_long_text_stays_on_one_line(runner, package_dir):
+    text = "the cat sat on the mat and " * 20 + "slept"
+    result = runner.invoke(app, ["predict", str(package_dir), text])
+    assert result.exit_code == 0, result.output
+    (line,) = result.stdout.splitlines()
+    assert json.loads(line)["text"] == text
+
+
+def test_predict_stdin(runner, package_dir):
+    result = runner.invoke(app, ["predict", str(package_dir)], input="first text\n\nsecond text\n")
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["text"] for line in result.stdout.splitlines()] == ["first text", "second text"]
+
+
+def test_predict_file_and_out(runner, package_dir, tmp_path):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("one text\n\n  \nanother one\n", encoding="utf-8")
+    out = tmp_path / "out" / "predictions.jsonl"
+    result = runner.invoke(app, ["predict", str(package_dir), "--file", str(texts), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["text"] for r in rows] == ["one text", "another one"]
+
+
+@pytest.mark.parametrize("lines", [['{"text": "him saw she", "id": 1}', '{"text": "go"}'], ['"him saw she"', '"go"']],
+                         ids=["objects", "strings"])
+def test_predict_file_json_lines(runner, package_dir, tmp_path, lines):
+    """JSON Lines of objects (read as a table, as batch reads them) or of bare strings."""
+    path = tmp_path / "t.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = runner.invoke(app, ["predict", str(package_dir), "--file", str(path)])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["text"] for line in result.stdout.splitlines()] == ["him saw she", "go"]
+
+
+def test_predict_file_json_lines_without_the_text_key(runner, package_dir, tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"text": "a text"}\n{"sentence": "another"}\n', encoding="utf-8")
+    result = runner.invoke(app, ["predict", str(package_dir), "--file", str(path)])
+    line = one_error_line(result)  # the first text key found (sentence) is missing on row 1
+    assert line == f"error: {path}: row 1 has no text under 'sentence' (hint: give every line the same text key(s))"
+
+
+def test_predict_file_json_lines_of_mixed_shapes(runner, package_dir, tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('"a text"\n["a", "pair"]\n', encoding="utf-8")
+    result = runner.invoke(app, ["predict", str(package_dir), "--file", str(path)])
+    assert one_error_line(result) == (f"error: {path}:2 is not a string (or an object per line) "
+                                       "(hint: write every line the same way)")
+
+
+def test_predict_empty_stdin(runner, package_dir):
+    result = runner.invoke(app, ["predict", str(package_dir)], input="")
+    assert one_error_line(result).startswith("error: no texts to predict")
+
+
+def test_predict_not_a_package(runner, tmp_path):
+    result = runner.invoke(app, ["predict", str(tmp_path), "hello"])
+    line = one_error_line(result)
+    assert line == (f"error: {tmp_path} is not a package: it has no manifest.json "
+                    "(hint: pass the folder `onnxpack export` wrote)")
+
+
+def test_predict_texts_and_file(runner, package_dir, tmp_path):
+    texts = tmp_path / "t.txt"
+    texts.write_text("a\n", encoding="utf-8")
+    result = runner.invoke(app, ["predict", str(package_dir), "hello", "--file", str(texts)])
+    assert one_error_line(result) == "error: give texts as arguments or --file, not both"
+
+
+def test_predict_missing_file(runner, package_dir, tmp_path):
+    result = runner.invoke(app, ["predict", str(package_dir), "--file", str(tmp_path / "none.txt")])
+    assert one_error_line(result).startswith(f"error: cannot read {tmp_path / 'none.txt'}")
+
+
+def test_predict_unknown_provider(runner, package_dir):
+    result = runner.invoke(app, ["predict", str(package_dir), "hi", "--provider", "warp"])
+    assert one_error_line(result).startswith("error: unknown execution provider 'warp'; available: ")
