@@ -31,7 +31,8 @@ from typer.testing import CliRunner
 from onnxpack.cli import app as cli_app
 from onnxpack.runtime.feed import encode
 from onnxpack.runtime.predictor import Predictor
-from onnxpack.serve import ServeConfig, create_app, http_api
+from onnxpack.serve import ServeConfig, create_app
+from onnxpack.serve.http import app as http_app
 from onnxpack.serve import service as serve_service
 from onnxpack.serve.batcher import MicroBatcher, length_groups
 from onnxpack.serve.metrics import Metrics
@@ -475,8 +476,8 @@ def test_loadtest_script_runs(package_dir, small_cola, tmp_path):
 @pytest.fixture()
 def quick_deadlines(monkeypatch):
 
-    monkeypatch.setattr(http_api, "HEADER_TIMEOUT_S", 1.0)
-    monkeypatch.setattr(http_api, "BODY_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(http_app, "HEADER_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(http_app, "BODY_TIMEOUT_S", 1.0)
 
 
 def _raw(port: int, data: bytes, wait: float = 5.0) -> bytes:
@@ -659,7 +660,7 @@ def test_the_fast_path_answers_well_formed_requests_and_hands_on_the_rest(packag
     answer them; every other request goes on to the route with its body intact."""
     import orjson
 
-    from onnxpack.serve.http_api import _INFER, _PREDICT, _FastPath
+    from onnxpack.serve.http.app import _INFER, _PREDICT, _FastPath
     from onnxpack.serve.service import Service
     from onnxpack.serve.v2 import V2
 

@@ -37,9 +37,9 @@ from onnxpack.core import untrusted
 from onnxpack.core.errors import OnnxpackError
 from onnxpack.runtime.feed import check_texts
 
-from . import v2_binary
-from .metrics import Metrics
-from .service import (
+from .. import v2_binary
+from ..metrics import Metrics
+from ..service import (
     RETRY_AFTER_S,
     Service,
     Unavailable,
@@ -47,7 +47,7 @@ from .service import (
     exit_after,
     exit_unless_ready,
 )
-from .v2 import (
+from ..v2 import (
     EXTENSIONS,
     OUTPUTS,
     TEXT_INPUT,
@@ -179,7 +179,7 @@ def build_app(service: Service) -> FastAPI:
                Field(None, description="texts to classify; each must contain a non-space character")),
         pairs=(pairs_type | None, Field(None, description="a pair model's (first, second) texts: [[a, b], ...]")))
     inference = APIRouter(route_class=_AdmittedRoute)
-    page_html = importlib.resources.files(__package__).joinpath("serve.html").read_text(encoding="utf-8")
+    page_html = importlib.resources.files("onnxpack.serve").joinpath("serve.html").read_text(encoding="utf-8")
     page_html = page_html.replace("{{name}}", html.escape(model))
 
     @app.get("/", response_class=HTMLResponse, summary="A page to try the model in a browser")
