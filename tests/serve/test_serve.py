@@ -32,7 +32,7 @@ from onnxpack.cli import app as cli_app
 from onnxpack.runtime.feed import encode
 from onnxpack.runtime.predictor import Predictor
 from onnxpack.serve import ServeConfig, create_app
-from onnxpack.serve.http import app as http_app
+from onnxpack.serve import runner as serve_runner
 from onnxpack.serve import service as serve_service
 from onnxpack.serve.batcher import MicroBatcher, length_groups
 from onnxpack.serve.metrics import Metrics
@@ -476,8 +476,8 @@ def test_loadtest_script_runs(package_dir, small_cola, tmp_path):
 @pytest.fixture()
 def quick_deadlines(monkeypatch):
 
-    monkeypatch.setattr(http_app, "HEADER_TIMEOUT_S", 1.0)
-    monkeypatch.setattr(http_app, "BODY_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(serve_runner, "HEADER_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(serve_runner, "BODY_TIMEOUT_S", 1.0)
 
 
 def _raw(port: int, data: bytes, wait: float = 5.0) -> bytes:
@@ -660,7 +660,8 @@ def test_the_fast_path_answers_well_formed_requests_and_hands_on_the_rest(packag
     answer them; every other request goes on to the route with its body intact."""
     import orjson
 
-    from onnxpack.serve.http.app import _INFER, _PREDICT, _FastPath
+    from onnxpack.serve.http.fast_path import FastPath
+    from onnxpack.serve.http.schema import INFER, PREDICT
     from onnxpack.serve.service import Service
     from onnxpack.serve.v2 import V2
 
@@ -670,8 +671,8 @@ def test_the_fast_path_answers_well_formed_requests_and_hands_on_the_rest(packag
     async def route(scope, receive, send):
         handed_on.append((await receive())["body"])
 
-    routes = {path: type("Route", (), {"path": path})() for path in (_PREDICT, _INFER)}
-    fast = _FastPath(route, service, V2(service), routes)
+    routes = {path: type("Route", (), {"path": path})() for path in (PREDICT, INFER)}
+    fast = FastPath(route, service, V2(service), routes)
     infer = f"/v2/models/{package_dir.name}/infer"
 
     async def call(path: str, body, content_type: bytes = b"application/json"):
@@ -699,13 +700,13 @@ def test_the_fast_path_answers_well_formed_requests_and_hands_on_the_rest(packag
                 await asyncio.sleep(0.05)
             status, answer, route_path = await call("/predict", {"texts": TEXTS})
             want = predictor.predict(TEXTS)
-            assert status == 200 and route_path == _PREDICT and answer["truncated"] == []
+            assert status == 200 and route_path == PREDICT and answer["truncated"] == []
             assert [p["label"] for p in answer["predictions"]] == [w["label"] for w in want]
             assert [p["score"] for p in answer["predictions"]] == pytest.approx([w["score"] for w in want], abs=1e-6)
             status, answer, route_path = await call(infer, {"id": "7", "inputs": [
                 {"name": "text", "datatype": "BYTES", "shape": [len(TEXTS)], "data": TEXTS}],
                 "outputs": [{"name": "label"}]})
-            assert status == 200 and route_path == _INFER and answer["id"] == "7"
+            assert status == 200 and route_path == INFER and answer["id"] == "7"
             assert answer["outputs"] == [{"name": "label", "datatype": "BYTES", "shape": [len(TEXTS)],
                                           "data": [w["label"] for w in want]}]
             for path, body in [("/predict", {"texts": [""]}), ("/predict", {"texts": [" \t"]}),

@@ -6,7 +6,8 @@
     metrics.py     the Prometheus metrics
     v2.py          the Open Inference Protocol (KServe V2) apart from any transport
     v2_binary.py   its binary tensor data extension
-    http/app.py    HTTP: FastAPI on uvicorn (/predict, V2 REST, /metrics, a web page)
+    http/          HTTP: FastAPI (/predict, V2 REST, /metrics, a web page): schema, app, fast_path, middleware
+    runner.py      uvicorn, as every onnxpack server runs on it: read deadlines, a bounded graceful shutdown
     grpc_api.py    gRPC: V2's GRPCInferenceService, beside HTTP on --grpc-port
 
 The HTTP and gRPC modules never import each other's framework; this module puts them together.
@@ -20,7 +21,8 @@ from fastapi import FastAPI
 
 from onnxpack.core.package import Package
 
-from .http.app import build_app, run, uvicorn_config
+from .http.app import build_app
+from .runner import run, uvicorn_config
 from .service import ServeConfig, Service
 
 __all__ = ["ServeConfig", "create_app", "run", "uvicorn_config"]

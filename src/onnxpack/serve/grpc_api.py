@@ -11,7 +11,6 @@ RESOURCE_EXHAUSTED (from gRPC itself) for a message over `max_body_bytes`.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
@@ -28,7 +27,7 @@ from onnxpack.core.errors import OnnxpackError
 
 from . import v2_binary
 from .service import Service, Unavailable, UnknownModel
-from .v2 import EXTENSIONS, V2
+from .v2 import EXTENSIONS, V2, Tensor
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +35,6 @@ SERVICE_NAME = "inference.GRPCInferenceService"
 # The InferTensorContents field holding each datatype's values.
 CONTENTS = {"BYTES": "bytes_contents", "INT64": "int64_contents", "INT32": "int_contents", "FP32": "fp32_contents",
             "FP64": "fp64_contents", "BOOL": "bool_contents", "UINT64": "uint64_contents", "UINT32": "uint_contents"}
-
-
-@dataclasses.dataclass
-class _Tensor:
-    name: str
-    datatype: str
-    shape: list[int]
-    data: list[Any]
 
 
 class GrpcFrontend:
@@ -143,7 +134,7 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
 
-def _tensors(request: pb.ModelInferRequest) -> list[_Tensor]:
+def _tensors(request: pb.ModelInferRequest) -> list[Tensor]:
     """The request's inputs with their values, from raw_input_contents or the typed contents."""
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
@@ -161,7 +152,7 @@ def _tensors(request: pb.ModelInferRequest) -> list[_Tensor]:
         else:
             field = CONTENTS.get(tensor.datatype)
             data = list(getattr(tensor.contents, field)) if field else []
-        tensors.append(_Tensor(tensor.name, tensor.datatype, shape, data))
+        tensors.append(Tensor(tensor.name, tensor.datatype, shape, data))
     return tensors
 
 

@@ -1,9 +1,9 @@
 """The Open Inference Protocol (KServe V2) model, apart from any transport: which tensors a
 request may hold and what they must look like, the model's metadata, and the answer's tensors.
 
-HTTP (JSON or the binary extension) and gRPC turn their messages into `Tensor`-like objects
-(`name`, `datatype`, `shape`, `data`) and back; every check, and every error message, is here
-once. Mistakes raise OnnxpackError: HTTP answers 400, gRPC INVALID_ARGUMENT.
+HTTP (JSON or the binary extension) and gRPC turn their messages into `Tensor`s and back;
+every check, and every error message, is here once. Mistakes raise OnnxpackError: HTTP
+answers 400, gRPC INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any
 
 import numpy as np
 from pydantic import Field, StringConstraints, TypeAdapter, ValidationError
@@ -28,11 +28,14 @@ PLATFORM = "onnxruntime_onnx"
 EXTENSIONS = ("classification",)  # the V2 extensions served, besides REST's binary_tensor_data
 
 
-class Tensor(Protocol):
+@dataclasses.dataclass
+class Tensor:
+    """An input tensor, whichever protocol brought it."""
+
     name: str
     datatype: str
     shape: list[int]
-    data: list[Any] | np.ndarray  # JSON: row-major, flat or nested; binary: already an array
+    data: list[Any]  # row-major, flat or nested (V2 JSON allows both)
 
 
 def text_type(config: ServeConfig) -> Any:
@@ -152,9 +155,6 @@ class V2:
         arrays = {}
         for name, tensor in inputs.items():
             flat = _flat_data(tensor, "INT64", ([None, None],))
-            if isinstance(flat, np.ndarray):
-                arrays[name] = flat.astype(np.int64, copy=False).reshape(tensor.shape)
-                continue
             if not all(type(x) is int for x in flat):  # bool is an int subclass; JSON true is not a token id
                 raise OnnxpackError(f"input {name!r} must hold integers")
             try:
@@ -184,8 +184,8 @@ class V2:
         return arrays
 
 
-def _flat_data(tensor: Tensor, datatype: str, shapes: tuple[list[int | None], ...]) -> list[Any] | np.ndarray:
-    """The tensor's data as one flat list (or array), after checking datatype, shape and element
+def _flat_data(tensor: Tensor, datatype: str, shapes: tuple[list[int | None], ...]) -> list[Any]:
+    """The tensor's data as one flat list, after checking datatype, shape and element
     count. `shapes` are the accepted shapes, None standing for any size."""
     if tensor.datatype != datatype:
         raise OnnxpackError(f"input {tensor.name!r} must be {datatype}, got {tensor.datatype!r}")
@@ -196,12 +196,9 @@ def _flat_data(tensor: Tensor, datatype: str, shapes: tuple[list[int | None], ..
         accepted = " or ".join(str(["n" if d is None else d for d in s]).replace("'", "") for s in shapes)
         raise OnnxpackError(f"input {tensor.name!r} has shape {shape}; expected {accepted}")
     flat = tensor.data
-    if isinstance(flat, np.ndarray):
-        flat = flat.ravel()
-    else:
-        for _ in range(len(shape) - 1):  # V2 JSON allows nested rows as well as one flat list
-            if flat and all(isinstance(x, list) for x in flat):
-                flat = [y for x in flat for y in x]
+    for _ in range(len(shape) - 1):  # V2 JSON allows nested rows as well as one flat list
+        if flat and all(isinstance(x, list) for x in flat):
+            flat = [y for x in flat for y in x]
     if len(flat) != math.prod(shape):
         raise OnnxpackError(f"input {tensor.name!r} has {len(flat)} values for shape {shape}")
     return flat

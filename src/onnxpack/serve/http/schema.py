@@ -1,0 +1,159 @@
+"""The HTTP API's bodies: the request and response models (they make the OpenAPI schema and
+validate every request, on the fast path and in FastAPI alike), and the answers' dicts."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from onnxpack.core.errors import OnnxpackError
+from onnxpack.runtime.feed import Text
+
+from ..service import ServeConfig, Service
+from ..v2 import OUTPUTS, TEXT_INPUT, V2, Call, Tensor, text_type, texts_type
+
+PREDICT = "/predict"
+INFER = "/v2/models/{name}/infer"
+
+
+class ErrorBody(BaseModel):
+    error: str
+
+
+class PredictBody(BaseModel):
+    """A /predict body; `predict_request` narrows its fields to the server's limits."""
+
+    model_config = ConfigDict(extra="forbid")
+    texts: list[str] | None = None
+    pairs: list[tuple[str, str]] | None = None
+
+    def rows(self, pair_model: bool) -> list[Text]:
+        """The texts, or the pairs; OnnxpackError unless the body holds one of them, the kind the
+        model reads. (The fields' types have checked every text already.)"""
+        if (self.texts is None) == (self.pairs is None):
+            raise OnnxpackError("send either 'texts' or 'pairs'")
+        if pair_model and self.pairs is None:
+            raise OnnxpackError("this model reads sentence pairs: send 'pairs', [[first, second], ...]")
+        if not pair_model and self.texts is None:
+            raise OnnxpackError("this model takes single texts, not pairs: send 'texts'")
+        return self.pairs if pair_model else self.texts
+
+
+def predict_request(config: ServeConfig) -> type[PredictBody]:
+    """The /predict body under `config`'s limits: `texts` or `pairs`."""
+    pairs_type = Annotated[list[tuple[text_type(config), text_type(config)]],
+                           Field(min_length=1, max_length=config.max_texts)]
+    return create_model(
+        "PredictRequest", __base__=PredictBody,
+        texts=(texts_type(config) | None,
+               Field(None, description="texts to classify; each must contain a non-space character")),
+        pairs=(pairs_type | None, Field(None, description="a pair model's (first, second) texts: [[a, b], ...]")))
+
+
+class Prediction(BaseModel):
+    text: str | tuple[str, str] = Field(description="the text, or the pair")
+    label: str
+    score: float
+    scores: dict[str, float]
+    labels: list[str] | None = Field(None, description="multi-label models: every label at or over its threshold")
+
+
+class PredictResponse(BaseModel):
+    model: str
+    predictions: list[Prediction] = Field(description="one per text, in order: what `onnxpack predict` prints")
+    truncated: list[int] = Field(description="indices of texts cut to the package's max_length tokens")
+
+
+class Liveness(BaseModel):
+    live: bool
+
+
+class Readiness(BaseModel):
+    ready: bool
+
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+class InferInput(BaseModel):
+    name: str
+    shape: list[Annotated[int, Field(ge=0)]]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: list[Any] = Field(description="row-major, flat or nested")
+
+
+class RequestedOutput(BaseModel):
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class InferRequest(BaseModel):
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[InferInput] = Field(min_length=1, description=f"either {TEXT_INPUT!r} (BYTES, shape [batch]) or "
+                                                               "the token inputs (INT64, shape [batch, sequence])")
+    outputs: list[RequestedOutput] | None = Field(None, description=f"a subset of {', '.join(OUTPUTS)} (default: all)")
+
+    def parse(self, v2: V2) -> Call:
+        """The checked call this body asks for (OnnxpackError if it is not one)."""
+        tensors = [Tensor(t.name, t.datatype, t.shape, t.data) for t in self.inputs]
+        return v2.parse(tensors, None if self.outputs is None else [(o.name, o.parameters) for o in self.outputs])
+
+
+class InferOutput(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+    data: list[float | str]
+
+
+class InferResponse(BaseModel):
+    model_name: str
+    id: str | None = None
+    parameters: dict[str, Any] = Field(description="`truncated`: indices of texts cut to max_length tokens")
+    outputs: list[InferOutput]
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` of a route that may answer these error codes."""
+    meaning = {400: "invalid input", 404: "unknown model", 413: "request body too large",
+               503: "loading, or busy: retry after Retry-After seconds"}
+    return {code: {"model": ErrorBody, "description": meaning[code]} for code in codes}
+
+
+def predict_answer(service: Service, texts: list[Text], logits: Any, truncated: list[int]) -> dict[str, Any]:
+    """A PredictResponse."""
+    return {"model": service.manifest.name, "predictions": service.predictor.results(texts, logits),
+            "truncated": truncated}
+
+
+def infer_answer(service: Service, v2: V2, call: Call, logits: Any, truncated: list[int],
+                 request_id: str | None) -> dict[str, Any]:
+    """An InferResponse."""
+    results = service.predictor.results(call.texts or [None] * len(logits), logits)
+    outputs = [{"name": n, "datatype": dt, "shape": shape, "data": data if isinstance(data, list) else data.ravel().tolist()}
+               for n, dt, shape, data in v2.answer(logits, results, call)]
+    answer = {"model_name": service.manifest.name, "parameters": {"truncated": truncated} if call.texts else {},
+              "outputs": outputs}
+    if request_id is not None:
+        answer["id"] = request_id
+    return answer
