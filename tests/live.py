@@ -13,10 +13,14 @@ from collections.abc import Iterator
 import httpx
 import uvicorn
 
+from onnxpack.core.config import ServeConfig
 from onnxpack.runtime.predictor import Predictor
 from onnxpack.serve import uvicorn_config
 
 HOST = "127.0.0.1"
+# A server without its gRPC service: ServeConfig serves gRPC on 8001 by default, as the CLI does, and
+# tests that run servers side by side must not all take that port.
+HTTP_ONLY = ServeConfig(grpc_port=0)
 TEXTS = ["the book was written by john", "go", "him saw she",
          "the professor who the students that the dean hired admired resigned after the long meeting"]
 

@@ -108,7 +108,7 @@ def test_unknown_family_at_export_writes_nothing(tiny_model_dir, tmp_path):
 @pytest.mark.parametrize("model_type", FAMILY_CASES)
 def test_family_through_every_stage(model_type, tiny_model_dir, tmp_path):
     """verify, optimize (or why a variant does not apply), bench and serve, for every family."""
-    from live import post, running
+    from live import HTTP_ONLY, post, running
 
     from onnxpack.core.config import BenchConfig, OptimizeConfig
     from onnxpack.pytorch.verify import verify
@@ -140,7 +140,7 @@ def test_family_through_every_stage(model_type, tiny_model_dir, tmp_path):
     timed = {row["variant"] for row in figures["results"] if row["engine"] == "onnxruntime"}
     assert timed == set(accepted) and figures["dataset"]["n"] == 24
 
-    with running(create_app(package.root)) as url:
+    with running(create_app(package.root, HTTP_ONLY)) as url:
         served = post(url, "/predict", {"texts": TEXTS[:3]}).json()["predictions"]
     with Predictor(package.root, variant=serving_variant(Package.open(package.root))) as predictor:
         assert [p["label"] for p in served] == [p["label"] for p in predictor.predict(TEXTS[:3])]

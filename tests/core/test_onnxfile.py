@@ -8,7 +8,7 @@ import json
 import numpy as np
 import onnx
 import pytest
-from live import post, running
+from live import HTTP_ONLY, post, running
 from typer.testing import CliRunner
 
 import onnxpack.core.package
@@ -68,5 +68,5 @@ def test_every_stage_handles_external_data(external_package, small_cola, tmp_pat
         result = runner.invoke(app, args)
         assert result.exit_code == 0, (args, result.output)
     assert json.loads((tmp_path / "i.json").read_text())["weights"]["parameters"] > 10_000  # the weights were read
-    with running(create_app(root)) as url:
+    with running(create_app(root, HTTP_ONLY)) as url:
         assert post(url, "/predict", {"texts": TEXTS}).status_code == 200

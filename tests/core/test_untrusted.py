@@ -12,6 +12,7 @@ import time
 import hostile
 import pytest
 from conftest import hostile_package
+from live import HTTP_ONLY
 from typer.testing import CliRunner
 
 from onnxpack.cli import app
@@ -62,7 +63,7 @@ def test_every_command_refuses_a_hostile_model(package_dir, tmp_path, case):
         assert sorted(p.name for p in out.iterdir()) == ["in.tsv"], command  # no partial output
         assert (package / MANIFEST).read_bytes() == manifest, command  # the package is left as it was
     with pytest.raises(OnnxpackError):  # `serve` refuses before it listens (its CLI run: the test below)
-        create_app(package)
+        create_app(package, HTTP_ONLY)
 
 
 def test_refusals_name_the_problem(tmp_path):

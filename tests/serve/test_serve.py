@@ -24,7 +24,18 @@ import numpy as np
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
-from live import HOST, TEXTS, Gate, free_port, metric, post, ready, running, wait_until
+from live import (
+    HOST,
+    HTTP_ONLY,
+    TEXTS,
+    Gate,
+    free_port,
+    metric,
+    post,
+    ready,
+    running,
+    wait_until,
+)
 from schemathesis.checks import positive_data_acceptance
 from typer.testing import CliRunner
 
@@ -42,7 +53,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def base(package_dir) -> Iterator[str]:
     """One server with the default limits, shared by the module."""
-    with running(create_app(package_dir)) as url:
+    with running(create_app(package_dir, HTTP_ONLY)) as url:
         yield url
 
 
@@ -233,6 +244,7 @@ def test_defaults_are_on():
     config = ServeConfig()
     assert (config.max_body_bytes, config.max_texts, config.max_chars) == (1 << 20, 128, 10_000)
     assert config.max_batch == 32 and config.max_delay_ms == 5
+    assert config.grpc_port == 8001  # a library user gets gRPC as `onnxpack serve` does
 
 
 def test_openapi_declares_the_errors(base):
@@ -318,7 +330,7 @@ def test_metrics_move(base):
 def test_ready_only_after_warm_up(package_dir, monkeypatch, model_name):
     gate = Gate(open_=False)
     monkeypatch.setattr(serve_service, "Predictor", gate.predictor_class())
-    with running(create_app(package_dir), wait_ready=False) as base:
+    with running(create_app(package_dir, HTTP_ONLY), wait_ready=False) as base:
         assert gate.entered.wait(30)  # the warm-up inference has started, and is held
         assert httpx.get(f"{base}/v2/health/live").status_code == 200
         for path in ("/v2/health/ready", f"/v2/models/{model_name}/ready"):
@@ -334,7 +346,7 @@ def test_ready_only_after_warm_up(package_dir, monkeypatch, model_name):
 def test_over_the_cap_requests_queue_then_get_503(package_dir, monkeypatch):
     gate = Gate(open_=True)
     monkeypatch.setattr(serve_service, "Predictor", gate.predictor_class())
-    config = ServeConfig(max_concurrency=1, max_queue=1)
+    config = ServeConfig(max_concurrency=1, max_queue=1, grpc_port=0)
     with running(create_app(package_dir, config)) as base:
         gate.opened.clear()
         gate.entered.clear()
@@ -403,7 +415,7 @@ def test_serve_cli_reports_bad_options_in_one_line(package_dir, tmp_path):
     result = runner.invoke(cli_app, ["serve", str(package_dir), "--instances", "0"])
     assert result.exit_code == 1 and "error: --instances must be at least 1, got 0" in result.output
     result = runner.invoke(cli_app, ["serve", str(package_dir), "--grpc-port", "70000"])
-    assert result.exit_code == 1 and "--grpc-port must be a port number" in result.output
+    assert result.exit_code == 1 and "error: --grpc-port must be between 0 and 65535, got 70000" in result.output
 
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -498,7 +510,7 @@ def _status(response: bytes) -> int | None:
 
 
 def test_slow_clients_are_cut_off_and_others_still_answered(package_dir, quick_deadlines):
-    with running(create_app(package_dir)) as base:
+    with running(create_app(package_dir, HTTP_ONLY)) as base:
         port = int(base.rsplit(":", 1)[1])
         slow = [socket.create_connection((HOST, port)) for _ in range(30)]  # slow-loris: headers never finish
         for s in slow:
@@ -543,7 +555,7 @@ def test_malformed_http_gets_4xx_or_a_closed_connection(base, request_bytes):
 
 
 def test_a_body_cut_short_or_a_client_gone_frees_what_it_held(package_dir):
-    with running(create_app(package_dir, ServeConfig(max_delay_ms=1500))) as base:
+    with running(create_app(package_dir, ServeConfig(max_delay_ms=1500, grpc_port=0))) as base:
         port = int(base.rsplit(":", 1)[1])
         short = socket.create_connection((HOST, port))
         short.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"

@@ -1,7 +1,7 @@
 """What a server is, whatever the protocol: its package and limits, the model's lifecycle
 (load in the background, warm up, drain on shutdown) and the admission of inference requests.
 
-`http_api` and `grpc_api` are two front ends on one `Service`: the same batcher, the same
+`http/` and `grpc_api` are two front ends on one `Service`: the same batcher, the same
 limits and the same metrics.
 """
 
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from onnxpack.core import untrusted
+from onnxpack.core.config import ServeConfig
 from onnxpack.core.errors import OnnxpackError
 from onnxpack.core.package import Package
 from onnxpack.runtime.feed import vocab_size
@@ -31,36 +32,6 @@ from .metrics import Metrics
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 1  # what a refused request is told to wait
-
-
-@dataclasses.dataclass
-class ServeConfig:
-    max_batch: int = 32  # rows per model call; 1 turns micro-batching off
-    max_delay_ms: float = 5.0  # how long a row may wait in the queue for others to share its model call
-    max_concurrency: int = 64  # requests being answered at once; more wait in the queue below
-    max_queue: int = 256  # requests waiting for a slot; beyond that: 503 (gRPC: UNAVAILABLE)
-    max_body_bytes: int = 1 << 20  # request body (gRPC: message) size; 413 (RESOURCE_EXHAUSTED) over it
-    max_texts: int = 128  # texts, or token rows, per request
-    max_chars: int = 10_000  # characters per text (tokens past max_length are truncated anyway)
-    provider: str | None = None  # ONNX Runtime execution provider (default: the runtime's choice)
-    variant: str | None = None  # package variant (default: serving_variant)
-    # Model instances: threads running length groups through the one session side by side.
-    instances: int = 2
-    threads: int | None = None  # ONNX Runtime intra-op threads per instance (default: the CPUs shared among them)
-    # After SIGTERM, in-flight requests get this long; then the process ends even if a model call is stuck.
-    grace_s: float = 30.0
-    grpc_port: int | None = None  # the V2 gRPC service's port beside HTTP; None: no gRPC
-    host: str = "127.0.0.1"  # where the gRPC service listens (HTTP's address is uvicorn's)
-
-    def check(self) -> None:
-        for name in ("max_batch", "instances", "max_concurrency", "max_body_bytes", "max_texts", "max_chars"):
-            if getattr(self, name) < 1:
-                raise OnnxpackError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.max_queue < 0 or self.max_delay_ms < 0 or self.grace_s < 0:
-            raise OnnxpackError("--max-queue, --max-delay-ms and --grace-s cannot be negative")
-        if self.grpc_port is not None and not 0 < self.grpc_port < 65536:
-            raise OnnxpackError(f"--grpc-port must be a port number (1 to 65535), got {self.grpc_port}",
-                                hint="--grpc-port 0 turns gRPC off")
 
 
 class Unavailable(Exception):
@@ -87,7 +58,7 @@ class Service:
         line before anything listens; a graph that is malformed, hostile, or cannot finish a first run
         within its time limit is refused here (untrusted.py)."""
         config = config or ServeConfig()
-        config.check()
+        config.validate()
         self.package = package_dir if isinstance(package_dir, Package) else Package.open(package_dir)
         resolve_providers(config.provider)
         self.config = dataclasses.replace(config, variant=config.variant or serving_variant(self.package, config.provider))
