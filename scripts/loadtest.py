@@ -68,8 +68,8 @@ class HttpClient:
         return (b"POST /predict HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
                 % (HOST.encode(), len(body)) + body)
 
-    async def send(self, request: bytes) -> tuple[str, float]:
-        """(label, score) of the answer; raises on anything but a 200."""
+    async def exchange(self, request: bytes) -> tuple[int, bytes]:
+        """Send one whole request; (status, body) of the answer."""
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(HOST, self.port)
         self.writer.write(request)
@@ -79,6 +79,16 @@ class HttpClient:
         payload = await self.reader.readexactly(length)
         if re.search(rb"(?i)\r\nconnection: *close", head):
             await self.close()
+        return status, payload
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        """Any JSON POST (the soak's good, bad and oversized requests)."""
+        return await self.exchange(b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                                   b"Content-Length: %d\r\n\r\n" % (path.encode(), HOST.encode(), len(body)) + body)
+
+    async def send(self, request: bytes) -> tuple[str, float]:
+        """(label, score) of the answer; raises on anything but a 200."""
+        status, payload = await self.exchange(request)
         if status != 200:
             raise RuntimeError(f"{status}: {payload[:100]!r}")
         got = orjson.loads(payload)["predictions"][0]

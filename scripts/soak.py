@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from loadtest import Connection, reference_predictions, server  # noqa: E402  (one client, one server starter)
+from loadtest import HttpClient, reference_predictions, server  # noqa: E402  (one client, one server starter)
 
 from onnxpack.core.data import load_splits, resolve_data  # noqa: E402
 
@@ -70,7 +70,7 @@ async def soak(port: int, pid: int, texts: list[str], reference: dict, model: st
 
     async def client(k: int) -> None:
         rng = random.Random(k)
-        conn = Connection(port)
+        conn = HttpClient(port, model)
         while time.perf_counter() < stop_at:
             roll = rng.random()
             if roll < 0.8:
@@ -93,7 +93,7 @@ async def soak(port: int, pid: int, texts: list[str], reference: dict, model: st
                 counts[kind] += 1
                 if status not in allowed:
                     failures.append(f"{kind} request to {path} got {status}, not {sorted(allowed)}: {payload[:120]!r}")
-        conn.close()
+        await conn.close()
 
     async def sample() -> None:
         while time.perf_counter() < stop_at:
@@ -113,11 +113,11 @@ async def soak(port: int, pid: int, texts: list[str], reference: dict, model: st
             "rss_growth_after_warmup": round(growth, 4), "rss_samples": rss, "failures": failures[:10]}
 
 
-async def _post(conn: Connection, path: str, body: bytes) -> tuple[int, bytes]:
+async def _post(conn: HttpClient, path: str, body: bytes) -> tuple[int, bytes]:
     try:
         return await conn.post(path, body)
     except (OSError, asyncio.IncompleteReadError, ValueError, TypeError) as e:
-        conn.close()
+        await conn.close()
         return 0, repr(e).encode()
 
 
