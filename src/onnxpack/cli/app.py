@@ -18,7 +18,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from onnxpack.core.config import Options, defaults, flag
+from onnxpack.core.config import Options, defaults, flag, list_items
 from onnxpack.core.errors import OnnxpackError
 
 OptionsT = TypeVar("OptionsT", bound=Options)
@@ -85,10 +85,8 @@ def option(options: type[Options], name: str, *decls: str, **kwargs: Any) -> Any
     core.config. Tuple fields take a comma-separated list."""
     field = defaults(options)[name]
     default = field.default
-    if isinstance(default, tuple) or "tuple" in str(field.type):
-        count = 2 if "tuple[str, str]" in str(field.type) else None
-        item = int if "int" in str(field.type) else str
-        kwargs.setdefault("parser", CommaList((decls or (flag(name),))[0].split("/")[0], item, count))
+    if (items := list_items(options, name)) is not None:
+        kwargs.setdefault("parser", CommaList((decls or (flag(name),))[0].split("/")[0], *items))
         default = ",".join(map(str, default)) if isinstance(default, tuple) else default
     return typer.Option(default, *decls, help=escape(field.metadata["help"]), **kwargs)
 

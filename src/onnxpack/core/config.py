@@ -127,6 +127,17 @@ def _check_limits(name: str, field: dataclasses.Field, value: Any) -> None:
             raise OnnxpackError(f"{name} must be between {low:g} and {high:g}, got {item!r}")
 
 
+def list_items(cls: type[Options], name: str) -> tuple[type, int | None] | None:
+    """For a tuple field, its item type and fixed length (None: any length); None for other fields."""
+    hint = _hints(cls)[name]
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if typing.get_origin(hint) is not tuple:
+        return None
+    args = typing.get_args(hint)
+    return args[0], (None if args[-1] is Ellipsis else len(args))
+
+
 def defaults(cls: type[Options]) -> dict[str, dataclasses.Field]:
     """Every field of an options class, by name: for the CLI, which reads default and help from here."""
     return {f.name: f for f in dataclasses.fields(cls)}
