@@ -8,6 +8,7 @@ import pytest
 from conftest import one_error_line
 
 from onnxpack.cli import app
+from onnxpack.core import cpu
 
 # --- providers ----------------------------------------------------------------------------------------------
 
@@ -17,11 +18,13 @@ def test_providers_json(runner):
     data = json.loads(result.stdout)
     assert "CPUExecutionProvider" in data["available"]
     assert set(data["available"]) <= set(data["all"])
+    assert data["cpu"] == cpu.record() and "int8_path" in data["cpu"]
 
 
 def test_providers_table(runner):
     result = runner.invoke(app, ["providers"])
     assert result.exit_code == 0 and "CPUExecutionProvider" in result.stdout
+    assert result.stdout.splitlines()[0] == cpu.summary()
 
 
 # --- predict ------------------------------------------------------------------------------------------------

@@ -3,12 +3,14 @@ ceilings, rows, speed-ups, plot and model card."""
 
 from __future__ import annotations
 
+import html
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 
+from onnxpack.core import cpu
 from onnxpack.core.config import BenchConfig, OptimizeConfig
 from onnxpack.core.errors import OnnxpackError, PackageError
 from onnxpack.core.package import FP32, REPORT, Package
@@ -58,6 +60,7 @@ def test_latency_row_arithmetic():
 
 def test_report_rows(report):
     machine = report["machine"]
+    assert machine["cpu"] == cpu.record() and machine["cpu"]["int8_path"]  # every figure names its instruction set
     assert machine["fp32_matmul_gflops"] > 0 and machine["int8_matmul_gops"] > 0 and machine["threads"] == 2
     for key in ("fp32_matmul_gflops", "int8_matmul_gops"):  # timed in every shape's rounds: a median and a range
         low, high = machine[f"{key}_range"]
@@ -130,7 +133,11 @@ def test_cli_bench(optimized_package, small_cola, tmp_path):
                                       "--rounds", "1", "--no-compile", "--data", str(small_cola), "--json", str(out),
                                       "--plot", str(tmp_path / "b.png")])
     assert result.exit_code == 0, result.output
-    assert json.loads(out.read_text())["results"] and (tmp_path / "b.png").is_file()
+    assert result.stdout.splitlines()[0] == cpu.summary()  # above the table
+    saved = json.loads(out.read_text())
+    assert saved["results"] and saved["machine"]["cpu"] == cpu.record() and (tmp_path / "b.png").is_file()
+    card = (optimized_package / REPORT).read_text()
+    assert html.escape(cpu.summary()) in card
     bad = CliRunner().invoke(app, ["bench", str(optimized_package), "--batch-sizes", "1,x"])
     assert bad.exit_code == 1 and "--batch-sizes takes integers separated by commas, got '1,x'" in bad.output
 

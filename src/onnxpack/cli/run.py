@@ -191,13 +191,17 @@ def serve(
 
 @app.command(rich_help_panel=RUN)
 def providers(json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
-    """List ONNX Runtime's execution providers: all it knows, and those available here."""
+    """List ONNX Runtime's execution providers: all it knows, and those available here; and this CPU."""
+    from onnxpack.core import cpu
     from onnxpack.runtime.predictor import all_providers, available_providers
 
     known, available = all_providers(), available_providers()
     if json_out:
-        stdout.print(json.dumps({"all": known, "available": available}), markup=False, highlight=False)
+        # soft_wrap: a line break inside a JSON string (the processor's name) would make it invalid
+        stdout.print(json.dumps({"all": known, "available": available, "cpu": cpu.record()}), markup=False,
+                     highlight=False, soft_wrap=True)
         return
+    stdout.print(cpu.summary(), markup=False, highlight=False, soft_wrap=True)
     table = Table(title="ONNX Runtime execution providers")
     table.add_column("provider")
     table.add_column("available")

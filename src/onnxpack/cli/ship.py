@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
+from onnxpack.core import cpu
 from onnxpack.core.config import BenchConfig, CheckConfig, OptimizeConfig, ServingConfig
 from onnxpack.core.errors import OnnxpackError
 
@@ -131,6 +133,7 @@ def bench(
 
 def print_bench(report: dict[str, Any]) -> None:
     m = report["machine"]
+    stdout.print(cpu.summary(m["cpu"]), markup=False, highlight=False, soft_wrap=True)
     table = Table(title=f"p50 latency, {m['threads']} threads; ceilings fp32 {m['fp32_matmul_gflops']} GFLOP/s, "
                         f"int8 {m['int8_matmul_gops']} GOP/s")
     # GFLOP/s: the model's work over the time; of ceiling: the graph's own work (a rewrite may skip some).
@@ -181,6 +184,8 @@ def check(
     for f in findings:
         for warning in f.warnings:
             console.print(f"[yellow]warning[/] {f.variant}: {warning}")
+    for warning, variants in _int8_path_mismatches(opened).items():  # soft_wrap: one line in a log, however long
+        console.print(f"[yellow]warning[/] {', '.join(variants)}: {escape(warning)}", soft_wrap=True)
     if install_node_runtime:
         console.print(f"installed {node_runtime.PACKAGE} into {node_runtime.install()}")
     reason = node_runtime.available()
@@ -190,6 +195,17 @@ def check(
         _second_runtime(opened, findings, config)
     if not all(f.ok for f in findings):
         raise typer.Exit(1)
+
+
+def _int8_path_mismatches(package: Package) -> dict[str, list[str]]:
+    """Warning -> the variants whose gate figures name another int8 path than this CPU's: a package
+    optimized on one machine gives one line, not one per variant."""
+    grouped: dict[str, list[str]] = {}
+    for name, figures in package.manifest.variants.items():
+        warning = cpu.int8_path_mismatch(figures.get("cpu"))
+        if warning:
+            grouped.setdefault(warning, []).append(name)
+    return grouped
 
 
 def _second_runtime(package: Package, findings: list[Finding], config: CheckConfig) -> None:

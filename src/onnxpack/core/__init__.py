@@ -12,4 +12,5 @@ framework. Standard library, numpy, onnx and pyarrow only.
     tables.py     the one reader of tabular text (TSV, CSV, Parquet, JSON Lines)
     data.py       train and validation splits, from a folder, the Hub or the bundled CoLA
     metrics.py    MCC and micro-F1
+    cpu.py        this CPU's instruction set and ONNX Runtime's int8 path on it, for every figure
 """

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from onnxpack.core import cpu
 from onnxpack.core.atomic import atomic_write_text
 from onnxpack.core.package import REPORT, Package, sha256_file
 
@@ -78,7 +79,8 @@ def render(package: Package, bench: dict[str, Any] | None = None, plot_png: Path
         if bench.get("dataset"):
             parts.append("<h3>Whole validation set, text in → label out</h3>" + _table(
                 ["measure", "value"], [[k, v] for k, v in bench["dataset"].items()]))
-        parts.append("<h2>Environment</h2>" + _table(["", ""], [[k, v] for k, v in machine.items()]))
+        parts.append("<h2>Environment</h2>" + _table(
+            ["", ""], [[k, cpu.summary(v) if k == "cpu" else v] for k, v in machine.items()]))
         for note in bench.get("notes", []):
             parts.append(f"<p>{html.escape(note)}</p>")
     parts.append("<h2>Libraries at export</h2>" + _table(["library", "version"], list(map(list, m.libraries.items()))))

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxpack.core import untrusted
+from onnxpack.core import cpu, untrusted
 from onnxpack.core.atomic import AtomicFile
 from onnxpack.core.config import BenchConfig
 from onnxpack.core.data import load_splits
@@ -114,24 +114,14 @@ def _session_options(threads: int) -> ort.SessionOptions:
 
 
 def machine_info(threads: int) -> dict[str, Any]:
-    info = {"platform": platform.platform(), "processor": _cpu_name(), "cpu_count": os.cpu_count(),
-            "threads": threads, "python": platform.python_version(), "onnxruntime": ort.__version__,
+    info = {"platform": platform.platform(), "cpu": cpu.record(), "cpu_count": os.cpu_count(), "threads": threads,
+            "python": platform.python_version(), "onnxruntime": ort.__version__,
             "providers": ort.get_available_providers()}
     try:  # without importing torch: the runtime side never does
         info["torch"] = importlib.metadata.version("torch")
     except importlib.metadata.PackageNotFoundError:
         pass
     return info
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 # A baseline outside ONNX Runtime (pytorch.bench's PyTorch): given the package, the config and
@@ -333,8 +323,8 @@ def plot(report: dict[str, Any], path: str | Path) -> None:
         axes[row][2].axhline(100, color="black", linewidth=0.8)
     axes[0][0].legend(fontsize=8)
     machine = report["machine"]
-    fig.suptitle(f"{Path(report['package']).name}: {machine['processor']}, {machine['threads']} threads; ceilings "
-                 f"fp32 {machine['fp32_matmul_gflops']} GFLOP/s, int8 {machine['int8_matmul_gops']} GOP/s")
+    fig.suptitle(f"{Path(report['package']).name}: {cpu.summary(machine['cpu'])}\n{machine['threads']} threads; "
+                 f"ceilings fp32 {machine['fp32_matmul_gflops']} GFLOP/s, int8 {machine['int8_matmul_gops']} GOP/s")
     fig.tight_layout()
     try:
         with AtomicFile(path) as tmp:
