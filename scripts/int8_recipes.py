@@ -39,11 +39,11 @@ from onnxpack.runtime.feed import encode, package_tokenizer
 from onnxpack.runtime.optimize import (
     _build_int8,
     _build_int8_static,
-    _calibration_texts,
     _gate_run,
     _int8_static_recipes,
     optimize,
     quiet_quantizer,
+    spread,
 )
 from onnxpack.runtime.predictor import Predictor
 
@@ -86,7 +86,8 @@ def recipes(package: Package, calibration: list) -> dict[str, Callable[[Path], A
         return build
 
     def integer_ops(recipe: dict[str, Any]) -> Callable:
-        return lambda out: _build_int8_static(package, optimized, out, recipe, calibration)
+        return lambda out: _build_int8_static(package, optimized, out, recipe | {"calibration_rows": len(calibration)},
+                                              calibration)
 
     def nbits(block: int) -> Callable:
         def build(out: Path) -> None:
@@ -158,7 +159,7 @@ def main() -> None:
             package = Package.open(root)
         splits = load_splits(None, need_train=True, labels=package.manifest.labels)
         texts, labels = splits.validation.texts, np.array(splits.validation.labels)
-        calibration = _calibration_texts(splits.train.texts, args.calibration_rows, splits.source, ["int8-static"])
+        calibration = spread(splits.train.texts, args.calibration_rows)
         config = OptimizeConfig(threads=args.threads)
         fp32_logits, fp32 = _gate_run(package, None, texts, labels, None, config)
         optimized_path = package.variant_path("optimized")

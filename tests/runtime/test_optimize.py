@@ -37,10 +37,10 @@ def optimized(tmp_path_factory, package_dir, small_cola):
 def test_variants_join_the_package(optimized):
     root, results = optimized
     by_name = {r.variant: r for r in results}
-    assert all(by_name[name].accepted for name in (FP32, "optimized", "int8", "int8-static"))
+    assert all(by_name[name].accepted for name in (FP32, "optimized", "int8", "int8-static", "int8-cascade"))
     package = Package.open(root)  # every new file is hashed in the manifest
-    assert package.variant_names() == [FP32, "optimized", "int8", "int8-static"]
-    for name in ("optimized", "int8", "int8-static"):
+    assert package.variant_names() == [FP32, "optimized", "int8", "int8-static", "int8-cascade"]
+    for name in ("optimized", "int8", "int8-static", "int8-cascade"):
         entry = package.manifest.variants[name]
         assert (root / entry["file"]).is_file() and entry["file"] in package.manifest.files
         assert entry["n"] == 64  # the whole (small) validation set
@@ -190,18 +190,68 @@ def test_int8_static_gives_a_text_the_same_logits_whatever_its_batch(optimized, 
     assert drift["static"] <= 1e-4 < drift["dynamic"]  # dynamic int8's scale is the batch's
 
 
+def test_int8_cascade_is_int8_static_with_float_for_the_unsure_rows(optimized, small_cola):
+    from onnxpack.core.data import load_splits
+    from onnxpack.runtime import cascade
+
+    root, _ = optimized
+    package = Package.open(root)
+    entry = package.manifest.variants["int8-cascade"]
+    fit = entry["cascade"]
+    # tau fitted on training rows (small_cola's 256), to the default target, and recorded with its share
+    assert fit["fit_split"] == "train" and fit["fit_rows"] == 256 and fit["target_agreement"] == 0.999
+    assert 0 <= fit["tau"] <= cascade.TAU_MAX and fit["fit_agreement"] >= 0.999
+    assert fit["fit_agreement"] >= fit["int8_alone_fit_agreement"] and 0 <= fit["fit_fallback_share"] <= 1
+    assert entry["built_from"] == "optimized" and entry["batch_invariant"] is True
+    assert {"QAttention", "MatMulInteger", "If"} <= set(entry["ops"])  # one file: int8, then float under an If
+    assert entry["agreement"] >= 0.99
+
+
+def test_int8_cascade_answers_unsure_rows_in_float_and_the_rest_in_int8(package_copy, small_cola):
+    from onnxpack.core.data import load_splits
+    from onnxpack.runtime import cascade
+
+    # per-channel int8-static is built from the same recipe and rows as the cascade's int8 graph
+    gate = dict(data=str(small_cola), max_mcc_drop=1.0, min_agreement=0, per_channel=True)
+    optimize(package_copy, OptimizeConfig(variants=("optimized", "int8-static"), **gate))
+    texts = load_splits(str(small_cola), need_train=False).validation.texts
+    with Predictor(package_copy, variant="int8-static") as static:
+        rough = static.predict_logits(texts)
+    tau = float(np.median(cascade.margins(rough)))  # half the rows go back (the tiny model flips none on train)
+    optimize(package_copy, OptimizeConfig(variants=("int8-cascade",), cascade_tau=tau, **gate))
+    with Predictor(package_copy, variant="optimized") as optimized_, \
+            Predictor(package_copy, variant="int8-cascade") as cascaded:
+        exact, got = (p.predict_logits(texts) for p in (optimized_, cascaded))
+    unsure = cascade.margins(rough) < tau
+    assert 0 < unsure.sum() < len(unsure)
+    np.testing.assert_allclose(got[unsure], exact[unsure], atol=1e-5)
+    np.testing.assert_array_equal(got[~unsure], rough[~unsure])
+
+
+def test_int8_cascade_with_a_fixed_tau_of_half_is_the_float_graph(package_copy, small_cola):
+    optimize(package_copy, OptimizeConfig(variants=("int8-cascade",), cascade_tau=0.5, data=str(small_cola)))
+    package = Package.open(package_copy)
+    entry = package.manifest.variants["int8-cascade"]
+    assert package.variant_names() == [FP32, "int8-cascade"]  # its base is built, gated and left out
+    assert entry["cascade"]["tau"] == 0.5 and entry["cascade"]["fit_fallback_share"] == 1.0
+    assert entry["agreement"] == 1.0 and entry["max_abs_diff"] <= 1e-3
+
+
 def test_serve_picks_int8_static_when_it_is_the_fastest_batch_invariant_variant(optimized, tmp_path):
     from onnxpack.runtime.predictor import serving_variant
 
     root = Path(shutil.copytree(optimized[0], tmp_path / "pkg"))
     package = Package.open(root)
-    speeds = {FP32: 100, "optimized": 150, "int8": 300, "int8-static": 250}
+    speeds = {FP32: 100, "optimized": 150, "int8": 300, "int8-static": 250, "int8-cascade": 200}
     package.update_manifest(variants={name: v | {"items_per_s": speeds[name]}
                                       for name, v in package.manifest.variants.items()})
     assert package.default_variant() == "int8"  # offline batch jobs: the fastest of all
     assert serving_variant(package) == serving_variant(package, "cpu") == "int8-static"
     package.update_manifest(variants=package.manifest.variants | {
         "int8-static": package.manifest.variants["int8-static"] | {"items_per_s": 120}})
+    assert serving_variant(package) == "int8-cascade"
+    package.update_manifest(variants=package.manifest.variants | {
+        "int8-cascade": package.manifest.variants["int8-cascade"] | {"items_per_s": 110}})
     assert serving_variant(package) == "optimized"
 
 
@@ -350,9 +400,13 @@ def test_a_rewrite_that_moves_the_logits_is_rejected(package_copy, small_cola, m
     (OptimizeConfig(max_mcc_drop=1.5), "between 0 and 1"),
     (OptimizeConfig(max_mcc_drop=-0.1), "between 0 and 1"),
     (OptimizeConfig(min_agreement=1.2), "--min-agreement must be between 0 and 1"),
-    (OptimizeConfig(variants=("int4",)), "unknown variant 'int4'; known: fp16, int8, int8-static, optimized"),
+    (OptimizeConfig(variants=("int4",)), "unknown variant 'int4'; known: fp16, int8, int8-cascade, int8-static, optimized"),
     (OptimizeConfig(calibration_rows=8), "--calibration-rows must be at least 16, got 8"),
     (OptimizeConfig(batch_size=0), "--batch-size must be at least 1, got 0"),
+    (OptimizeConfig(cascade_tau=0.7), "--cascade-tau must be between 0 and 0.5, got 0.7"),
+    (OptimizeConfig(cascade_tau=-0.1), "--cascade-tau must be between 0 and 0.5, got -0.1"),
+    (OptimizeConfig(cascade_agreement=0.0), "--cascade-agreement must be above 0, got 0.0"),
+    (OptimizeConfig(cascade_agreement=1.5), "--cascade-agreement must be above 0 and at most 1, got 1.5"),
 ])
 def test_bad_options_leave_the_package_as_it_was(package_copy, small_cola, config, message):
     before = (package_copy / MANIFEST).read_text()

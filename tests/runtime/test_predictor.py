@@ -254,3 +254,23 @@ def test_the_default_variant_is_one_gated_on_the_provider_it_runs_on(package_cop
     assert serving_variant(package) == serving_variant(package, "cuda") == "fp16"  # the GPU, when it is used
     with Predictor(package_copy, provider="cpu") as predictor:  # model.fp16.onnx does not exist: it must not be picked
         assert predictor.providers == ["CPUExecutionProvider"] and predictor.variant == "fp32"
+
+
+def test_a_variant_gated_on_another_int8_path_warns_once_on_load(package_copy, caplog):
+    from onnxpack.core import cpu
+    from onnxpack.core.package import FP32, MODEL
+
+    elsewhere = "avx2" if cpu.int8_path() != "avx2" else "vnni"
+    package = Package.open(package_copy)
+    package.update_manifest(variants={FP32: {"file": MODEL, "cpu": {"processor": "A CPU elsewhere",
+                                                                   "int8_path": elsewhere}}})
+    with caplog.at_level("WARNING"):
+        onnxpack.load(package_copy, variant=FP32).close()
+        onnxpack.load(package_copy, variant=FP32).close()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "A CPU elsewhere" in warnings[0] and elsewhere in warnings[0]
+    caplog.clear()
+    package.update_manifest(variants={FP32: {"file": MODEL, "cpu": cpu.record()}})
+    with caplog.at_level("WARNING"):
+        onnxpack.load(package_copy, variant=FP32).close()
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]

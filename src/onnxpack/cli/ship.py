@@ -44,6 +44,9 @@ def optimize(
     per_channel: bool = option(OptimizeConfig, "per_channel"),
     variants: str = option(OptimizeConfig, "variants"),
     calibration_rows: int = option(OptimizeConfig, "calibration_rows"),
+    cascade_agreement: float = option(OptimizeConfig, "cascade_agreement"),
+    cascade_tau: Optional[float] = option(OptimizeConfig, "cascade_tau"),
+    cascade_fit_rows: int = option(OptimizeConfig, "cascade_fit_rows"),
     provider: Optional[str] = option(OptimizeConfig, "provider"),
     batch_size: int = option(OptimizeConfig, "batch_size"),
 ) -> None:

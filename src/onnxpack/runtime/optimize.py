@@ -7,6 +7,8 @@
                  scale for the whole batch, so a text's logits depend on its batch neighbours
     int8-static  int8 of the optimized graph with activation scales calibrated once on training
                  rows: a text's logits do not depend on its neighbours, so `serve` may run it
+    int8-cascade int8-static for every row, and the optimized graph again for the rows int8 is least
+                 sure of, in one file (runtime/cascade.py): fp32's labels at nearly int8's speed
     fp16         half precision of the optimized graph, on a GPU only
 
 A candidate is built in a temp folder, run on every validation row, and joins the package
@@ -30,7 +32,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxpack.core import onnxfile, untrusted
+from onnxpack.core import cpu, onnxfile, untrusted
 from onnxpack.core.atomic import move_file
 from onnxpack.core.config import MIN_CALIBRATION_ROWS, OptimizeConfig
 from onnxpack.core.data import Split, load_splits
@@ -50,6 +52,7 @@ from onnxpack.core.package import (
 )
 from onnxpack.core.registry import Registry
 
+from . import cascade
 from .feed import Text, check_row_kind, encode, package_tokenizer
 from .predictor import Predictor, available_providers
 
@@ -65,11 +68,11 @@ BATCH_INVARIANT_LOGITS = 1e-4
 class VariantSpec:
     """How a variant is built: from which graph, with which recipes, and whether it needs a GPU."""
 
-    # (package, base, out, recipe, calibration texts) -> info; the texts are empty unless `calibrated`
+    # (package, base, out, recipe, training texts) -> info; the texts are empty unless `calibrated`
     build: Callable[[Package, Path, Path, dict[str, Any], Sequence[Text]], dict[str, Any]]
     base: str  # the variant whose graph it starts from
     needs_gpu: bool = False
-    calibrated: bool = False  # built with training rows (config.calibration_rows of them)
+    calibrated: bool = False  # built with training rows
     # Promised: a text's logits do not depend on the other texts in its batch; the gate holds it to that.
     batch_invariant: bool = False
     # For rewrites meant to keep the model as it is: the most any logit may move from fp32's.
@@ -296,7 +299,7 @@ def _build_int8(package: Package, base: Path, out: Path, recipe: dict[str, Any],
 
 
 def _build_int8_static(package: Package, base: Path, out: Path, recipe: dict[str, Any],
-                       calibration: Sequence[Text]) -> dict[str, Any]:
+                       training: Sequence[Text]) -> dict[str, Any]:
     """The int8 variant's graph (QAttention, MatMulInteger) with fixed activation scales.
 
     ONNX Runtime's integer-op quantizer takes calibrated ranges as well as dynamic ones: each
@@ -317,6 +320,7 @@ def _build_int8_static(package: Package, base: Path, out: Path, recipe: dict[str
     tokenizer = package_tokenizer(package.tokenizer_path, m.max_length, m.pad_token_id)
     names = [t.name for t in m.inputs]
     method = recipe["calibration_method"]
+    calibration = spread(training, recipe["calibration_rows"])
 
     class Rows(CalibrationDataReader):
         """MinMax: one text per call, so no padding enters the ranges. The histogram calibrators
@@ -353,7 +357,48 @@ def _build_int8_static(package: Package, base: Path, out: Path, recipe: dict[str
 def _int8_static_recipes(config: OptimizeConfig) -> list[dict[str, Any]]:
     # The int8 ladder with MinMax ranges: on MiniLM/CoLA Percentile and Entropy were no more
     # accurate and no faster (docs/performance.md).
-    return [r | {"activation_type": "QUInt8", "calibration_method": "MinMax"} for r in _int8_recipes(config)]
+    return [r | {"activation_type": "QUInt8", "calibration_method": "MinMax", "calibration_rows": config.calibration_rows}
+            for r in _int8_recipes(config)]
+
+
+_CASCADE_FIT = ("tau", "target_agreement", "fit_rows")  # the cascade's own recipe keys, beside int8-static's
+
+
+def _build_int8_cascade(package: Package, base: Path, out: Path, recipe: dict[str, Any],
+                        training: Sequence[Text]) -> dict[str, Any]:
+    """int8-static's graph with `base` (the float graph it was quantized from) behind it for the
+    rows whose int8 margin is under tau; tau fitted on training rows unless the recipe fixes it."""
+    int8 = out.with_name("int8-static.onnx")
+    info = _build_int8_static(package, base, int8, {k: v for k, v in recipe.items() if k not in _CASCADE_FIT}, training)
+    untrusted.remember(int8)
+    m = package.manifest
+    thresholds = m.thresholds if m.problem_type == MULTI_LABEL else None
+    fit = spread(training, recipe["fit_rows"])
+    float_logits, int8_logits = (_logits(package, path, fit) for path in (base, int8))
+    tau = recipe["tau"] if recipe["tau"] is not None else cascade.fit_tau(float_logits, int8_logits,
+                                                                          recipe["target_agreement"], thresholds)
+    unsure = cascade.margins(int8_logits, thresholds) < tau
+    same = (predictions(float_logits, thresholds) == predictions(int8_logits, thresholds)).reshape(len(fit), -1)
+    onnxfile.save(cascade.cascade_graph(onnxfile.load_model(int8), onnxfile.load_model(base), tau, thresholds), out)
+    for f in graph_files(int8):
+        f.unlink()
+    return info | {"cascade": {"tau": tau, "target_agreement": recipe["target_agreement"], "fit_rows": len(fit),
+                               "fit_split": "train", "fit_fallback_share": round(float(unsure.mean()), 4),
+                               "fit_agreement": round(float((same.all(axis=1) | unsure).mean()), 4),
+                               "int8_alone_fit_agreement": round(float(same.all(axis=1).mean()), 4)}}
+
+
+def _int8_cascade_recipes(config: OptimizeConfig) -> list[dict[str, Any]]:
+    # Per-channel weights first: they flip the fewest labels, so the fewest rows go back to float,
+    # and with VNNI they ran as fast as per-tensor ones (docs/performance.md).
+    fit = dict(zip(_CASCADE_FIT, (config.cascade_tau, config.cascade_agreement, config.cascade_fit_rows)))
+    return [{"weight_type": weights, "per_channel": True, "activation_type": "QUInt8", "calibration_method": "MinMax",
+             "calibration_rows": config.calibration_rows} | fit for weights in ("QInt8", "QUInt8")]
+
+
+def _logits(package: Package, model_file: Path, texts: Sequence[Text]) -> np.ndarray:
+    with Predictor(package, variant=FP32, model_file=model_file) as predictor:
+        return predictor.predict_logits(texts)
 
 
 @contextlib.contextmanager
@@ -382,6 +427,8 @@ VARIANTS.register("optimized")(VariantSpec(_build_optimized, base=FP32, exact_wi
 VARIANTS.register("int8")(VariantSpec(_build_int8, base="optimized", recipes=_int8_recipes))
 VARIANTS.register("int8-static")(VariantSpec(_build_int8_static, base="optimized", recipes=_int8_static_recipes,
                                              calibrated=True, batch_invariant=True))
+VARIANTS.register("int8-cascade")(VariantSpec(_build_int8_cascade, base="optimized", recipes=_int8_cascade_recipes,
+                                              calibrated=True, batch_invariant=True))
 VARIANTS.register("fp16")(VariantSpec(_build_fp16, base=FP32, needs_gpu=True))
 
 
@@ -439,13 +486,13 @@ class Ladder:
     is the starting point of the rungs above it, but only asked-for variants join the package.
     """
 
-    def __init__(self, package: Package, config: OptimizeConfig, validation: Split, calibration: list[Text],
+    def __init__(self, package: Package, config: OptimizeConfig, validation: Split, training: list[Text],
                  scratch: Path, step: Callable[[str], None]) -> None:
         self.package = package
         self.config = config
         self.texts = validation.texts
         self.labels = np.array(validation.labels)
-        self.calibration = calibration  # training texts; empty unless an asked-for variant is calibrated
+        self.training = training  # empty unless an asked-for variant is calibrated
         self.scratch = scratch  # where candidates are built, inside the package folder
         self.step = step
         multi_label = package.manifest.problem_type == MULTI_LABEL
@@ -518,8 +565,8 @@ class Ladder:
         path.parent.mkdir()
         self.step(f"{name}: building from {base_variant} {recipe or ''}")
         if spec.calibrated:
-            self.step(f"{name}: calibrating on {len(self.calibration)} training rows")
-        info = spec.build(self.package, base, path, recipe, self.calibration if spec.calibrated else [])
+            self.step(f"{name}: calibrating on {min(len(self.training), self.config.calibration_rows)} training rows")
+        info = spec.build(self.package, base, path, recipe, self.training if spec.calibrated else [])
         untrusted.remember(path)  # built here from a checked graph: no need to probe it
         return path, info
 
@@ -564,9 +611,9 @@ def optimize(package_dir: str | Path, config: OptimizeConfig | None = None,
     for name in config.variants:
         VARIANTS.get(name)  # an unknown name fails here, naming the known ones, before any work
     package = Package.open(package_dir)
-    validation, calibration = _gate_rows(package, config)
+    validation, training = _gate_rows(package, config)
     with tempfile.TemporaryDirectory(prefix=".optimize-", dir=package.root) as scratch:
-        ladder = Ladder(package, config, validation, calibration, Path(scratch), progress or (lambda message: None))
+        ladder = Ladder(package, config, validation, training, Path(scratch), progress or (lambda message: None))
         results = [ladder.result(name) for name in config.variants]
         ladder.add_accepted(results)
     return [GateResult(FP32, True, "", ladder.fp32_figures)] + results
@@ -591,17 +638,18 @@ def _gate_rows(package: Package, config: OptimizeConfig) -> tuple[Split, list[Te
     check_row_kind(m.pairs, splits)
     if not calibrated:
         return splits.validation, []
-    return splits.validation, _calibration_texts(splits.train.texts, config.calibration_rows, splits.source, calibrated)
-
-
-def _calibration_texts(texts: Sequence[Text], rows: int, source: str, variants: list[str]) -> list[Text]:
-    """`rows` training texts spread evenly over the split (a file sorted by source or label still
-    gives a mix); all of them when it has fewer."""
+    texts = splits.train.texts
     if len(texts) < MIN_CALIBRATION_ROWS:
-        names = ", ".join(variants)
-        raise OnnxpackError(f"{names} calibrates on training rows, and {source} has {len(texts)}; "
+        names = ", ".join(calibrated)
+        raise OnnxpackError(f"{names} calibrates on training rows, and {splits.source} has {len(texts)}; "
                             f"it needs at least {MIN_CALIBRATION_ROWS}",
                             hint=f"add training rows, or leave {names} out of --variants")
+    return splits.validation, texts
+
+
+def spread(texts: Sequence[Text], rows: int) -> list[Text]:
+    """`rows` texts spread evenly over `texts` (a file sorted by source or label still gives a
+    mix); all of them when there are fewer."""
     picked = np.linspace(0, len(texts) - 1, min(rows, len(texts))).round().astype(int)
     return [texts[i] for i in picked]
 
@@ -621,6 +669,7 @@ def _gate_run(package: Package, model_file: Path | None, texts: list[str], label
                "items_per_s": round(len(texts) / seconds, 1), "provider": provider,
                "batch_size": config.batch_size, "batch_drift": drift, "batch_invariant": drift <= BATCH_INVARIANT_LOGITS,
                "onnxruntime": ort.__version__,  # whose optimizer built it: its fused ops may be new
+               "cpu": cpu.record(),  # int8's speed, and without VNNI its answers, depend on the instruction set
                "at": now()}
     return logits, figures
 

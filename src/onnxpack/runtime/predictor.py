@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import collections
+import functools
+import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -15,11 +17,13 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from onnxpack.core import untrusted
+from onnxpack.core import cpu, untrusted
 from onnxpack.core.errors import OnnxpackError
 from onnxpack.core.package import MULTI_LABEL, Package, check_thresholds
 
 from .feed import Text, check_input_names, check_texts, encode, package_tokenizer
+
+log = logging.getLogger(__name__)
 
 # Short names users type, mapped to ONNX Runtime's provider names.
 PROVIDER_ALIASES = {
@@ -68,6 +72,12 @@ def serving_variant(package: Package, provider: str | None = None) -> str:
     return package.default_variant(resolve_providers(provider), batch_invariant=True)
 
 
+@functools.cache
+def _warn_once(message: str) -> None:
+    """A package's CPU warning once per process, not once per Predictor (serve and batch make several)."""
+    log.warning("%s", message)
+
+
 def sigmoid(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logits))
 
@@ -95,6 +105,8 @@ class Predictor:
         self.providers = resolve_providers(provider)
         self.variant = variant or self.package.default_variant(self.providers)  # what it runs on, not what exists
         manifest = self.package.manifest
+        if model_file is None and (warning := cpu.int8_path_mismatch(manifest.variants.get(self.variant, {}).get("cpu"))):
+            _warn_once(warning)
         self.labels = list(manifest.labels)
         self.max_length = manifest.max_length
         self.pairs = manifest.pairs
