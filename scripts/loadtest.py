@@ -10,8 +10,11 @@ gRPC V2 `ModelInfer` with a BYTES `text` tensor. Texts are the CoLA validation s
 answer is checked against `onnxpack predict` for the served variant on the same text (same label,
 score within --atol). Offline, with no server running (before the first server and after the last),
 it times that variant on the same texts as `onnxpack predict` runs it: length-sorted batches of 32.
-It prints each run, then the ratio of the served throughput at the highest concurrency to the
-offline one. Exits 1 on any error or mismatch.
+It prints each run, then, at the highest concurrency, two ratios against offline: the served
+throughput over the offline one (wall clock: the clients share the cores, so this is bounded by
+them), and the efficiency, the variant's process CPU time per text offline over the server
+process's CPU time per request (user + system, all threads, /proc/<pid>/stat), which the clients
+hardly move. Exits 1 on any error or mismatch.
 
     python scripts/loadtest.py PACKAGE                              # c = 1, 8, 32; HTTP and gRPC; batching on and off
     python scripts/loadtest.py PACKAGE --concurrency 32 --duration 60 --batching on --protocols http   # the soak run
@@ -247,17 +250,19 @@ def reference_predictions(package: Path, variant: str, texts: list[str], work: P
     return {row["text"]: row for row in rows}
 
 
-def offline_texts_per_s(package: Path, variant: str, texts: list[str], rounds: int = 3) -> float:
+def offline(package: Path, variant: str, texts: list[str], rounds: int = 3) -> tuple[float, float]:
     """The variant on the same texts as `onnxpack predict` runs it (length-sorted batches of 32,
-    ONNX Runtime's default threads): the best of `rounds` timed passes."""
+    ONNX Runtime's default threads): the best of `rounds` timed passes' texts/s, and the least
+    process CPU time per text (ms)."""
     with Predictor(package, variant=variant) as predictor:
         predictor.predict_logits(texts[:64])  # warm-up: allocations, kernels
-        best = 0.0
+        best, cpu_ms = 0.0, float("inf")
         for _ in range(rounds):
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             predictor.predict_logits(texts, 32)
             best = max(best, len(texts) / (time.perf_counter() - started))
-    return best
+            cpu_ms = min(cpu_ms, (time.process_time() - cpu) * 1000 / len(texts))
+    return best, cpu_ms
 
 
 def main() -> int:
@@ -287,8 +292,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         reference = reference_predictions(args.package, variant, texts, work)
-        offline = [offline_texts_per_s(args.package, variant, texts)]
-        print(f"offline: {variant} on {len(texts)} texts, batches of 32: {offline[0]:.1f} texts/s", flush=True)
+        offline_runs = [offline(args.package, variant, texts)]
+        print(f"offline: {variant} on {len(texts)} texts, batches of 32: {offline_runs[0][0]:.1f} texts/s, "
+              f"{offline_runs[0][1]:.2f} ms CPU per text", flush=True)
         for batching in modes:
             with server(args.package, batching, serve_args, work / f"serve-{batching}.log") as (port, grpc_port, pid):
                 for protocol in protocols:
@@ -300,30 +306,36 @@ def main() -> int:
                         calls_after = batch_stats(port)
                         row["rows_per_call"] = round((calls_after[0] - calls_before[0])
                                                      / max(calls_after[1] - calls_before[1], 1), 1)
+                        row["efficiency"] = round(offline_runs[0][1] / max(row["server_cpu_ms_per_req"], 1e-9), 3)
                         results.append(row)
                         print(f"{protocol:>4}  batching {batching:>3}  c={c:<3} {row['req_per_s']:>8.1f} req/s  "
                               f"p50 {row['p50_ms']:>7.2f} ms  p99 {row['p99_ms']:>7.2f} ms  "
-                              f"server CPU {row['server_cpu_ms_per_req']:.2f} ms/req  {row['rows_per_call']} rows/call  "
+                              f"server CPU {row['server_cpu_ms_per_req']:.2f} ms/req ({row['efficiency']:.0%} efficient)  "
+                              f"{row['rows_per_call']} rows/call  "
                               f"{row['requests']} requests, {row['errors']} errors, {row['mismatches']} mismatches",
                               flush=True)
                         for failure in row["failures"]:
                             print(f"    {failure}")
-        offline.append(offline_texts_per_s(args.package, variant, texts))
-        print(f"offline again: {offline[1]:.1f} texts/s", flush=True)
+        offline_runs.append(offline(args.package, variant, texts))
+        print(f"offline again: {offline_runs[1][0]:.1f} texts/s, {offline_runs[1][1]:.2f} ms CPU per text", flush=True)
     top = max(concurrencies)
-    reference_rate = float(np.mean(offline))
-    ratios = {}
+    reference_rate = float(np.mean([rate for rate, _ in offline_runs]))
+    reference_cpu_ms = min(cpu_ms for _, cpu_ms in offline_runs)
+    ratios, efficiency = {}, {}
     for protocol in protocols:
         for batching in modes:
-            rate = next(r["req_per_s"] for r in results if (r["protocol"], r["batching"], r["concurrency"])
-                        == (protocol, batching, top))
-            ratios[f"{protocol} batching {batching}"] = rate / reference_rate
-            print(f"{protocol} batching {batching}, c={top}: {rate:.1f} req/s = {rate / reference_rate:.0%} of the "
-                  f"{variant} variant's offline {reference_rate:.1f} texts/s")
+            row = next(r for r in results if (r["protocol"], r["batching"], r["concurrency"]) == (protocol, batching, top))
+            key = f"{protocol} batching {batching}"
+            ratios[key] = row["req_per_s"] / reference_rate
+            efficiency[key] = reference_cpu_ms / max(row["server_cpu_ms_per_req"], 1e-9)
+            print(f"{key}, c={top}: server CPU {row['server_cpu_ms_per_req']:.2f} ms/request vs {variant} offline "
+                  f"{reference_cpu_ms:.2f} ms/text = {efficiency[key]:.0%} efficiency; wall {row['req_per_s']:.1f} req/s "
+                  f"= {ratios[key]:.0%} of offline {reference_rate:.1f} texts/s (the clients share the cores)")
     if args.json:
         args.json.write_text(json.dumps({"texts": len(texts), "cpus": os.cpu_count(), "variant": variant,
-                                         "offline_texts_per_s": offline, "ratios": ratios, "results": results},
-                                        indent=2))
+                                         "offline_texts_per_s": [rate for rate, _ in offline_runs],
+                                         "offline_cpu_ms_per_text": reference_cpu_ms, "ratios": ratios,
+                                         "efficiency": efficiency, "results": results}, indent=2))
     return 1 if any(r["errors"] or r["mismatches"] for r in results) else 0
 
 

@@ -480,7 +480,11 @@ def test_loadtest_script_runs(package_dir, small_cola, tmp_path):
     assert {(r["protocol"], r["batching"]) for r in rows} == {(p, b) for p in ("http", "grpc") for b in ("on", "off")}
     assert all(r["concurrency"] == 4 and r["requests"] > 0 and r["errors"] == r["mismatches"] == 0 for r in rows)
     assert len(report["offline_texts_per_s"]) == 2 and min(report["offline_texts_per_s"]) > 0
-    assert "http batching on, c=4:" in result.stdout and "of the fp32 variant's offline" in result.stdout
+    assert report["offline_cpu_ms_per_text"] > 0 and all(r["server_cpu_ms_per_req"] > 0 for r in rows)
+    assert set(report["efficiency"]) == set(report["ratios"]) == {f"{p} batching {b}" for p in ("http", "grpc")
+                                                                   for b in ("on", "off")}
+    assert all(0 < e < 10 for e in report["efficiency"].values())
+    assert "http batching on, c=4: server CPU" in result.stdout and "efficiency; wall" in result.stdout
 
 
 # ---- hostile clients and stuck models ----
