@@ -346,8 +346,10 @@ def _build_int8_static(package: Package, base: Path, out: Path, recipe: dict[str
                                        use_external_data_format=external)
         calibrator.collect_data(Rows())
         ranges = calibrator.compute_data()
-        quantizer = ONNXQuantizer(typed, recipe["per_channel"], False, QuantizationMode.IntegerOps, True,
-                                  QuantType[recipe["weight_type"]], QuantType.QUInt8, ranges, None, None, op_types,
+        # reduce_range (7-bit weights) and nodes left in float are recipes scripts/int8_recipes.py tries
+        quantizer = ONNXQuantizer(typed, recipe["per_channel"], recipe.get("reduce_range", False),
+                                  QuantizationMode.IntegerOps, True, QuantType[recipe["weight_type"]], QuantType.QUInt8,
+                                  ranges, None, recipe.get("nodes_to_exclude"), op_types,
                                   {"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
         quantizer.quantize_model()
         quantizer.model.save_model_to_file(str(out), use_external_data_format=external)
