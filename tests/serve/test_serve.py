@@ -297,6 +297,23 @@ def test_batcher_gathers_rows_from_concurrent_requests(predictor):
         assert truncated == []
 
 
+def test_a_request_that_fills_the_batch_wakes_the_gatherer(predictor):
+    # the gatherer is woken for a first row and for a full batch, not for the rows between
+    metrics = Metrics()
+    batcher = MicroBatcher(predictor, max_batch=8, max_delay_s=30, metrics=metrics)
+
+    async def three_then_five():
+        return await asyncio.gather(batcher.infer(texts=["a b"] * 3), batcher.infer(texts=["c d e"] * 5))
+
+    started = time.monotonic()
+    try:
+        asyncio.run(three_then_five())
+    finally:
+        batcher.close()
+    assert time.monotonic() - started < 10  # not the 30 s deadline
+    assert metrics.registry.get_sample_value("onnxpack_batch_size_sum") == 8
+
+
 def test_length_groups():
     assert length_groups([7] * 10, call_cost=64) == [list(range(10))]
     groups = length_groups([5] * 15 + [60], call_cost=64)
@@ -535,6 +552,25 @@ def test_slow_clients_are_cut_off_and_others_still_answered(package_dir, quick_d
         slow_body.close()
         wait_until(lambda: metric(base, "onnxpack_requests_in_progress") == 0, what="nothing held")
         assert post(base, "/predict", {"texts": ["go"]}).status_code == 200
+
+
+def test_a_kept_alive_connection_gets_the_header_deadline_of_its_next_request(package_dir, monkeypatch):
+    # the body deadline of the first request was later than the next request's header deadline
+    monkeypatch.setattr(serve_runner, "HEADER_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(serve_runner, "BODY_TIMEOUT_S", 4.0)
+    with running(create_app(package_dir, HTTP_ONLY)) as base:
+        body = json.dumps({"texts": ["go"]}).encode()
+        with socket.create_connection((HOST, int(base.rsplit(":", 1)[1]))) as s:
+            s.settimeout(8)
+            s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: %d\r\n\r\n" % len(body))
+            time.sleep(1.3)  # past the header deadline, within the body's (4 s)
+            s.sendall(body)
+            assert _status(s.recv(65536)) == 200
+            started = time.monotonic()
+            s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n")  # and its headers never finish
+            assert _status(s.recv(4096)) == 408
+            assert 0.8 < time.monotonic() - started < 2.5
 
 
 @pytest.mark.parametrize("request_bytes", [

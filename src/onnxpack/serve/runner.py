@@ -24,12 +24,28 @@ def _timed_protocol() -> type:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     class TimedProtocol(HttpToolsProtocol):
-        _deadline: asyncio.TimerHandle | None = None
+        # One timer per connection: a request moves its deadline three times, and a float store
+        # costs less CPU than cancelling and scheduling a timer. A timer that fires before the
+        # deadline (it moved later) sets itself again; one set for later than a new, earlier
+        # deadline is replaced.
+        _due: float | None = None
+        _timer: asyncio.TimerHandle | None = None
 
         def _expect(self, seconds: float | None) -> None:
-            if self._deadline is not None:
-                self._deadline.cancel()
-            self._deadline = self.loop.call_later(seconds, self._too_slow) if seconds else None
+            self._due = self.loop.time() + seconds if seconds else None
+            if self._due is not None and (self._timer is None or self._timer.when() > self._due):
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._timer = self.loop.call_at(self._due, self._check)
+
+        def _check(self) -> None:
+            self._timer = None
+            if self._due is None:
+                return
+            if self.loop.time() < self._due:  # moved later since this timer was set
+                self._timer = self.loop.call_at(self._due, self._check)
+                return
+            self._too_slow()
 
         def _too_slow(self) -> None:
             if not self.transport.is_closing():
@@ -56,6 +72,8 @@ def _timed_protocol() -> type:
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._expect(None)
+            if self._timer is not None:
+                self._timer.cancel()
             super().connection_lost(exc)
 
     return TimedProtocol

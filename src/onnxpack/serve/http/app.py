@@ -12,6 +12,7 @@ A text longer than the package's `max_length` tokens is truncated, as
 import contextlib
 import html
 import importlib.resources
+import inspect
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -46,6 +47,11 @@ from .schema import (
     predict_request,
 )
 
+# FastAPI 0.16x asks OpenTelemetry on every request whether tracing is set up; serve exports its
+# own Prometheus metrics, so it opts out (older FastAPI has no such option and no such cost).
+_NO_TELEMETRY: dict[str, Any] = ({"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+                                 if "telemetry" in inspect.signature(FastAPI.__init__).parameters else {})
+
 
 def build_app(service: Service) -> FastAPI:
     """The FastAPI app for one service. The model loads in the lifespan, in the background:
@@ -57,7 +63,7 @@ def build_app(service: Service) -> FastAPI:
         async with service.running():
             yield
 
-    app = FastAPI(title=f"onnxpack: {service.manifest.name}", version=__version__, lifespan=lifespan,
+    app = FastAPI(title=f"onnxpack: {service.manifest.name}", version=__version__, lifespan=lifespan, **_NO_TELEMETRY,
                   description="Text classification with an onnxpack package: `/predict` and the Open Inference "
                               "Protocol (KServe V2).")
     app.state.service = service
