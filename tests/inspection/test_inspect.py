@@ -206,6 +206,8 @@ def test_every_variant_counts_the_same_work(package_copy, small_cola):
             macs, unsized = count_macs(model, 4, seq)
             assert not unsized, (name, unsized)
             totals[name, seq] = sum(macs.values())
-    assert {name for name, _ in totals} == {"fp32", "optimized", "int8", "int8-static"}
+    assert {name for name, _ in totals} == {"fp32", "optimized", "int8", "int8-static", "int8-cascade"}
     assert totals["fp32", 1] == totals["optimized", 1] == totals["int8", 1] == totals["int8-static", 1]
+    # the cascade's int8 pass; its float rerun of unsure rows depends on the data, not on the shape
+    assert totals["int8-cascade", 16] == totals["int8-static", 16]
     assert totals["optimized", 16] == totals["int8", 16] == totals["int8-static", 16] < totals["fp32", 16]

@@ -67,7 +67,7 @@ def test_report_rows(report):
         assert low <= machine[key] <= high
     engines = {(r["engine"], r["variant"]) for r in report["results"]}
     assert engines == {("torch", FP32), ("onnxruntime", FP32), ("onnxruntime", "optimized"), ("onnxruntime", "int8"),
-                       ("onnxruntime", "int8-static")}
+                       ("onnxruntime", "int8-static"), ("onnxruntime", "int8-cascade")}
     shapes = {(r["batch_size"], r["seq_len"]) for r in report["results"]}
     assert shapes == {(1, 8), (4, 8), (1, 16), (4, 16)}
     for r in report["results"]:
@@ -98,7 +98,7 @@ def test_dataset_rows(report):
     assert d["n"] == 64 and d["tokens"] > 64
     assert set(d["items_per_s"]) == {"seed_fp32_one_by_one_pad128", "fp32_batched_sorted_dynamic",
                                      "optimized_batched_sorted_dynamic", "int8_batched_sorted_dynamic",
-                                     "int8-static_batched_sorted_dynamic"}
+                                     "int8-static_batched_sorted_dynamic", "int8-cascade_batched_sorted_dynamic"}
     assert d["best_vs_seed"] > 1 and 0 < d["best_fraction_of_int8_limit"]
 
 

@@ -171,7 +171,10 @@ def test_int8_static_is_calibrated_on_training_rows_and_recorded(optimized):
     assert entry["built_from"] == "optimized" and entry["calibration_split"] == "train"
     assert entry["calibration_method"] == "MinMax" and entry["calibration_rows"] == 256  # small_cola's whole train split
     # the int8 variant's integer kernels, with constant activation scales instead of per-call ones
-    assert {"QAttention", "MatMulInteger", "QuantizeLinear"} <= set(entry["ops"])
+    assert {"QAttention", "MatMulIntegerToFloat", "QuantizeLinear"} <= set(entry["ops"])
+    # every MatMulInteger -> Cast -> Mul -> Add became one MatMulIntegerToFloat
+    assert entry["rewrites"]["dequantize_fused"] == entry["ops"]["MatMulIntegerToFloat"] > 0
+    assert "MatMulInteger" not in entry["ops"]
     assert "DynamicQuantizeLinear" not in entry["ops"]
     assert entry["batch_drift"] <= 1e-4 and entry["batch_invariant"] is True
     assert entry["agreement"] >= 0.99 and "mcc_drop" in entry
@@ -203,7 +206,7 @@ def test_int8_cascade_is_int8_static_with_float_for_the_unsure_rows(optimized, s
     assert 0 <= fit["tau"] <= cascade.TAU_MAX and fit["fit_agreement"] >= 0.999
     assert fit["fit_agreement"] >= fit["int8_alone_fit_agreement"] and 0 <= fit["fit_fallback_share"] <= 1
     assert entry["built_from"] == "optimized" and entry["batch_invariant"] is True
-    assert {"QAttention", "MatMulInteger", "If"} <= set(entry["ops"])  # one file: int8, then float under an If
+    assert {"QAttention", "MatMulIntegerToFloat", "If"} <= set(entry["ops"])  # one file: int8, then float under an If
     assert entry["agreement"] >= 0.99
 
 

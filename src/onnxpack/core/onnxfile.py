@@ -126,6 +126,9 @@ def _infer_symbolic(model: onnx.ModelProto) -> onnx.ModelProto:
     # The int8 forms of the fused ops (from `optimize`) have the shapes of the float ops they replace.
     for quantized, float_op in (("QEmbedLayerNormalization", "EmbedLayerNormalization"), ("QAttention", "Attention")):
         engine.dispatcher_.setdefault(quantized, engine.dispatcher_[float_op])
+    # a MatMul of integers whose output is float (optimize fuses the dequantization into it)
+    engine.dispatcher_.setdefault("MatMulIntegerToFloat",
+                                  lambda node: engine._compute_matmul_shape(node, onnx.TensorProto.FLOAT))
     engine._preprocess(model)
     while engine.run_:
         engine._infer_impl()

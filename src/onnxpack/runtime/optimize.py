@@ -352,8 +352,63 @@ def _build_int8_static(package: Package, base: Path, out: Path, recipe: dict[str
                                   ranges, None, recipe.get("nodes_to_exclude"), op_types,
                                   {"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
         quantizer.quantize_model()
+        fused = _fuse_dequantize(quantizer.model.model)
         quantizer.model.save_model_to_file(str(out), use_external_data_format=external)
-    return dict(recipe) | {"calibration_rows": len(calibration), "calibration_split": "train"}
+    return dict(recipe) | {"calibration_rows": len(calibration), "calibration_split": "train",
+                           "rewrites": {"dequantize_fused": fused}}
+
+
+def _fuse_dequantize(model: onnx.ModelProto) -> int:
+    """Write each MatMulInteger -> Cast -> Mul(a_scale * b_scale) [-> Add(bias)] of a statically
+    quantized graph as one MatMulIntegerToFloat, which scales (and adds the bias) as it writes
+    its output. ONNX Runtime fuses this itself only after a DynamicQuantizeLinear; after the
+    constant-scale QuantizeLinear the Cast and Mul stayed, 15% of the int8 model's time at
+    batch 32 x 16 tokens on an AMX machine (docs/performance.md). Returns how many it fused."""
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    constants = {t.name for t in graph.initializer}
+
+    def only_consumer(name: str) -> onnx.NodeProto | None:
+        users = consumers.get(name, [])
+        return users[0] if len(users) == 1 and name not in outputs else None
+
+    removed: set[int] = set()
+    fused = 0
+    for matmul in [n for n in graph.node if n.op_type == "MatMulInteger"]:
+        cast = only_consumer(matmul.output[0])
+        scale = only_consumer(cast.output[0]) if cast is not None and cast.op_type == "Cast" else None
+        if scale is None or scale.op_type != "Mul":
+            continue
+        product = producer.get(scale.input[1] if scale.input[0] == cast.output[0] else scale.input[0])
+        quantize = producer.get(matmul.input[0])
+        if (product is None or product.op_type != "Mul" or quantize is None or quantize.op_type != "QuantizeLinear"
+                or quantize.input[1] not in product.input):
+            continue
+        a_scale = quantize.input[1]
+        b_scale = product.input[1] if product.input[0] == a_scale else product.input[0]
+        bias_add = only_consumer(scale.output[0])
+        bias = None
+        if bias_add is not None and bias_add.op_type == "Add":
+            bias = next((i for i in bias_add.input if i != scale.output[0] and i in constants), None)
+        last = bias_add if bias is not None else scale
+        zero_points = list(matmul.input[2:4]) + [""] * (4 - len(matmul.input))
+        graph.node.insert(list(graph.node).index(matmul), onnx.helper.make_node(
+            "MatMulIntegerToFloat", [matmul.input[0], matmul.input[1], a_scale, b_scale, *zero_points[:2],
+                                     *([bias] if bias else [])],
+            [last.output[0]], name=f"{matmul.name}_to_float", domain="com.microsoft"))
+        removed |= {id(matmul), id(cast), id(scale), id(last)}
+        if len(consumers.get(product.output[0], [])) == 1:
+            removed.add(id(product))
+        fused += 1
+    kept = [n for n in graph.node if id(n) not in removed]
+    del graph.node[:]
+    graph.node.extend(kept)
+    return fused
 
 
 def _int8_static_recipes(config: OptimizeConfig) -> list[dict[str, Any]]:
