@@ -121,3 +121,34 @@ def test_predict_missing_file(runner, package_dir, tmp_path):
 def test_predict_unknown_provider(runner, package_dir):
     result = runner.invoke(app, ["predict", str(package_dir), "hi", "--provider", "warp"])
     assert one_error_line(result).startswith("error: unknown execution provider 'warp'; available: ")
+
+
+@pytest.fixture(scope="module")
+def cascade_package(tmp_path_factory, package_dir, small_cola):
+    import shutil
+
+    from onnxpack.core.config import OptimizeConfig
+    from onnxpack.runtime.optimize import optimize
+
+    root = tmp_path_factory.mktemp("cascade") / "pkg"
+    shutil.copytree(package_dir, root)
+    optimize(root, OptimizeConfig(variants=("optimized", "int8-cascade"), data=str(small_cola), max_mcc_drop=1.0,
+                                  min_agreement=0))
+    return root
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda root: (root / "model.int8-cascade.onnx").write_bytes((root / "model.int8-cascade.onnx").read_bytes() + b"\0"),
+     "package file model.int8-cascade.onnx was altered"),
+    (lambda root: (root / "model.optimized.onnx").unlink(), "is missing model.optimized.onnx"),
+])
+def test_a_cascade_whose_graphs_were_altered_or_removed_is_refused_in_one_line(runner, cascade_package, tmp_path,
+                                                                               damage, message):
+    import shutil
+
+    root = tmp_path / "pkg"
+    shutil.copytree(cascade_package, root)
+    assert runner.invoke(app, ["predict", str(root), "--variant", "int8-cascade", "a text"]).exit_code == 0
+    damage(root)
+    result = runner.invoke(app, ["predict", str(root), "--variant", "int8-cascade", "a text"])
+    assert result.exit_code != 0 and message in one_error_line(result)

@@ -41,6 +41,7 @@ from typer.testing import CliRunner
 
 from onnxpack.cli import app as cli_app
 from onnxpack.runtime.feed import encode
+from onnxpack.core.package import Package
 from onnxpack.runtime.predictor import Predictor
 from onnxpack.serve import ServeConfig, create_app
 from onnxpack.serve import runner as serve_runner
@@ -774,3 +775,26 @@ def test_the_fast_path_answers_well_formed_requests_and_hands_on_the_rest(packag
             assert await call("/predict", {"texts": ["ok"]}, content_type=b"text/plain") is None
 
     asyncio.run(main())
+
+
+def test_serve_runs_the_int8_cascade_by_default_and_answers_as_predict(package_copy, small_cola):
+    """On a package where int8-static is rejected (as on the default CoLA training) the cascade is
+    the fastest batch-invariant variant: the server runs it, and answers as `predict --variant` does."""
+    from onnxpack.core.config import OptimizeConfig
+    from onnxpack.core.data import load_splits
+    from onnxpack.runtime.optimize import optimize
+
+    optimize(package_copy, OptimizeConfig(variants=("optimized", "int8-cascade"), data=str(small_cola),
+                                          max_mcc_drop=1.0, min_agreement=0))
+    package = Package.open(package_copy)
+    package.update_manifest(variants={name: v | {"items_per_s": {"int8-cascade": 900}.get(name, 300)}
+                                      for name, v in package.manifest.variants.items()})
+    texts = load_splits(str(small_cola), need_train=False).validation.texts[:24]
+    with Predictor(package_copy, variant="int8-cascade") as predictor:
+        reference = predictor.predict(texts)
+    app = create_app(package_copy, HTTP_ONLY)
+    with running(app) as base:
+        assert app.state.service.predictor.variant == "int8-cascade"
+        got = post(base, "/predict", {"texts": texts}).json()["predictions"]
+    assert [g["label"] for g in got] == [r["label"] for r in reference]
+    assert all(abs(g["score"] - r["score"]) <= 1e-5 for g, r in zip(got, reference))
