@@ -411,6 +411,8 @@ def _fuse_dequantize(model: onnx.ModelProto) -> int:
     kept = [n for n in graph.node if id(n) not in removed]
     del graph.node[:]
     graph.node.extend(kept)
+    if fused and not any(o.domain == "com.microsoft" for o in model.opset_import):  # e.g. a graph with no fusions
+        model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
     return fused
 
 
