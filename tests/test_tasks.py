@@ -17,11 +17,13 @@ from typer.testing import CliRunner
 
 from onnxpack.cli import app as cli_app
 from onnxpack.core.config import OptimizeConfig, ServeConfig, TrainConfig
+from onnxpack.core.errors import OnnxpackError
 from onnxpack.core.package import Package
 from onnxpack.pytorch.export import export
 from onnxpack.pytorch.train import fit
 from onnxpack.pytorch.verify import verify
 from onnxpack.runtime.optimize import optimize
+from onnxpack.runtime.feed import chunking_tokenizer, encode_windows
 from onnxpack.runtime.predictor import Predictor, serving_variant
 from onnxpack.serve import create_app
 
@@ -136,6 +138,18 @@ def test_task_end_to_end(task, tiny_model_dir, tmp_path):
     assert [p["label"] for p in printed] == [p["label"] for p in served]
     np.testing.assert_allclose([list(p["scores"].values()) for p in printed],
                                [list(p["scores"].values()) for p in served], atol=1e-6)
+    if task == "pairs":  # chunk splits the second text and repeats the first in every window
+        with Predictor(package.root, variant=variant) as predictor:
+            first, second = rows[0]
+            long_second = " ".join([second] * 20)
+            (answer,) = predictor.predict([(first, long_second)], long_text="chunk")
+            assert answer["windows"] > 1
+            tokenizer = chunking_tokenizer(package.root / "tokenizer.json", m.max_length, m.pad_token_id, 4, pairs=True)
+            feed, _ = encode_windows(tokenizer, [(first, long_second)], predictor.input_names, m.pad_token_id)
+            head = len(tokenizer.encode(first).ids)  # [CLS] first [SEP]
+            assert all(row[:head].tolist() == feed["input_ids"][0][:head].tolist() for row in feed["input_ids"])
+            with pytest.raises(OnnxpackError, match="the first text of the pair alone fills the window"):
+                predictor.predict([(" ".join([first] * 20), second)], long_text="chunk")
     if is_multi:
         assert all(p["labels"] == s["labels"] for p, s in zip(printed, served))
         for p in printed:

@@ -152,3 +152,22 @@ def test_a_cascade_whose_graphs_were_altered_or_removed_is_refused_in_one_line(r
     damage(root)
     result = runner.invoke(app, ["predict", str(root), "--variant", "int8-cascade", "a text"])
     assert result.exit_code != 0 and message in one_error_line(result)
+
+
+def test_predict_long_text_chunk(runner, package_dir):
+    long = " ".join(["the cat that the dog chased sat on the mat"] * 15)
+    result = runner.invoke(app, ["predict", str(package_dir), "--long-text", "chunk", "--stride", "8",
+                                 "--aggregate", "max", long, "the cat sat"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert rows[0]["windows"] > 1 and rows[1]["windows"] == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--long-text", "chunk", "--stride", "9999"], "--stride must be smaller than the window"),
+    (["--long-text", "chunk", "--aggregate", "sum"], "--aggregate must be mean or max, got 'sum'"),
+    (["--long-text", "whole"], "--long-text must be truncate or chunk, got 'whole'"),
+])
+def test_predict_bad_long_text_options(runner, package_dir, args, message):
+    result = runner.invoke(app, ["predict", str(package_dir), *args, "a text"])
+    assert result.exit_code != 0 and message in one_error_line(result)

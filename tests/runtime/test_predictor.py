@@ -274,3 +274,68 @@ def test_a_variant_gated_on_another_int8_path_warns_once_on_load(package_copy, c
     with caplog.at_level("WARNING"):
         onnxpack.load(package_copy, variant=FP32).close()
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+# ---- long texts: truncate or chunk ----
+
+LONG = " ".join(["the cat that the dog chased sat on the mat near the door"] * 12)  # far past max_length
+
+
+def test_chunk_leaves_a_text_of_one_window_bit_identical(predictor):
+    short = ["the cat sat", "a dog ran to the door", "go"]
+    truncated = predictor.predict_logits(short)
+    chunked, windows = predictor.read(short, long_text="chunk")
+    np.testing.assert_array_equal(chunked, truncated)
+    assert windows.tolist() == [1, 1, 1]
+
+
+@pytest.mark.parametrize("aggregate", ["mean", "max"])
+def test_a_long_texts_windows_each_run_alone_make_its_logits(predictor, aggregate):
+    from onnxpack.runtime.feed import chunking_tokenizer, default_stride, encode_windows
+
+    m = predictor.package.manifest
+    tokenizer = chunking_tokenizer(predictor.package.tokenizer_path, m.max_length, m.pad_token_id,
+                                   default_stride(m.max_length), pairs=False)
+    feed, owner = encode_windows(tokenizer, [LONG], predictor.input_names, m.pad_token_id)
+    assert len(owner) > 2 and set(owner) == {0}
+    alone = []
+    for k in range(len(owner)):  # each window on its own, without the others' padding
+        width = int(feed["attention_mask"][k].sum())
+        alone.append(predictor.run({name: feed[name][k:k + 1, :width] for name in predictor.input_names})[0])
+    want = np.mean(alone, axis=0) if aggregate == "mean" else np.max(alone, axis=0)
+    got, windows = predictor.read([LONG, "the cat sat"], long_text="chunk", aggregate=aggregate)
+    assert windows.tolist() == [len(owner), 1]
+    np.testing.assert_allclose(got[0], want, atol=1e-5)
+    assert not np.array_equal(got[0], predictor.predict_logits([LONG])[0])  # it read past the first window
+
+
+def test_windows_keep_special_tokens_and_share_stride_tokens(predictor):
+    from onnxpack.runtime.feed import chunking_tokenizer, encode_windows
+
+    m = predictor.package.manifest
+    stride = 5
+    tokenizer = chunking_tokenizer(predictor.package.tokenizer_path, m.max_length, m.pad_token_id, stride, False)
+    feed, owner = encode_windows(tokenizer, [LONG], predictor.input_names, m.pad_token_id)
+    ids = [row[: int(mask.sum())] for row, mask in zip(feed["input_ids"], feed["attention_mask"])]
+    first, last = ids[0][0], ids[0][-1]  # [CLS] ... [SEP]
+    assert all(w[0] == first and w[-1] == last for w in ids)
+    assert all(len(w) == m.max_length for w in ids[:-1])
+    for a, b in zip(ids, ids[1:]):  # the last `stride` tokens of a window open the next
+        assert a[-1 - stride:-1].tolist() == b[1:1 + stride].tolist()
+
+
+def test_predict_chunk_answers_carry_their_window_counts(predictor):
+    results = predictor.predict([LONG, "the cat sat"], long_text="chunk")
+    assert results[0]["windows"] > 1 and results[1]["windows"] == 1
+    assert "windows" not in predictor.predict(["the cat sat"])[0]  # truncate, as before
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"long_text": "chunk", "stride": 10_000}, "--stride must be smaller than the window"),
+    ({"long_text": "chunk", "aggregate": "median"}, "--aggregate must be mean or max, got 'median'"),
+    ({"long_text": "split"}, "--long-text must be truncate or chunk, got 'split'"),
+    ({"long_text": "chunk", "stride": -1}, "--stride must be at least 0"),
+])
+def test_bad_long_text_options_are_one_line(predictor, options, message):
+    with pytest.raises(OnnxpackError, match=message):
+        predictor.read([LONG], **options)

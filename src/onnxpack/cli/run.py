@@ -26,12 +26,15 @@ def predict(
     provider: Optional[str] = option(PredictConfig, "provider"),
     batch_size: int = option(PredictConfig, "batch_size"),
     variant: Optional[str] = option(PredictConfig, "variant"),
+    long_text: str = option(PredictConfig, "long_text"),
+    stride: Optional[int] = option(PredictConfig, "stride"),
+    aggregate: str = option(PredictConfig, "aggregate"),
     threshold: Optional[str] = typer.Option(None, parser=CommaList("--threshold", float),
                                             help="Multi-label: one threshold, or one per label comma-separated "
                                                  "(default: the manifest's)."),
 ) -> None:
     """Print one JSON object per text: text, label, score and the score of every label (and, for a
-    multi-label model, `labels`: those at or over their threshold)."""
+    multi-label model, `labels`: those at or over their threshold; with --long-text chunk, `windows`)."""
     from onnxpack.core.atomic import atomic_write_text
     from onnxpack.runtime.predictor import Predictor
 
@@ -53,7 +56,9 @@ def predict(
                 raise OnnxpackError("no texts to predict", hint="pass TEXT arguments, --pair A B, --file FILE, "
                                                                 "or pipe lines on stdin")
             rows = _parse_rows(sys.stdin.read(), predictor.pairs, "stdin", json_lines=False)
-        lines = [json.dumps(r, ensure_ascii=False) for r in predictor.predict(rows, batch_size=config.batch_size)]
+        results = predictor.predict(rows, batch_size=config.batch_size, long_text=config.long_text,
+                                    stride=config.stride, aggregate=config.aggregate)
+        lines = [json.dumps(r, ensure_ascii=False) for r in results]
     if out:
         atomic_write_text(out, "\n".join(lines) + "\n")
     else:

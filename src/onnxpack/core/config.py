@@ -213,8 +213,30 @@ class VerifyConfig(Options):
 
 # --- the runtime side -----------------------------------------------------------------------------------------
 
+LONG_TEXT_MODES = ("truncate", "chunk")
+AGGREGATES = ("mean", "max")
+
+
 @dataclasses.dataclass
-class PredictConfig(Options):
+class LongTextOptions(Options):
+    """How a text longer than the package's max_length is read: every reader (predict, batch, serve)
+    takes these, so they are written once."""
+
+    long_text: str = option("truncate", "truncate: read a text's first max_length tokens; chunk: read all of "
+                                        "it, in overlapping windows of max_length tokens.")
+    stride: int | None = option(None, "chunk: tokens consecutive windows share (default: a quarter of the window).",
+                                min=0)
+    aggregate: str = option("mean", "chunk: how a text's window logits combine: mean or max.")
+
+    def check(self) -> None:
+        if self.long_text not in LONG_TEXT_MODES:
+            raise OnnxpackError(f"--long-text must be {' or '.join(LONG_TEXT_MODES)}, got {self.long_text!r}")
+        if self.aggregate not in AGGREGATES:
+            raise OnnxpackError(f"--aggregate must be {' or '.join(AGGREGATES)}, got {self.aggregate!r}")
+
+
+@dataclasses.dataclass
+class PredictConfig(LongTextOptions):
     batch_size: int = option(32, "Texts per model call.", min=1)
     provider: str | None = option(None, "ONNX Runtime execution provider.")
     variant: str | None = option(None, "fp32, optimized, int8, ... (default: the fastest accepted).")

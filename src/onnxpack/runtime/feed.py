@@ -49,6 +49,54 @@ def package_tokenizer(path: Path, max_length: int, pad_token_id: int) -> Tokeniz
     return tokenizer
 
 
+def chunking_tokenizer(path: Path, max_length: int, pad_token_id: int, stride: int, pairs: bool) -> Tokenizer:
+    """A package's tokenizer.json that splits a long text into windows of `max_length` tokens, each with
+    the model's special tokens, consecutive windows sharing `stride` tokens (tokenizers' own overflow).
+    A pair's second text is split and its first repeated in every window."""
+    if stride >= max_length:
+        raise OnnxpackError(f"--stride must be smaller than the window ({max_length} tokens), got {stride}",
+                            hint=f"the default is a quarter of the window: {default_stride(max_length)}")
+    tokenizer = Tokenizer.from_file(str(path))
+    try:
+        tokenizer.enable_truncation(max_length, stride=stride, strategy="only_second" if pairs else "longest_first")
+    except Exception as e:  # tokenizers refuses a stride its special tokens leave no room for
+        raise OnnxpackError(f"--stride {stride} leaves no room in a {max_length}-token window ({e})",
+                            hint=f"use a smaller --stride, e.g. {default_stride(max_length)}") from None
+    tokenizer.enable_padding(pad_id=pad_token_id, pad_token=tokenizer.id_to_token(pad_token_id) or "[PAD]")
+    return tokenizer
+
+
+def default_stride(max_length: int) -> int:
+    return max_length // 4
+
+
+def encode_windows(tokenizer: Tokenizer, texts: Sequence[Text], input_names: Sequence[str],
+                   pad_token_id: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Every window of every text (see chunking_tokenizer) as one feed padded to the longest window,
+    and each window's text index, in order."""
+    items = [tuple(t) if isinstance(t, list) else t for t in texts]
+    try:
+        encodings = tokenizer.encode_batch(items)
+    except Exception:  # tokenizers names no text: find the one whose first part fills the window
+        for i, item in enumerate(items):
+            try:
+                tokenizer.encode(*item) if isinstance(item, tuple) else tokenizer.encode(item)
+            except Exception:
+                raise OnnxpackError(f"text {i}: the first text of the pair alone fills the window, so chunk "
+                                    "cannot split the second", hint="shorten the first text, or use --long-text "
+                                    "truncate") from None
+        raise
+    rows, owner = [], []
+    fields = {INPUT_IDS: "ids", ATTENTION_MASK: "attention_mask", TOKEN_TYPE_IDS: "type_ids"}
+    for i, encoding in enumerate(encodings):
+        for window in [encoding, *encoding.overflowing]:
+            length = sum(window.attention_mask)  # each window without the batch's padding
+            rows.append({name: np.array(getattr(window, fields[name])[:length], dtype=np.int64)
+                         for name in input_names})
+            owner.append(i)
+    return pad_rows(rows, input_names, pad_token_id), np.array(owner)
+
+
 def check_texts(texts: Sequence[Text], pairs: bool) -> None:
     """A non-empty list of non-blank texts, all pairs for a pair model and none for the others."""
     if isinstance(texts, (str, tuple)):

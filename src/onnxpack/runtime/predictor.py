@@ -18,10 +18,20 @@ import numpy as np
 import onnxruntime as ort
 
 from onnxpack.core import cpu, untrusted
+from onnxpack.core.config import LongTextOptions
 from onnxpack.core.errors import OnnxpackError
 from onnxpack.core.package import MULTI_LABEL, Package, check_thresholds
 
-from .feed import Text, check_input_names, check_texts, encode, package_tokenizer
+from .feed import (
+    Text,
+    check_input_names,
+    check_texts,
+    chunking_tokenizer,
+    default_stride,
+    encode,
+    encode_windows,
+    package_tokenizer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -151,14 +161,16 @@ class Predictor:
         self.latencies_ms.append((time.perf_counter() - started) * 1000)
         return logits
 
-    def encoded_batches(self, texts: Sequence[Text],
-                        batch_size: int) -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
+    def encoded_batches(self, texts: Sequence[Text], batch_size: int,
+                        feed: dict[str, np.ndarray] | None = None) -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
         """`(indices, feed)` per batch: texts of similar length together (longest first), each batch
-        padded only to its own longest row. Tokenizes all the texts once."""
+        padded only to its own longest row. Tokenizes all the texts once (or takes their `feed`, one
+        row per index, as chunking's windows)."""
         if batch_size < 1:
             raise OnnxpackError(f"batch size must be a positive integer, got {batch_size}")
         check_texts(texts, self.pairs)
-        feed = encode(self.tokenizer, texts, self.input_names)  # padded to the longest; each batch is cut below
+        if feed is None:
+            feed = encode(self.tokenizer, texts, self.input_names)  # padded to the longest; each batch is cut below
         lengths = feed["attention_mask"].sum(axis=1)
         fixed = (self.tokenizer.padding or {}).get("length")  # padding set to a fixed length stays
         order = np.argsort(-lengths, kind="stable")
@@ -167,16 +179,54 @@ class Predictor:
             width = fixed or int(lengths[batch].max())
             yield batch.tolist(), {name: feed[name][batch, :width] for name in self.input_names}
 
-    def predict_logits(self, texts: Sequence[Text], batch_size: int = 32) -> np.ndarray:
-        check_texts(texts, self.pairs)
-        logits = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
-        for batch, feed in self.encoded_batches(texts, batch_size):
-            logits[batch] = self.run(feed)
-        return logits
+    def predict_logits(self, texts: Sequence[Text], batch_size: int = 32, long_text: str = "truncate",
+                       stride: int | None = None, aggregate: str = "mean") -> np.ndarray:
+        """Logits per text. `long_text="chunk"` reads a text longer than max_length whole (see `read`)."""
+        return self.read(texts, batch_size, long_text, stride, aggregate)[0]
 
-    def predict(self, texts: Sequence[Text], batch_size: int = 32) -> list[dict[str, Any]]:
-        """One `{"text", "label", "score", "scores"}` per text, in order; scores are softmax probabilities."""
-        return self.results(texts, self.predict_logits(texts, batch_size))
+    def read(self, texts: Sequence[Text], batch_size: int = 32, long_text: str = "truncate",
+             stride: int | None = None, aggregate: str = "mean") -> tuple[np.ndarray, np.ndarray]:
+        """(logits per text, windows per text).
+
+        truncate: a text's first max_length tokens, one window. chunk: all its tokens in windows of
+        max_length, each with the special tokens, consecutive ones sharing `stride` tokens (default a
+        quarter of the window); every window runs, windows of all texts batched together by length,
+        and a text's logits are the mean (or max) of its windows'. A text of one window gets the
+        logits the truncate path gives it."""
+        LongTextOptions(long_text=long_text, stride=stride, aggregate=aggregate).validate()
+        check_texts(texts, self.pairs)
+        if long_text == "truncate":
+            logits = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+            for batch, feed in self.encoded_batches(texts, batch_size):
+                logits[batch] = self.run(feed)
+            return logits, np.ones(len(texts), dtype=np.int64)
+        stride = default_stride(self.max_length) if stride is None else stride
+        tokenizer = chunking_tokenizer(self.package.tokenizer_path, self.max_length,
+                                       self.package.manifest.pad_token_id, stride, self.pairs)
+        feed, owner = encode_windows(tokenizer, texts, self.input_names, self.package.manifest.pad_token_id)
+        window_logits = np.zeros((len(owner), len(self.labels)), dtype=np.float32)
+        for batch, window_feed in self.encoded_batches(texts, batch_size, feed=feed):
+            window_logits[batch] = self.run(window_feed)
+        windows = np.bincount(owner, minlength=len(texts))
+        if aggregate == "max":
+            logits = np.full((len(texts), len(self.labels)), -np.inf, dtype=np.float32)
+            np.maximum.at(logits, owner, window_logits)
+        else:
+            logits = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+            np.add.at(logits, owner, window_logits)
+            logits /= windows[:, None].astype(np.float32)
+        return logits, windows
+
+    def predict(self, texts: Sequence[Text], batch_size: int = 32, long_text: str = "truncate",
+                stride: int | None = None, aggregate: str = "mean") -> list[dict[str, Any]]:
+        """One `{"text", "label", "score", "scores"}` per text, in order; scores are softmax probabilities.
+        With `long_text="chunk"` each also has `windows`, how many windows of the text were read."""
+        logits, windows = self.read(texts, batch_size, long_text, stride, aggregate)
+        results = self.results(texts, logits)
+        if long_text == "chunk":
+            for result, count in zip(results, windows):
+                result["windows"] = int(count)
+        return results
 
     def results(self, texts: Sequence[Text], logits: np.ndarray) -> list[dict[str, Any]]:
         """`predict`'s objects for texts whose logits are already computed (serve batches its own).
