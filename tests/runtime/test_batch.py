@@ -198,3 +198,38 @@ def test_folder_output_is_part_files_and_replaces_only_its_own(package_dir, inpu
     with pytest.raises(OnnxpackError, match="holds other files"):
         run_local(package_dir, str(input_file), str(other), BatchConfig())
     assert (other / "notes.txt").read_text() == "mine" and not list(tmp_path.glob(".*tmp-*"))
+
+
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_long_text_chunk_in_both_engines(package_dir, tmp_path, engine):
+    long = " ".join(["the cat that the dog chased sat on the mat"] * 15)
+    rows = [("a", long), ("b", "the cat sat"), ("c", " "), ("d", long[:150])]
+    source = _tsv(tmp_path / "long.tsv", rows)
+    config = BatchConfig(id_column="id", long_text="chunk", aggregate="max", chunk_rows=2)
+    out = tmp_path / "out.parquet"
+    if engine == "ray":
+        from onnxpack.runtime.batch.ray_data import run_ray
+
+        run_ray(package_dir, str(source), out, config, num_workers=1)
+    else:
+        run_local(package_dir, str(source), out, config)
+    got = _rows(out)
+    with Predictor(package_dir) as predictor:
+        want = predictor.predict([long, "the cat sat", long[:150]], long_text="chunk", aggregate="max")
+    good = [r for r in got if r["error"] is None]
+    assert [r["windows"] for r in good] == [w["windows"] for w in want] and good[0]["windows"] > 1
+    for row, expected in zip(good, want):
+        assert row["scores"] == pytest.approx(expected["scores"], abs=1e-6)
+    assert got[2]["error"] == "empty text" and got[2]["windows"] is None
+
+
+def test_batch_cli_takes_the_long_text_options(package_dir, tmp_path):
+    source = _tsv(tmp_path / "in.tsv", [("a", " ".join(["the cat sat on the mat"] * 30))])
+    out = tmp_path / "o.jsonl"
+    result = CliRunner().invoke(app, ["batch", str(package_dir), "--input", str(source), "--output", str(out),
+                                      "--long-text", "chunk", "--stride", "4"])
+    assert result.exit_code == 0, result.output
+    assert _rows(out)[0]["windows"] > 1
+    bad = CliRunner().invoke(app, ["batch", str(package_dir), "--input", str(source), "--output", str(out),
+                                   "--long-text", "chunk", "--aggregate", "sum"])
+    assert bad.exit_code != 0 and "--aggregate must be mean or max" in bad.output

@@ -339,3 +339,14 @@ def test_predict_chunk_answers_carry_their_window_counts(predictor):
 def test_bad_long_text_options_are_one_line(predictor, options, message):
     with pytest.raises(OnnxpackError, match=message):
         predictor.read([LONG], **options)
+
+
+def test_chunk_reads_texts_a_slice_at_a_time_with_the_same_answers(predictor, monkeypatch):
+    from onnxpack.runtime import predictor as predictor_module
+
+    texts = [LONG, "the cat sat", LONG[:200], "a dog", LONG[100:]]
+    whole, windows = predictor.read(texts, long_text="chunk")
+    monkeypatch.setattr(predictor_module, "CHUNK_TEXTS", 2)  # memory follows a slice of texts, not the input
+    sliced, sliced_windows = predictor.read(texts, long_text="chunk")
+    np.testing.assert_allclose(sliced, whole, atol=1e-6)
+    assert sliced_windows.tolist() == windows.tolist()

@@ -137,6 +137,9 @@ def batch(
     batch_size: int = option(BatchConfig, "batch_size"),
     chunk_rows: int = option(BatchConfig, "chunk_rows"),
     variant: Optional[str] = option(BatchConfig, "variant"),
+    long_text: str = option(BatchConfig, "long_text"),
+    stride: Optional[int] = option(BatchConfig, "stride"),
+    aggregate: str = option(BatchConfig, "aggregate"),
     address: Optional[str] = typer.Option(None, help="ray: an existing cluster's address (default: a local one on "
                                                      "127.0.0.1)."),
     num_workers: Optional[int] = typer.Option(None, min=1, help="ray: model actors (default: sized from the "

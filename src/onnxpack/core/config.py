@@ -289,7 +289,7 @@ class BenchConfig(Options):
 
 
 @dataclasses.dataclass
-class BatchConfig(Options):
+class BatchConfig(LongTextOptions):
     text_column: str | None = option(None, "The text column (default: sentence or text).")
     pair_columns: tuple[str, str] | None = option(None, "A pair model's two text columns, A,B (default: detected).")
     id_column: str | None = option(None, "The column whose value identifies a row (default: the row number).")

@@ -45,6 +45,8 @@ PROVIDER_ALIASES = {
     "coreml": "CoreMLExecutionProvider",
     "directml": "DmlExecutionProvider",
 }
+# chunk: texts tokenized into windows at a time; a 2,000-word text is about 30 windows of 128 tokens
+CHUNK_TEXTS = 256
 # Without --provider: the first of these that this ONNX Runtime build has, CPU as the fallback.
 DEFAULT_PROVIDER_ORDER = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -161,15 +163,15 @@ class Predictor:
         self.latencies_ms.append((time.perf_counter() - started) * 1000)
         return logits
 
-    def encoded_batches(self, texts: Sequence[Text], batch_size: int,
+    def encoded_batches(self, texts: Sequence[Any], batch_size: int,
                         feed: dict[str, np.ndarray] | None = None) -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
         """`(indices, feed)` per batch: texts of similar length together (longest first), each batch
-        padded only to its own longest row. Tokenizes all the texts once (or takes their `feed`, one
-        row per index, as chunking's windows)."""
+        padded only to its own longest row. Tokenizes all the texts once, or takes their `feed`
+        already made (chunking's windows: then `texts` only counts the rows)."""
         if batch_size < 1:
             raise OnnxpackError(f"batch size must be a positive integer, got {batch_size}")
-        check_texts(texts, self.pairs)
         if feed is None:
+            check_texts(texts, self.pairs)
             feed = encode(self.tokenizer, texts, self.input_names)  # padded to the longest; each batch is cut below
         lengths = feed["attention_mask"].sum(axis=1)
         fixed = (self.tokenizer.padding or {}).get("length")  # padding set to a fixed length stays
@@ -203,10 +205,17 @@ class Predictor:
         stride = default_stride(self.max_length) if stride is None else stride
         tokenizer = chunking_tokenizer(self.package.tokenizer_path, self.max_length,
                                        self.package.manifest.pad_token_id, stride, self.pairs)
-        feed, owner = encode_windows(tokenizer, texts, self.input_names, self.package.manifest.pad_token_id)
-        window_logits = np.zeros((len(owner), len(self.labels)), dtype=np.float32)
-        for batch, window_feed in self.encoded_batches(texts, batch_size, feed=feed):
-            window_logits[batch] = self.run(window_feed)
+        window_logits, owners = [], []
+        # A slice of texts at a time: memory follows the slice's windows, not the whole input's.
+        for start in range(0, len(texts), CHUNK_TEXTS):
+            feed, owner = encode_windows(tokenizer, texts[start:start + CHUNK_TEXTS], self.input_names,
+                                         self.package.manifest.pad_token_id)
+            logits = np.zeros((len(owner), len(self.labels)), dtype=np.float32)
+            for batch, window_feed in self.encoded_batches(owner, batch_size, feed=feed):
+                logits[batch] = self.run(window_feed)
+            window_logits.append(logits)
+            owners.append(owner + start)
+        window_logits, owner = np.concatenate(window_logits), np.concatenate(owners)
         windows = np.bincount(owner, minlength=len(texts))
         if aggregate == "max":
             logits = np.full((len(texts), len(self.labels)), -np.inf, dtype=np.float32)

@@ -101,18 +101,21 @@ def _row_error(value: Any, pairs: bool) -> str | None:
     return None
 
 
-def classify(predictor: Predictor, ids: list[Any], texts: list[Any], batch_size: int) -> list[dict[str, Any]]:
-    """One output row per input row, in order: the valid rows classified in one length-sorted pass."""
+def classify(predictor: Predictor, ids: list[Any], texts: list[Any], config: BatchConfig) -> list[dict[str, Any]]:
+    """One output row per input row, in order: the valid rows classified in one length-sorted pass
+    (under --long-text chunk, each with its window count)."""
     errors = [_row_error(t, predictor.pairs) for t in texts]
     valid = [i for i, e in enumerate(errors) if e is None]
-    results = predictor.predict([texts[i] for i in valid], batch_size) if valid else []
+    results = predictor.predict([texts[i] for i in valid], config.batch_size, long_text=config.long_text,
+                                stride=config.stride, aggregate=config.aggregate) if valid else []
     by_row = dict(zip(valid, results))
+    chunked = config.long_text == "chunk"
     rows = []
     for i, (row_id, error) in enumerate(zip(ids, errors)):
         r = by_row.get(i)
         rows.append({ID: row_id, "label": r and r["label"], "score": r and r["score"],
                      "scores": r and r["scores"], **({"labels": r and r["labels"]} if predictor.multi_label else {}),
-                     "error": error})
+                     **({"windows": r and r["windows"]} if chunked else {}), "error": error})
     return rows
 
 
@@ -139,7 +142,7 @@ def read_chunks(input_spec: str, config: BatchConfig, pairs: bool) -> Iterator[t
 class OutputWriter:
     """Rows to a Parquet or JSON Lines file, built as an AtomicFile: in place, whole, on close()."""
 
-    def __init__(self, path: Path, labels: list[str], multi_label: bool) -> None:
+    def __init__(self, path: Path, labels: list[str], multi_label: bool, windows: bool = False) -> None:
         self.path = Path(path)
         suffix = self.path.suffix.lower()
         if suffix not in OUTPUT_FORMATS:
@@ -151,6 +154,7 @@ class OutputWriter:
         self.schema = pa.schema([(ID, pa.string()), ("label", pa.string()), ("score", pa.float64()),
                                  ("scores", pa.map_(pa.string(), pa.float64()))]
                                 + ([("labels", pa.list_(pa.string()))] if multi_label else [])
+                                + ([("windows", pa.int64())] if windows else [])
                                 + [("error", pa.string())])
         self._parquet = pq.ParquetWriter(str(self.file.path), self.schema) if self.format == "parquet" else None
         self._jsonl = open(self.file.path, "w", encoding="utf-8") if self.format == "jsonl" else None
@@ -180,7 +184,7 @@ class FolderWriter:
     write them, with FOLDER_MARKER summing up the run. The folder is built as an AtomicDir, in place
     whole on close(); it replaces only an empty folder or an earlier batch output."""
 
-    def __init__(self, path: Path, labels: list[str], multi_label: bool) -> None:
+    def __init__(self, path: Path, labels: list[str], multi_label: bool, windows: bool = False) -> None:
         self.path = Path(path)
         _check_parent(self.path)
         if self.path.is_file():
@@ -189,14 +193,14 @@ class FolderWriter:
             raise OnnxpackError(f"--output {path} is a folder that holds other files",
                                 hint="name a new or empty folder; batch replaces only its own earlier output")
         self.suffix = ".jsonl" if self.path.suffix.lower() in (".jsonl", ".json") else ".parquet"
-        self.labels, self.multi_label = labels, multi_label
+        self.labels, self.multi_label, self.windows = labels, multi_label, windows
         self.folder = AtomicDir(self.path, force=True)
         self.parts: list[str] = []
         self.rows = 0
 
     def write(self, rows: list[dict[str, Any]]) -> None:
         part_path = self.folder.path / f"part-{len(self.parts):05d}{self.suffix}"
-        part = OutputWriter(part_path, self.labels, self.multi_label)
+        part = OutputWriter(part_path, self.labels, self.multi_label, self.windows)
         part.write(rows)
         part.close()
         self.parts.append(part.path.name)
@@ -212,10 +216,12 @@ class FolderWriter:
         self.folder.discard()
 
 
-def open_output(output: Path | str, labels: list[str], multi_label: bool) -> OutputWriter | FolderWriter:
-    """A folder of part files when `output` ends in `/` or is a folder; else one file."""
+def open_output(output: Path | str, labels: list[str], multi_label: bool,
+                windows: bool = False) -> OutputWriter | FolderWriter:
+    """A folder of part files when `output` ends in `/` or is a folder; else one file. `windows`: a
+    column of each row's window count (--long-text chunk)."""
     is_folder = str(output).endswith(("/", os.sep)) or Path(output).is_dir()
-    return (FolderWriter if is_folder else OutputWriter)(Path(output), labels, multi_label)
+    return (FolderWriter if is_folder else OutputWriter)(Path(output), labels, multi_label, windows)
 
 
 def _check_parent(path: Path) -> None:
@@ -232,14 +238,15 @@ def run_local(package: str | Path, input_spec: str, output: str | Path, config: 
     with Predictor(package, provider=config.provider, threads=config.threads, variant=config.variant) as predictor:
         chunks = read_chunks(input_spec, config, predictor.pairs)
         first = next(chunks, None)  # checks the input and its columns before anything is written
-        rows = (classify(predictor, ids, texts, config.batch_size) for ids, texts in _chain(first, chunks))
-        return write_rows(output, predictor.labels, predictor.multi_label, rows, started, progress)
+        rows = (classify(predictor, ids, texts, config) for ids, texts in _chain(first, chunks))
+        return write_rows(output, predictor.labels, predictor.multi_label, rows, started, progress,
+                          windows=config.long_text == "chunk")
 
 
 def write_rows(output: str | Path, labels: list[str], multi_label: bool, chunks: Iterator[list[dict[str, Any]]],
-               started: float, progress: Callable[[int], None] | None) -> BatchSummary:
+               started: float, progress: Callable[[int], None] | None, windows: bool = False) -> BatchSummary:
     """Stream the engines' output rows into one file or folder (atomically) and sum up the run."""
-    writer = open_output(output, labels, multi_label)
+    writer = open_output(output, labels, multi_label, windows)
     rows = errors = 0
     try:
         for out in chunks:

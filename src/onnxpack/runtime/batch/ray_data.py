@@ -42,7 +42,7 @@ class _ActorPredictor:
     def __init__(self, package: str, text_columns: list[str], id_column: str | None, config: BatchConfig,
                  threads: int) -> None:
         self.predictor = Predictor(package, provider=config.provider, variant=config.variant, threads=threads)
-        self.text_columns, self.id_column, self.batch_size = text_columns, id_column, config.batch_size
+        self.text_columns, self.id_column, self.config = text_columns, id_column, config
 
     def __call__(self, table: Any) -> Any:
         import pyarrow as pa
@@ -52,7 +52,7 @@ class _ActorPredictor:
         texts = (list(zip(*(data[c] for c in self.text_columns))) if len(self.text_columns) == 2
                  else data[self.text_columns[0]])
         ids = data[self.id_column] if self.id_column else [None] * n
-        rows = classify(self.predictor, ids, texts, self.batch_size)
+        rows = classify(self.predictor, ids, texts, self.config)
         return pa.table({"id": [None if r["id"] is None else str(r["id"]) for r in rows],
                          "row": [json.dumps({k: v for k, v in r.items() if k != "id"}) for r in rows]})
 
@@ -86,7 +86,7 @@ def run_ray(package: str | Path, input_spec: str, output: str | Path, config: Ba
                                    "id_column": config.id_column, "config": config,
                                    "threads": max(1, round(per_actor))})
         return write_rows(output, labels, multi_label, _rows(results, config.id_column is not None),
-                          started, progress)
+                          started, progress, windows=config.long_text == "chunk")
     finally:
         if started_here:
             ray.shutdown()
