@@ -46,6 +46,7 @@ from onnxpack.runtime.optimize import (
     _build_int8_static,
     _gate_run,
     _int8_static_recipes,
+    _logits,
     optimize,
     quiet_quantizer,
     spread,
@@ -204,11 +205,6 @@ def agreement(logits: np.ndarray, reference: np.ndarray) -> float:
     return float((predictions(logits, None) == predictions(reference, None)).mean())
 
 
-def logits_of(package: Package, path: Path, texts: list, threads: int) -> np.ndarray:
-    with Predictor(package, variant=FP32, model_file=path, threads=threads) as predictor:
-        return predictor.predict_logits(texts, 32)
-
-
 def drift_all_rows(package: Package, path: Path, texts: list, threads: int) -> float:
     with Predictor(package, variant=FP32, model_file=path, threads=threads) as predictor:
         together = predictor.predict_logits(texts, 32)
@@ -243,7 +239,7 @@ def main() -> None:
         optimized_path = package.variant_path("optimized")
         print(f"{len(texts)} validation rows, {len(calibration)} calibration rows from {splits.source}; "
               f"fp32 MCC {fp32['mcc']:.4f}, {fp32['items_per_s']} items/s\n")
-        fit_float = logits_of(package, optimized_path, fit, args.threads)
+        fit_float = _logits(package, optimized_path, fit)
         print("| recipe | × optimized | MCC | agreement | drift | drift, all rows | build s "
               "| cascade: tau | falls back (train / validation) | × optimized | MCC | agreement |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -267,7 +263,7 @@ def main() -> None:
             if figures["batch_drift"] > 1e-4:  # the cascade needs a batch-invariant int8 graph
                 print(row + "| | | | | |", flush=True)
                 continue
-            fit_int8 = logits_of(package, out, fit, args.threads)
+            fit_int8 = _logits(package, out, fit)
             tau = cascade.fit_tau(fit_float, fit_int8, args.cascade_agreement)
             joined = out.with_name("cascade.onnx")
             onnx.save(cascade.cascade_graph(onnx.load(str(out)), onnx.load(str(optimized_path)), tau), str(joined))

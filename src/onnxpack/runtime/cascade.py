@@ -22,6 +22,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, compose, helper, numpy_helper
 
+from onnxpack.core.metrics import predictions
+
 from .predictor import sigmoid, softmax
 
 TAU_MAX = 0.5  # a margin is at most 0.5: tau 0.5 sends every row to float
@@ -45,12 +47,8 @@ def fit_tau(float_logits: np.ndarray, int8_logits: np.ndarray, target_agreement:
     Fit on training rows, which the model has seen and is surer of than of new text, so the
     agreement on new text comes out lower than on these rows: aim above the gate's min_agreement.
     """
-    def labels(logits: np.ndarray) -> np.ndarray:
-        if thresholds is not None:
-            return sigmoid(logits) >= np.asarray(thresholds, dtype=np.float32)
-        return logits.argmax(axis=1)[:, None]
-
-    flipped = (labels(float_logits) != labels(int8_logits)).any(axis=1)
+    flipped = (predictions(float_logits, thresholds) != predictions(int8_logits, thresholds)).reshape(
+        len(float_logits), -1).any(axis=1)
     margin = margins(int8_logits, thresholds)
     allowed = int(np.floor((1 - target_agreement) * len(margin) + 1e-9))  # flips that may stay
     kept = np.sort(margin[flipped])[::-1]  # a flip is kept (not sent back) while its margin >= tau

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from tokenizers import Tokenizer
 
 from onnxpack.core import cpu, untrusted
 from onnxpack.core.config import LongTextOptions
@@ -136,6 +137,7 @@ class Predictor:
         untrusted.trust(path, self.package)  # checked, and first run in a sandboxed subprocess, before this process loads it
         self.session = ort.InferenceSession(str(path), options, providers=self.providers)
         self.tokenizer = package_tokenizer(self.package.tokenizer_path, self.max_length, manifest.pad_token_id)
+        self._chunkers: dict[int, Tokenizer] = {}  # --long-text chunk's tokenizers, by stride
         self.latencies_ms: collections.deque[float] = collections.deque(maxlen=10_000)
 
     def set_thresholds(self, thresholds: Sequence[float]) -> None:
@@ -202,9 +204,7 @@ class Predictor:
             for batch, feed in self.encoded_batches(texts, batch_size):
                 logits[batch] = self.run(feed)
             return logits, np.ones(len(texts), dtype=np.int64)
-        stride = default_stride(self.max_length) if stride is None else stride
-        tokenizer = chunking_tokenizer(self.package.tokenizer_path, self.max_length,
-                                       self.package.manifest.pad_token_id, stride, self.pairs)
+        tokenizer = self._chunker(default_stride(self.max_length) if stride is None else stride)
         window_logits, owners = [], []
         # A slice of texts at a time: memory follows the slice's windows, not the whole input's.
         for start in range(0, len(texts), CHUNK_TEXTS):
@@ -225,6 +225,13 @@ class Predictor:
             np.add.at(logits, owner, window_logits)
             logits /= windows[:, None].astype(np.float32)
         return logits, windows
+
+    def _chunker(self, stride: int) -> Tokenizer:
+        """The windowing tokenizer for `stride`, read from the package once (batch asks per chunk of rows)."""
+        if stride not in self._chunkers:
+            self._chunkers[stride] = chunking_tokenizer(self.package.tokenizer_path, self.max_length,
+                                                        self.package.manifest.pad_token_id, stride, self.pairs)
+        return self._chunkers[stride]
 
     def predict(self, texts: Sequence[Text], batch_size: int = 32, long_text: str = "truncate",
                 stride: int | None = None, aggregate: str = "mean") -> list[dict[str, Any]]:
