@@ -91,6 +91,20 @@ def _warn_once(message: str) -> None:
     log.warning("%s", message)
 
 
+def aggregate_windows(window_logits: np.ndarray, owner: np.ndarray, count: int, how: str = "mean") -> tuple[np.ndarray, np.ndarray]:
+    """(logits per text, windows per text) from the logits of windows, `owner[i]` the text of window i:
+    the mean or the max of a text's windows' logits, per label."""
+    windows = np.bincount(owner, minlength=count)
+    if how == "max":
+        logits = np.full((count, window_logits.shape[1]), -np.inf, dtype=np.float32)
+        np.maximum.at(logits, owner, window_logits)
+    else:
+        logits = np.zeros((count, window_logits.shape[1]), dtype=np.float32)
+        np.add.at(logits, owner, window_logits)
+        logits /= windows[:, None].astype(np.float32)
+    return logits, windows
+
+
 def sigmoid(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logits))
 
@@ -215,16 +229,7 @@ class Predictor:
                 logits[batch] = self.run(window_feed)
             window_logits.append(logits)
             owners.append(owner + start)
-        window_logits, owner = np.concatenate(window_logits), np.concatenate(owners)
-        windows = np.bincount(owner, minlength=len(texts))
-        if aggregate == "max":
-            logits = np.full((len(texts), len(self.labels)), -np.inf, dtype=np.float32)
-            np.maximum.at(logits, owner, window_logits)
-        else:
-            logits = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
-            np.add.at(logits, owner, window_logits)
-            logits /= windows[:, None].astype(np.float32)
-        return logits, windows
+        return aggregate_windows(np.concatenate(window_logits), np.concatenate(owners), len(texts), aggregate)
 
     def _chunker(self, stride: int) -> Tokenizer:
         """The windowing tokenizer for `stride`, read from the package once (batch asks per chunk of rows)."""
