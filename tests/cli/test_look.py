@@ -1,4 +1,5 @@
-"""cli/look.py: inspect, graph, profile and view: bad input is one line, exit 1, and no output file."""
+"""cli/look.py: inspect, explain, graph, profile and view: what they write, and bad input is one line, exit 1,
+and no output file."""
 
 from __future__ import annotations
 
@@ -87,3 +88,38 @@ def test_view_without_netron(runner, package_dir, monkeypatch):
     result = runner.invoke(app, ["view", str(package_dir), "--no-browse"])
     assert one_error_line(result) == ("error: Netron is not installed (hint: pip install 'onnxpack[netron]', "
                                        "or draw an offline page with `onnxpack graph`)")
+
+
+# --- explain -------------------------------------------------------------------------------------------------
+
+def test_explain_writes_json_and_html(runner, package_dir, tmp_path):
+    from onnxpack.runtime.predictor import Predictor
+
+    text = "The boy is sitting on a bench."
+    result = runner.invoke(app, ["explain", str(package_dir), text, "--json", str(tmp_path / "why.json"),
+                                 "--html", str(tmp_path / "why.html")])
+    assert result.exit_code == 0, result.output
+    (answer,) = json.loads((tmp_path / "why.json").read_text())
+    with Predictor(package_dir) as predictor:
+        (expected,) = predictor.explain([text])
+    assert answer == json.loads(json.dumps(expected))
+    assert [w["word"] for w in answer["words"]] == text.split()
+    assert result.stdout.splitlines()[:2] == [f"{answer['label']} {answer['score']:.3f}", f"  {text}"]
+    assert "bench." in (tmp_path / "why.html").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["why.html", "why.json"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["The boy is sitting on a bench.", "--max-words", "3"], "has 7 words to explain, over --max-words 3"),
+    (["a text", "--label", "maybe"], "unknown label 'maybe'"),
+    (["   "], "text 0 is empty"),
+    (["a text", "--long-text", "chunk", "--stride", "64"], "--stride must be smaller than the window"),
+    (["a text", "--aggregate", "median"], "--aggregate must be mean or max"),
+    (["a text", "--max-words", "0"], "--max-words"),
+])
+def test_explain_bad_input(runner, package_dir, tmp_path, args, message):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["explain", str(package_dir), *args, "--json", str(out / "w.json"),
+                                 "--html", str(out / "w.html")])
+    assert message in one_error_line(result)
+    assert not out.exists()

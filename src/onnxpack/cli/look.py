@@ -1,4 +1,4 @@
-"""The look panel: inspect, graph, profile and view: what is inside a package, read-only."""
+"""The look panel: inspect, explain, graph, profile and view: what is inside a package and its answers, read-only."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import typer
 from rich.table import Table
 
-from onnxpack.core.config import GraphConfig, InspectConfig, ProfileConfig
+from onnxpack.core.config import ExplainConfig, GraphConfig, InspectConfig, ProfileConfig
 
 from .app import LOOK, app, config_from, console, option, stdout
 
@@ -88,6 +88,47 @@ def print_inspect(r: dict[str, Any]) -> None:
     if parity:
         stdout.print(f"last parity: max |diff| {parity['max_abs_diff']:.1e} on {parity.get('n', '?')} rows, "
                      f"{'passed' if parity.get('passed', True) else 'failed'}" + (f" ({parity['at']})" if "at" in parity else ""))
+
+
+@app.command(rich_help_panel=LOOK)
+def explain(
+    package: Path = typer.Argument(..., help="Package folder."),
+    texts: Optional[list[str]] = typer.Argument(None, help="Texts; none: read --file or stdin, a text per line."),
+    pair: bool = typer.Option(False, "--pair", help="Read TEXTS two by two as sentence pairs: --pair A B [C D ...]."),
+    file: Optional[Path] = typer.Option(None, "--file", help="Texts, one per line; pairs as TSV (a<TAB>b) or JSON Lines."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the explanations here as JSON."),
+    html_out: Optional[Path] = typer.Option(None, "--html", help="Write them as a self-contained HTML page here."),
+    label: Optional[str] = option(ExplainConfig, "label"),
+    max_words: int = option(ExplainConfig, "max_words"),
+    long_text: str = option(ExplainConfig, "long_text"),
+    stride: Optional[int] = option(ExplainConfig, "stride"),
+    aggregate: str = option(ExplainConfig, "aggregate"),
+    provider: Optional[str] = option(ExplainConfig, "provider"),
+    variant: Optional[str] = option(ExplainConfig, "variant"),
+) -> None:
+    """Show which words moved each answer: every word coloured by how much the label's score falls
+    without it (leave-one-word-out occlusion, one batched model call per window)."""
+    from onnxpack.core.atomic import atomic_write_text
+    from onnxpack.inspection.explanation import html_page, terminal
+    from onnxpack.runtime.predictor import Predictor
+
+    from .run import check_text_sources, read_texts
+
+    config = config_from(ExplainConfig, locals())
+    config.validate()
+    check_text_sources(texts, pair, file)
+    with Predictor(package, provider=config.provider, variant=config.variant) as predictor:
+        answers = predictor.explain(read_texts(texts, pair, file, predictor.pairs), long_text=config.long_text,
+                                    stride=config.stride, aggregate=config.aggregate, max_words=config.max_words,
+                                    label=config.label)
+        name = predictor.package.manifest.name
+    # Both files are made before either is written, so a failure leaves neither half-done.
+    pages = {path: text for path, text in ((json_out, json.dumps(answers, indent=2, ensure_ascii=False) + "\n"),
+                                           (html_out, html_page(answers, name))) if path}
+    for path, text in pages.items():
+        atomic_write_text(path, text)
+    for line in terminal(answers):
+        stdout.print(line, soft_wrap=True)
 
 
 @app.command(rich_help_panel=LOOK)

@@ -40,22 +40,11 @@ def predict(
 
     config = config_from(PredictConfig, locals())
     config.validate()
-    if texts and file:
-        raise OnnxpackError("give texts as arguments or --file, not both")
-    if pair and len(texts or []) % 2:
-        raise OnnxpackError(f"--pair reads texts two by two, got {len(texts)}", hint="pass --pair FIRST SECOND [...]")
+    check_text_sources(texts, pair, file)
     with Predictor(package, provider=config.provider, variant=config.variant) as predictor:
         if threshold is not None:
             predictor.set_thresholds(per_label(threshold, len(predictor.labels)))
-        if file:
-            rows = _read_rows(file, predictor.pairs)
-        elif texts:
-            rows = list(zip(texts[::2], texts[1::2])) if pair else texts
-        else:
-            if sys.stdin is None or sys.stdin.isatty():
-                raise OnnxpackError("no texts to predict", hint="pass TEXT arguments, --pair A B, --file FILE, "
-                                                                "or pipe lines on stdin")
-            rows = _parse_rows(sys.stdin.read(), predictor.pairs, "stdin", json_lines=False)
+        rows = read_texts(texts, pair, file, predictor.pairs)
         results = predictor.predict(rows, batch_size=config.batch_size, long_text=config.long_text,
                                     stride=config.stride, aggregate=config.aggregate)
         lines = [json.dumps(r, ensure_ascii=False) for r in results]
@@ -64,6 +53,25 @@ def predict(
     else:
         for line in lines:
             stdout.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def check_text_sources(texts: list[str] | None, pair: bool, file: Path | None) -> None:
+    """Before a package is opened: one source of texts, and --pair's texts two by two."""
+    if texts and file:
+        raise OnnxpackError("give texts as arguments or --file, not both")
+    if pair and len(texts or []) % 2:
+        raise OnnxpackError(f"--pair reads texts two by two, got {len(texts)}", hint="pass --pair FIRST SECOND [...]")
+
+
+def read_texts(texts: list[str] | None, pair: bool, file: Path | None, pairs: bool) -> list:
+    """The texts (or pairs) a command was given: its arguments, --file, or stdin."""
+    if file:
+        return _read_rows(file, pairs)
+    if texts:
+        return list(zip(texts[::2], texts[1::2])) if pair else texts
+    if sys.stdin is None or sys.stdin.isatty():
+        raise OnnxpackError("no texts given", hint="pass TEXT arguments, --pair A B, --file FILE, or pipe lines on stdin")
+    return _parse_rows(sys.stdin.read(), pairs, "stdin", json_lines=False)
 
 
 def _read_rows(path: Path, pairs: bool) -> list:
@@ -183,6 +191,10 @@ def serve(
     access_log: bool = typer.Option(False, help="Log every request."),
     grace_s: float = option(ServeConfig, "grace_s"),
     grpc_port: int = option(ServeConfig, "grpc_port"),
+    long_text: str = option(ServeConfig, "long_text"),
+    stride: Optional[int] = option(ServeConfig, "stride"),
+    aggregate: str = option(ServeConfig, "aggregate"),
+    max_windows: int = option(ServeConfig, "max_windows"),
 ) -> None:
     """Serve the package: /predict, the Open Inference Protocol (KServe V2) over HTTP and gRPC, /metrics and a web page."""
     from onnxpack.serve import create_app, run

@@ -243,6 +243,15 @@ class PredictConfig(LongTextOptions):
 
 
 @dataclasses.dataclass
+class ExplainConfig(LongTextOptions):
+    max_words: int = option(512, "Words a text may have (read words: under truncate, those in its window); "
+                                 "explaining costs a model row per word.", min=1)
+    label: str | None = option(None, "The label to explain (default: the predicted one).")
+    provider: str | None = option(None, "ONNX Runtime execution provider.")
+    variant: str | None = option(None, "fp32, optimized, int8, ... (default: the fastest accepted).")
+
+
+@dataclasses.dataclass
 class OptimizeConfig(Options):
     variants: tuple[str, ...] = option(("optimized", "int8", "int8-static", "int8-cascade", "fp16"),
                                        "Variants to build: optimized, int8, int8-static, int8-cascade, fp16 (GPU only).")
@@ -303,7 +312,9 @@ class BatchConfig(LongTextOptions):
 # --- serving, deployment, inspection --------------------------------------------------------------------------
 
 @dataclasses.dataclass
-class ServeConfig(Options):
+class ServeConfig(LongTextOptions):
+    """long_text, stride and aggregate are the server's default; a request may ask for either long_text."""
+
     max_batch: int = option(32, "Rows per model call; 1 turns micro-batching off.", min=1)
     max_delay_ms: float = option(5.0, "How long a row may wait for others to share its model call.", min=0)
     max_concurrency: int = option(64, "Requests answered at once; more wait in a queue.", min=1)
@@ -312,6 +323,8 @@ class ServeConfig(Options):
     max_body_bytes: int = option(1 << 20, "Request body (gRPC: message) size limit; 413 over it.", min=1)
     max_texts: int = option(128, "Texts, or token rows, per request.", min=1)
     max_chars: int = option(10_000, "Characters per text (tokens past max_length are truncated anyway).", min=1)
+    max_windows: int = option(64, "Windows per request under --long-text chunk; more gets a 4xx. A text may then "
+                                  "have up to this many windows' worth of characters.", min=1)
     provider: str | None = option(None, "ONNX Runtime execution provider.")
     variant: str | None = option(None, "fp32, optimized, int8, ... (default: the fastest whose answers do not "
                                        "depend on the batch).")

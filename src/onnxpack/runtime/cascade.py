@@ -24,7 +24,7 @@ from onnx import TensorProto, compose, helper, numpy_helper
 
 from onnxpack.core.metrics import predictions
 
-from .predictor import sigmoid, softmax
+from .scores import sigmoid, softmax
 
 TAU_MAX = 0.5  # a margin is at most 0.5: tau 0.5 sends every row to float
 PREFIX = "fallback/"  # the float graph's names inside the cascade

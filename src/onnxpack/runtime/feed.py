@@ -26,6 +26,8 @@ from onnxpack.core.package import Package
 
 # One text, or a (first, second) pair for models trained on sentence pairs.
 Text = Union[str, tuple[str, str]]
+# A model input's field on a tokenizers Encoding
+ENCODING_FIELDS = {INPUT_IDS: "ids", ATTENTION_MASK: "attention_mask", TOKEN_TYPE_IDS: "type_ids"}
 
 
 def check_input_names(names: Sequence[str], where: str) -> None:
@@ -87,11 +89,10 @@ def encode_windows(tokenizer: Tokenizer, texts: Sequence[Text], input_names: Seq
                                     "truncate") from None
         raise
     rows, owner = [], []
-    fields = {INPUT_IDS: "ids", ATTENTION_MASK: "attention_mask", TOKEN_TYPE_IDS: "type_ids"}
     for i, encoding in enumerate(encodings):
         for window in [encoding, *encoding.overflowing]:
             length = sum(window.attention_mask)  # each window without the batch's padding
-            rows.append({name: np.array(getattr(window, fields[name])[:length], dtype=np.int64)
+            rows.append({name: np.array(getattr(window, ENCODING_FIELDS[name])[:length], dtype=np.int64)
                          for name in input_names})
             owner.append(i)
     return pad_rows(rows, input_names, pad_token_id), np.array(owner)
@@ -133,8 +134,7 @@ def check_row_kind(pairs: bool, splits: Splits) -> None:
 
 def columns(encodings: Sequence[Encoding], input_names: Sequence[str]) -> dict[str, np.ndarray]:
     """The model inputs of already tokenized (and padded) rows."""
-    fields = {INPUT_IDS: "ids", ATTENTION_MASK: "attention_mask", TOKEN_TYPE_IDS: "type_ids"}
-    return {name: np.array([getattr(e, fields[name]) for e in encodings], dtype=np.int64) for name in input_names}
+    return {name: np.array([getattr(e, ENCODING_FIELDS[name]) for e in encodings], dtype=np.int64) for name in input_names}
 
 
 def encode(tokenizer: Tokenizer, texts: Sequence[Text], input_names: Sequence[str]) -> dict[str, np.ndarray]:

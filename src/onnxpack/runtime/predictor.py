@@ -19,10 +19,11 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from onnxpack.core import cpu, untrusted
-from onnxpack.core.config import LongTextOptions
+from onnxpack.core.config import ExplainConfig, LongTextOptions
 from onnxpack.core.errors import OnnxpackError
 from onnxpack.core.package import MULTI_LABEL, Package, check_thresholds
 
+from . import explain
 from .feed import (
     Text,
     check_input_names,
@@ -33,6 +34,7 @@ from .feed import (
     encode_windows,
     package_tokenizer,
 )
+from .scores import aggregate_windows, sigmoid, softmax
 
 log = logging.getLogger(__name__)
 
@@ -89,30 +91,6 @@ def serving_variant(package: Package, provider: str | None = None) -> str:
 def _warn_once(message: str) -> None:
     """A package's CPU warning once per process, not once per Predictor (serve and batch make several)."""
     log.warning("%s", message)
-
-
-def aggregate_windows(window_logits: np.ndarray, owner: np.ndarray, count: int, how: str = "mean") -> tuple[np.ndarray, np.ndarray]:
-    """(logits per text, windows per text) from the logits of windows, `owner[i]` the text of window i:
-    the mean or the max of a text's windows' logits, per label."""
-    windows = np.bincount(owner, minlength=count)
-    if how == "max":
-        logits = np.full((count, window_logits.shape[1]), -np.inf, dtype=np.float32)
-        np.maximum.at(logits, owner, window_logits)
-    else:
-        logits = np.zeros((count, window_logits.shape[1]), dtype=np.float32)
-        np.add.at(logits, owner, window_logits)
-        logits /= windows[:, None].astype(np.float32)
-    return logits, windows
-
-
-def sigmoid(logits: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-logits))
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(shifted)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 class Predictor:
@@ -248,6 +226,13 @@ class Predictor:
             for result, count in zip(results, windows):
                 result["windows"] = int(count)
         return results
+
+    def explain(self, texts: Sequence[Text], long_text: str = "truncate", stride: int | None = None,
+                aggregate: str = "mean", max_words: int = ExplainConfig.max_words, label: str | None = None) -> list[dict[str, Any]]:
+        """Which words moved each answer: per text, the label explained (the predicted one unless
+        `label` names another), its score, and per word the fall in that score when the word is left
+        out (leave-one-word-out occlusion; see runtime/explain.py)."""
+        return explain.explain(self, texts, long_text, stride, aggregate, max_words, label)
 
     def results(self, texts: Sequence[Text], logits: np.ndarray) -> list[dict[str, Any]]:
         """`predict`'s objects for texts whose logits are already computed (serve batches its own).
