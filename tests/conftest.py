@@ -324,3 +324,66 @@ def hostile_package(package_dir: Path, folder: Path, case: str) -> Path:
         manifest["files"] = hash_files(package)
         (package / MANIFEST).write_text(json.dumps(manifest))
     return package
+
+
+# Strings that run script if a page puts them in as markup instead of text: an element with a handler,
+# the end of a <script> (or <title>, <textarea>, <style>) element, and the end of a quoted attribute.
+# Each sets window.__pwned, so a page test asserts that it stays undefined.
+PAYLOAD_IMG = '<img src=x onerror="window.__pwned=1">'
+PAYLOAD_SCRIPT = "</script><script>window.__pwned=1</script>"
+PAYLOAD_ATTR = '" onmouseover="window.__pwned=1" data-x="'
+PAYLOAD_RAWTEXT = "</title></textarea></style><svg onload=window.__pwned=1>"
+PAYLOADS = (PAYLOAD_IMG, PAYLOAD_SCRIPT, PAYLOAD_ATTR, PAYLOAD_RAWTEXT)
+# A text to classify on a page: every payload, between words the tiny tokenizer knows.
+PAYLOAD_TEXT = "the book " + " and ".join(PAYLOADS) + " was written by john"
+
+
+def script_payload_package(package_dir: Path, folder: Path) -> Path:
+    """A copy of a real package whose shown strings carry PAYLOADS: the name, the label names, the
+    exporter, model type, libraries, source, parity and history of the manifest, and one tokenizer
+    token (PAYLOAD_IMG is a whole token, so a page that shows tokens shows it). It opens and serves
+    as the original does: the manifest's hashes match its files."""
+    import json
+
+    from onnxpack.core.package import MANIFEST, TOKENIZER, hash_files
+
+    package = Path(shutil.copytree(package_dir, folder / "payload-pkg"))
+    tokenizer = json.loads((package / TOKENIZER).read_text(encoding="utf-8"))
+    vocab = tokenizer["model"]["vocab"]
+    rarest, token_id = max(vocab.items(), key=lambda kv: kv[1])  # the WordPiece vocabulary's last-learnt piece
+    vocab[PAYLOAD_IMG] = vocab.pop(rarest)
+    tokenizer["added_tokens"].append({"id": token_id, "content": PAYLOAD_IMG, "single_word": False, "lstrip": False,
+                                      "rstrip": False, "normalized": False, "special": False})
+    (package / TOKENIZER).write_text(json.dumps(tokenizer), encoding="utf-8")
+    manifest = json.loads((package / MANIFEST).read_text(encoding="utf-8"))
+    manifest["name"] = f"{PAYLOAD_RAWTEXT} {PAYLOAD_ATTR}"
+    manifest["labels"] = [f"{PAYLOAD_IMG} {label}" if i % 2 == 0 else f"{label} {PAYLOAD_SCRIPT} {PAYLOAD_ATTR}"
+                          for i, label in enumerate(manifest["labels"])]
+    manifest["exporter"] = f"{manifest['exporter']} {PAYLOAD_SCRIPT}"
+    manifest["model_type"] = f"{manifest['model_type']} {PAYLOAD_IMG}"
+    manifest["libraries"] |= {PAYLOAD_IMG: PAYLOAD_SCRIPT}
+    manifest["source"] |= {"path": f"/models/{PAYLOAD_ATTR}/best.ckpt"}
+    manifest["parity"] = (manifest.get("parity") or {}) | {"check": PAYLOAD_RAWTEXT}
+    manifest["history"].append({"step": PAYLOAD_IMG, "note": PAYLOAD_SCRIPT})
+    manifest["files"] = hash_files(package)
+    (package / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    return package
+
+
+@pytest.fixture(scope="session")
+def payload_package(tmp_path_factory, package_dir) -> Path:
+    """script_payload_package, made once per test run: for the tests of every HTML page onnxpack writes or serves."""
+    return script_payload_package(package_dir, tmp_path_factory.mktemp("payload"))
+
+
+def assert_shown_as_text(driver, console: list[dict], texts: list[str]) -> None:
+    """The page in `driver` ran no payload (window.__pwned unset, no element with a handler attribute),
+    shows each of `texts` as text, and logged no error or warning (`console`: its messages; a
+    Content-Security-Policy refusal is one)."""
+    from selenium.webdriver.common.by import By
+
+    assert driver.execute_script("return typeof window.__pwned") == "undefined"
+    assert driver.find_elements(By.CSS_SELECTOR, "[onerror], [onload], [onmouseover]") == []
+    shown = driver.execute_script("return document.title + '\\n' + document.body.innerText")
+    assert [t for t in texts if t not in shown] == []
+    assert [m for m in console if m["level"] in ("SEVERE", "WARNING")] == []

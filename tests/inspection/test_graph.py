@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 
 import numpy as np
 import onnx
 import pytest
+from conftest import assert_shown_as_text
 from onnx import TensorProto, helper, numpy_helper
 from selenium.webdriver.common.by import By
 from typer.testing import CliRunner
@@ -15,6 +17,7 @@ from typer.testing import CliRunner
 from onnxpack.cli import app
 from onnxpack.core.config import GraphConfig
 from onnxpack.core.errors import OnnxpackError
+from onnxpack.core.package import Package
 from onnxpack.inspection.graph import render
 
 LAYERS = 3
@@ -185,4 +188,20 @@ def test_hostile_names_in_chromium(graphviz, browser, layered, tmp_path):
     d.find_element(By.ID, "n13").click()
     assert EVIL in d.find_element(By.ID, "details").text  # shown as text, not run as markup
     assert d.find_elements(By.CSS_SELECTOR, "img") == []
+    _assert_clean(browser, url)
+
+
+def test_payload_package_in_chromium(graphviz, browser, payload_package, tmp_path):
+    """A package whose name carries script payloads: the page shows it as text, runs only its own
+    script (its Content-Security-Policy names that by hash), and still works."""
+    out = tmp_path / "graph.html"
+    assert CliRunner().invoke(app, ["graph", str(payload_package), "--out", str(out)]).exit_code == 0
+    page = out.read_text(encoding="utf-8")
+    policy = html.unescape(re.search(r'<meta http-equiv="Content-Security-Policy" content="([^"]*)">', page)[1])
+    assert "script-src 'sha256-" in policy and "unsafe-inline" not in policy and "default-src 'none'" in policy
+    url = browser.open(out)
+    d = browser.driver
+    d.find_elements(By.CSS_SELECTOR, "[data-view=main] g.node")[0].click()  # the script runs: details show
+    assert d.find_element(By.ID, "details").text
+    assert_shown_as_text(d, browser.console(), [Package.open(payload_package).name])
     _assert_clean(browser, url)

@@ -7,12 +7,14 @@ import re
 
 import onnx
 import pytest
+from conftest import assert_shown_as_text
 from selenium.webdriver.common.by import By
 from typer.testing import CliRunner
 
 from onnxpack.cli import app
 from onnxpack.core.config import ProfileConfig
 from onnxpack.core.errors import OnnxpackError, PackageError
+from onnxpack.core.package import Package
 from onnxpack.inspection.profile import MIN_MAPPED, draw, profile
 
 QUICK = {"seq": 16, "runs": 3, "warmup": 1, "threads": 1}
@@ -95,3 +97,15 @@ def test_page_in_chromium(graphviz, browser, result, tmp_path):
     assert [m for m in browser.console() if m["level"] in ("SEVERE", "WARNING")] == []
     origin = url.rsplit("/", 1)[0] + "/"
     assert all(u.startswith((origin, "data:")) for u in browser.requests())
+
+
+def test_payload_package_page_in_chromium(graphviz, browser, payload_package, tmp_path):
+    """The profile of a package whose name carries script payloads: shown as text, nothing runs, and
+    the page's tables still fill in under its Content-Security-Policy."""
+    out = tmp_path / "profile.html"
+    out.write_text(draw(profile(payload_package, ProfileConfig(**QUICK))).html, encoding="utf-8")
+    assert 'http-equiv="Content-Security-Policy"' in out.read_text(encoding="utf-8")
+    browser.open(out)
+    d = browser.driver
+    assert "mapped to nodes" in d.find_element(By.ID, "profile").text
+    assert_shown_as_text(d, browser.console(), [f"profile of {Package.open(payload_package).name}"])

@@ -14,7 +14,6 @@ import ast
 import collections
 import dataclasses
 import html
-import json
 import math
 import re
 import shutil
@@ -28,6 +27,7 @@ from onnx import numpy_helper
 
 from onnxpack.core.config import GraphConfig
 from onnxpack.core.errors import OnnxpackError
+from onnxpack.core.htmlsafe import content_security_policy, script_json
 from onnxpack.core.onnxfile import dtype_name, is_constant, tensor_types
 
 MAIN = "main"  # id of the overview
@@ -98,14 +98,16 @@ def render(model: onnx.ModelProto, title: str, config: GraphConfig | None = None
     data = {"title": title, "views": {vid: {"title": g.view_titles[vid], "nodes": len(views[vid][0])}
                                       for vid in views},
             "nodes": g.details(), "weights": g.weight_stats(), "profile": report}
+    template = resources.files(__package__).joinpath("graph_page.html").read_text(encoding="utf-8")
     fill = {
+        # Only the template's own script and style may run: their hashes, taken before anything is put in.
+        "CSP": html.escape(content_security_policy(template)),
         "TITLE": html.escape(title),
         "VIEWS": "\n".join(f'<div class="view" data-view="{vid}" hidden>{_inline(svg)}</div>' for vid, svg in svgs.items()),
-        # "<" escaped so no name in the data can close the <script> element early.
-        "DATA": json.dumps(data, separators=(",", ":")).replace("<", "\\u003c"),
+        # "<", ">" and "&" escaped so no name in the data can close the <script> element early.
+        "DATA": script_json(data),
     }
-    template = resources.files(__package__).joinpath("graph_page.html").read_text(encoding="utf-8")
-    page = re.sub(r"__(TITLE|VIEWS|DATA)__", lambda m: fill[m[1]], template)  # one pass: inserted text stays as is
+    page = re.sub(r"__(CSP|TITLE|VIEWS|DATA)__", lambda m: fill[m[1]], template)  # one pass: inserted text stays as is
     return Drawing(html=page, dot=dots[MAIN], svg=svgs[MAIN], views=len(views), nodes=len(g.ops), blocks=len(g.blocks))
 
 

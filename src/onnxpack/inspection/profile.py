@@ -65,6 +65,7 @@ class Profile:
     nodes: list[NodeTime]  # slowest first
     by_op: list[dict[str, Any]]
     model: onnx.ModelProto = dataclasses.field(repr=False)  # the graph that ran
+    title: str = ""  # what ran, as `graph` titles it: "<package name> · <variant> (<file>)"
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("model", "nodes")}
@@ -112,7 +113,8 @@ def profile(package_dir: str | Path, config: ProfileConfig | None = None) -> Pro
     level = options.graph_optimization_level.name
     description = (f"ONNX Runtime's optimized graph of {path.name} ({level}, {session.get_providers()[0]}): "
                    f"{len(ran.graph.node)} nodes ran, from {len(file_model.graph.node)} in the file")
-    return Profile(graph=description, source=Source(path, package, variant).to_dict(),
+    source = Source(path, package, variant)
+    return Profile(graph=description, source=source.to_dict(), title=source.title,
                    provider=session.get_providers()[0], batch=config.batch, seq=seq, runs=config.runs, model=ran,
                    file_nodes=len(file_model.graph.node), run_nodes=len(ran.graph.node), **result)
 
@@ -167,6 +169,6 @@ def draw(result: Profile, config: GraphConfig | None = None) -> Drawing:
     """The graph that ran, coloured by time, with the tables of slowest nodes and op types beside it."""
     page = {k: v for k, v in result.to_dict().items() if k not in ("nodes", "unmapped")}
     page["slowest"] = [dataclasses.asdict(n) for n in result.nodes[:SLOWEST]]
-    title = f"profile of {Path(result.source['file']).name} · batch {result.batch} × {result.seq} tokens"
+    title = f"profile of {result.title or Path(result.source['file']).name} · batch {result.batch} × {result.seq} tokens"
     origins = {n.name: n.origin for n in result.nodes if n.origin}
     return render(result.model, title, config, latency_ms=result.latency_ms(), report=page, origins=origins)

@@ -1,6 +1,8 @@
 """The package's model card, `report.html`: parity, variants and their accuracy, benchmark, environment.
 
-One self-contained file (plots inlined as data: URIs), no scripts, no network requests.
+One self-contained file (plots inlined as data: URIs), no scripts, no network requests. Every value
+read from the manifest or the benchmark is escaped where it is written, and the page's
+Content-Security-Policy allows its own style and data: images only, so nothing in it can run.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 
 from onnxpack.core import cpu
 from onnxpack.core.atomic import atomic_write_text
+from onnxpack.core.htmlsafe import content_security_policy
 from onnxpack.core.package import REPORT, Package, sha256_file
 
 STYLE = """
@@ -43,7 +46,7 @@ def render(package: Package, bench: dict[str, Any] | None = None, plot_png: Path
     m = package.manifest
     parts = [f"<h1>{html.escape(m.name)}</h1>",
              f"<p class=sub>{html.escape(m.task)} · labels {html.escape(', '.join(m.labels))} · "
-             f"max {m.max_length} tokens · {html.escape(m.model_type)} · opset {m.opset} · "
+             f"max {_cell(m.max_length)} tokens · {html.escape(m.model_type)} · opset {_cell(m.opset)} · "
              f"exported with {html.escape(m.exporter)}</p>"]
     parts.append("<h2>Contract</h2>" + _table(
         ["tensor", "direction", "dtype", "dims"],
@@ -86,8 +89,11 @@ def render(package: Package, bench: dict[str, Any] | None = None, plot_png: Path
     parts.append("<h2>Libraries at export</h2>" + _table(["library", "version"], list(map(list, m.libraries.items()))))
     parts.append("<h2>History</h2>" + _table(["step", "details"], [[h.get("step"), {k: v for k, v in h.items()
                                                                                   if k != "step"}] for h in m.history]))
-    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(m.name)} · onnxpack</title>"
-            f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>\n")
+    style = f"<style>{STYLE}</style>"
+    csp = html.escape(content_security_policy(style))
+    return (f'<!doctype html><html lang=en><head><meta charset=utf-8><meta http-equiv="Content-Security-Policy" '
+            f'content="{csp}"><title>{html.escape(m.name)} · onnxpack</title>{style}</head>'
+            f"<body>{''.join(parts)}</body></html>\n")
 
 
 def write_report(package: Package, bench: dict[str, Any] | None = None, plot_png: Path | None = None) -> Path:

@@ -18,6 +18,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -25,6 +26,7 @@ from starlette.exceptions import HTTPException
 
 from onnxpack import __version__
 from onnxpack.core.errors import OnnxpackError
+from onnxpack.core.htmlsafe import content_security_policy
 
 from .. import v2_binary
 from ..service import RETRY_AFTER_S, Service, Unavailable, UnknownModel
@@ -64,6 +66,7 @@ def build_app(service: Service) -> FastAPI:
             yield
 
     app = FastAPI(title=f"onnxpack: {service.manifest.name}", version=__version__, lifespan=lifespan, **_NO_TELEMETRY,
+                  docs_url=None, redoc_url=None,  # served by _page_and_metrics, with the title escaped
                   description="Text classification with an onnxpack package: `/predict` and the Open Inference "
                               "Protocol (KServe V2).")
     app.state.service = service
@@ -105,14 +108,29 @@ def _inference_routes(service: Service, v2: V2) -> APIRouter:
 
 def _page_and_metrics(service: Service) -> APIRouter:
     router = APIRouter()
-    page_html = importlib.resources.files("onnxpack.serve").joinpath("serve.html").read_text(encoding="utf-8")
-    page_html = page_html.replace("{{name}}", html.escape(service.manifest.name))
+    template = importlib.resources.files("onnxpack.serve").joinpath("serve.html").read_text(encoding="utf-8")
+    page_html = template.replace("{{name}}", html.escape(service.manifest.name))
+    # The page's own inline script and style, by hash (taken from the template, before the name is put
+    # in), and fetch() to this server: nothing else runs, loads or frames it. Labels and texts come
+    # from /predict as JSON and go in through textContent.
+    headers = {"Content-Security-Policy": content_security_policy(template, served=True, connect_self=True),
+               "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 
     @router.get("/", response_class=HTMLResponse, summary="A page to try the model in a browser")
     async def page() -> HTMLResponse:
-        # Inline script and style only; the page makes no request beyond this server.
-        return HTMLResponse(page_html, headers={
-            "Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'"})
+        return HTMLResponse(page_html, headers=headers)
+
+    # FastAPI's own /docs and /redoc put the app's title (the package's name) into <title> unescaped.
+    title = html.escape(f"onnxpack: {service.manifest.name}")
+
+    @router.get("/docs", include_in_schema=False)
+    async def swagger(request: Request) -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=request.scope.get("root_path", "") + "/openapi.json",
+                                   title=f"{title} - Swagger UI")
+
+    @router.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        return get_redoc_html(openapi_url=request.scope.get("root_path", "") + "/openapi.json", title=f"{title} - ReDoc")
 
     @router.get("/metrics", response_class=Response, summary="Prometheus metrics",
                 responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}})
