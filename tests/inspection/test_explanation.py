@@ -3,7 +3,9 @@ shows every word and label as text and can run no script."""
 
 from __future__ import annotations
 
-import pytest
+import json
+
+from conftest import PAYLOAD_TEXT, PAYLOADS, assert_shown_as_text
 from selenium.webdriver.common.by import By
 
 from onnxpack.inspection.explanation import html_page, shade, terminal
@@ -41,20 +43,31 @@ def test_terminal_keeps_the_text_and_names_the_strongest_words():
 def test_page_escapes_every_word_and_label():
     page = html_page([_answer(f"look {PAYLOAD} here", label=PAYLOAD)], title=PAYLOAD)
     assert "<script>window" not in page and "<img" not in page
-    assert "Content-Security-Policy" in page and "script-src" not in page  # default-src 'none': no script
+    assert "Content-Security-Policy" in page and "script-src 'none'" in page
 
 
-def test_page_in_chromium_runs_no_payload(browser, tmp_path):
+def test_page_in_chromium_runs_no_payload(browser, payload_package, tmp_path):
+    """`onnxpack explain --html` on a package whose name and labels carry script, explaining a text that does."""
+    from typer.testing import CliRunner
+
+    from onnxpack.cli import app
+
     out = tmp_path / "why.html"
-    answers = [_answer(f"look {PAYLOAD} here", label=PAYLOAD), _answer(("a pair", f"of {PAYLOAD}"))]
-    out.write_text(html_page(answers, title=PAYLOAD), encoding="utf-8")
+    result = CliRunner().invoke(app, ["explain", str(payload_package), PAYLOAD_TEXT, "--html", str(out)])
+    assert result.exit_code == 0, result.output
     browser.open(out)
-    d = browser.driver
-    assert d.execute_script("return window.__pwned") is None
-    assert d.find_elements(By.CSS_SELECTOR, "img") == []
-    body = d.find_element(By.TAG_NAME, "body").text
-    assert PAYLOAD in body and body.count(PAYLOAD) >= 4  # title, label, both texts: shown as text
-    coloured = d.find_elements(By.CSS_SELECTOR, ".text span.p5")
-    assert coloured and coloured[0].get_attribute("title") == "+0.4000"
-    assert coloured[0].value_of_css_property("background-color") != "rgba(0, 0, 0, 0)"  # the CSP let the style in
+    labels = json.loads((payload_package / "manifest.json").read_text())["labels"]
+    assert_shown_as_text(browser.driver, browser.console(), [PAYLOAD_TEXT, *PAYLOADS])
+    assert any(label in browser.driver.find_element(By.CSS_SELECTOR, ".head").text for label in labels)
+    words = browser.driver.find_elements(By.CSS_SELECTOR, ".text span[title]")
+    assert len(words) == len(PAYLOAD_TEXT.split())  # every word read and shown with its attribution
+
+
+def test_colours_pass_the_pages_policy(browser, tmp_path):
+    out = tmp_path / "why.html"
+    out.write_text(html_page([_answer("The boy sat on a bench.")], title="why"), encoding="utf-8")
+    browser.open(out)
+    (strongest,) = browser.driver.find_elements(By.CSS_SELECTOR, ".text span.p5")
+    assert strongest.text == "The" and strongest.get_attribute("title") == "+0.4000"
+    assert strongest.value_of_css_property("background-color") == "rgba(47, 158, 90, 1)"  # #2f9e5a: the style ran
     assert [m for m in browser.console() if m["level"] in ("SEVERE", "WARNING")] == []

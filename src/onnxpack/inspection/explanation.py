@@ -7,13 +7,13 @@ escaped, and its Content-Security-Policy allows its own style and nothing else (
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import html
 from collections.abc import Sequence
 from typing import Any
 
 from rich.text import Text as RichText
+
+from onnxpack.core.htmlsafe import content_security_policy
 
 SHADES = 5  # colour steps on each side
 GREEN = ("#e3f4e8", "#bfe5c9", "#93d3a6", "#62bd80", "#2f9e5a")
@@ -115,12 +115,11 @@ def html_page(answers: Sequence[dict[str, Any]], title: str) -> str:
             label = f'<span class="part">{"AB"[part]}</span> ' if len(_parts(answer)) > 1 else ""
             parts.append(f'<p class="text">{label}{"".join(spans)}</p>')
         blocks.append(f'<section class="answer"><p class="head">{e(_heading(answer))}</p>{"".join(parts)}</section>')
-    style_hash = base64.b64encode(hashlib.sha256(STYLE.encode()).digest()).decode()
     return f"""<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'sha256-{style_hash}'">
+<meta http-equiv="Content-Security-Policy" content="{content_security_policy(f"<style>{STYLE}</style>")}">
 <title>{e(title)} · why</title>
 <style>{STYLE}</style>
 </head>
