@@ -136,6 +136,10 @@ def test_pairs_explain_both_texts_and_multi_label_uses_sigmoid(tiny_model_dir, t
         for i, word in enumerate(answer["words"]):
             assert word["attribution"] == pytest.approx(full - _score(predictor, occlusion.rows[1 + i], k), abs=1e-5)
         assert max(abs(w["attribution"]) for w in answer["words"]) > 0.01
+        (chunked,) = predictor.explain([(pair[0], " ".join([pair[1]] * 30))], long_text="chunk")
+        assert chunked["windows"] > 1 and all(w["attribution"] is not None for w in chunked["words"])
+        with pytest.raises(OnnxpackError, match="the first text of the pair alone fills the window"):
+            predictor.explain([(" ".join([pair[0]] * 30), pair[1])], long_text="chunk")
         # A pair's segment ids go with its tokens when a word is left out.
         second = occlusion.rows[len(pair[0].split()) + 1]
         assert second["token_type_ids"].sum() < occlusion.rows[0]["token_type_ids"].sum()

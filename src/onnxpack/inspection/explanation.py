@@ -83,8 +83,7 @@ def terminal(answers: Sequence[dict[str, Any]]) -> list[RichText]:
 
 
 STYLE = "\n".join([
-    "body { font-family: system-ui, sans-serif; color: #1d2330; background: #f6f7f9; max-width: 52rem; "
-    "margin: 2rem auto; padding: 0 1rem; }",
+    "body { font-family: system-ui, sans-serif; color: #1d2330; background: #f6f7f9; max-width: 52rem; margin: 2rem auto; padding: 0 1rem; }",
     ".answer { background: white; border: 1px solid #e0e3e8; border-radius: 8px; padding: .8rem 1rem; margin: 1rem 0; }",
     ".head { font-weight: 600; margin: 0 0 .5rem; } .text { line-height: 1.9; margin: .3rem 0; }",
     ".text span { border-radius: 3px; padding: .1rem .05rem; } .unread { color: #9aa1ad; }",

@@ -24,7 +24,7 @@ from tokenizers import Encoding
 from onnxpack.core.config import ExplainConfig, LongTextOptions
 from onnxpack.core.errors import OnnxpackError
 
-from .feed import ENCODING_FIELDS, Text, check_texts, default_stride, pad_rows
+from .feed import ENCODING_FIELDS, Text, check_texts, default_stride, pad_rows, window_encodings
 from .scores import aggregate_windows, sigmoid, softmax
 
 if TYPE_CHECKING:
@@ -113,19 +113,13 @@ def plan(predictor: Predictor, texts: Sequence[Text], long_text: str = "truncate
     """Each text's occlusion rows, tokenized as `predictor.read` tokenizes them."""
     LongTextOptions(long_text=long_text, stride=stride).validate()
     check_texts(texts, predictor.pairs)
-    if long_text == "chunk":
-        tokenizer = predictor._chunker(default_stride(predictor.max_length) if stride is None else stride)
+    if long_text == "chunk":  # padding to the batch's longest is cut off again in `occlusion`
+        encodings = window_encodings(predictor._chunker(default_stride(predictor.max_length) if stride is None
+                                                        else stride), texts)
     else:
-        tokenizer = predictor.tokenizer
+        encodings = predictor.tokenizer.encode_batch([tuple(t) if isinstance(t, list) else t for t in texts])
     plans = []
-    for i, text in enumerate(texts):
-        item = tuple(text) if isinstance(text, (tuple, list)) else text
-        try:
-            encoding = tokenizer.encode(*item) if isinstance(item, tuple) else tokenizer.encode(item)
-        except Exception:  # tokenizers refuses a pair whose first text alone fills the window (see encode_windows)
-            raise OnnxpackError(f"text {i}: the first text of the pair alone fills the window, so chunk "
-                                "cannot split the second", hint="shorten the first text, or use --long-text "
-                                "truncate") from None
+    for i, (text, encoding) in enumerate(zip(texts, encodings)):
         windows = [encoding, *encoding.overflowing] if long_text == "chunk" else [encoding]
         plans.append(occlusion(text, windows, predictor.input_names, max_words, i))
     return plans

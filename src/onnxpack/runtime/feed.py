@@ -72,13 +72,12 @@ def default_stride(max_length: int) -> int:
     return max_length // 4
 
 
-def encode_windows(tokenizer: Tokenizer, texts: Sequence[Text], input_names: Sequence[str],
-                   pad_token_id: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Every window of every text (see chunking_tokenizer) as one feed padded to the longest window,
-    and each window's text index, in order."""
+def window_encodings(tokenizer: Tokenizer, texts: Sequence[Text]) -> list[Encoding]:
+    """Each text's encoding by a chunking tokenizer, its later windows in `.overflowing`; one line
+    for a pair whose first text alone fills the window."""
     items = [tuple(t) if isinstance(t, list) else t for t in texts]
     try:
-        encodings = tokenizer.encode_batch(items)
+        return tokenizer.encode_batch(items)
     except Exception:  # tokenizers names no text: find the one whose first part fills the window
         for i, item in enumerate(items):
             try:
@@ -88,8 +87,14 @@ def encode_windows(tokenizer: Tokenizer, texts: Sequence[Text], input_names: Seq
                                     "cannot split the second", hint="shorten the first text, or use --long-text "
                                     "truncate") from None
         raise
+
+
+def encode_windows(tokenizer: Tokenizer, texts: Sequence[Text], input_names: Sequence[str],
+                   pad_token_id: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Every window of every text (see chunking_tokenizer) as one feed padded to the longest window,
+    and each window's text index, in order."""
     rows, owner = [], []
-    for i, encoding in enumerate(encodings):
+    for i, encoding in enumerate(window_encodings(tokenizer, texts)):
         for window in [encoding, *encoding.overflowing]:
             length = sum(window.attention_mask)  # each window without the batch's padding
             rows.append({name: np.array(getattr(window, ENCODING_FIELDS[name])[:length], dtype=np.int64)
