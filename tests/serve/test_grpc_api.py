@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -85,6 +86,20 @@ def test_text_answers_equal_predict(client, predictor, package_dir):
     assert only.as_numpy("score") is None and only.as_numpy("label")[0].decode() == want[0]["label"]
 
 
+def test_the_long_text_parameter(client, predictor, package_dir):
+    """`long_text` among the request's parameters; `windows` among the answer's, a JSON list as `truncated`."""
+    long = " ".join(["the cat sat on the mat"] * 30)
+    want = predictor.predict([long, "go"], long_text="chunk")
+    result = client.infer(package_dir.name, [text_input([long, "go"])], parameters={"long_text": "chunk"})
+    np.testing.assert_allclose(result.as_numpy("logits"), predictor.predict_logits([long, "go"], long_text="chunk"),
+                               atol=1e-5)
+    parameters = result.get_response().parameters
+    assert json.loads(parameters["windows"].string_param) == [w["windows"] for w in want] and want[0]["windows"] > 1
+    assert parameters["truncated"].string_param == "[]"
+    plain = client.infer(package_dir.name, [text_input([long])]).get_response().parameters  # the default: truncate
+    assert "windows" not in plain and plain["truncated"].string_param == "[0]"
+
+
 def test_token_tensors_and_typed_contents(client, stub, predictor, package_dir):
     feed = encode(predictor.tokenizer, TEXTS, predictor.input_names)
     tensors = []
@@ -144,6 +159,11 @@ def test_limits_get_the_matching_status(client, package_dir, servers):
         "unknown output": (lambda: client.infer(name, [text_input(["go"])],
                                                 outputs=[grpcclient.InferRequestedOutput("probs")]),
                            "INVALID_ARGUMENT", "unknown output 'probs'"),
+        "unknown long_text": (lambda: client.infer(name, [text_input(["go"])], parameters={"long_text": "all"}),
+                              "INVALID_ARGUMENT", "parameter long_text must be truncate or chunk, got 'all'"),
+        "too many windows": (lambda: client.infer(name, [text_input(["the cat sat on the mat " * 700])],
+                                                  parameters={"long_text": "chunk"}),
+                             "INVALID_ARGUMENT", "the server takes at most 64 per request (--max-windows)"),
     }
     for what, (call, status, message) in cases.items():
         got_status, got_message = status_of(call)

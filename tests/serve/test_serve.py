@@ -40,13 +40,13 @@ from schemathesis.checks import positive_data_acceptance
 from typer.testing import CliRunner
 
 from onnxpack.cli import app as cli_app
-from onnxpack.runtime.feed import encode
 from onnxpack.core.package import Package
+from onnxpack.runtime.feed import default_stride, encode, encode_windows
 from onnxpack.runtime.predictor import Predictor
 from onnxpack.serve import ServeConfig, create_app
 from onnxpack.serve import runner as serve_runner
 from onnxpack.serve import service as serve_service
-from onnxpack.serve.batcher import MicroBatcher, length_groups
+from onnxpack.serve.batcher import CALL_COST_TOKENS, MicroBatcher, length_groups
 from onnxpack.serve.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -187,6 +187,14 @@ BAD_PREDICT = {
     "not JSON at all": dict(raw=b"texts=hello", headers={"Content-Type": "text/plain"}, status=400,
                             says="Content-Type: application/json"),
     "a JSON list": dict(body=["a sentence"], status=400, says="must be a JSON object"),
+    "unknown long_text": dict(body={"texts": ["ok"], "long_text": "whole"}, status=400,
+                              says="long_text must be truncate or chunk, got 'whole'"),
+    "long_text not text": dict(body={"texts": ["ok"], "long_text": 1}, status=400,
+                               says="long_text must be truncate or chunk, got 1"),
+    "text too long for chunk": dict(body={"texts": ["word " * 8200], "long_text": "chunk"}, status=400,
+                                    says="texts[0]: String should have at most 40960 characters"),
+    "too many windows": dict(body={"texts": ["the cat sat on the mat " * 700], "long_text": "chunk"}, status=400,
+                             says="per request (--max-windows)"),
 }
 
 
@@ -231,6 +239,10 @@ BAD_INFER = {
     "zero rows": dict(body=_tokens([], [], ids_shape=[0, 2], mask_shape=[0, 2]), says="0 rows"),
     "unknown output": dict(body={**_text_tensor(["hi"]), "outputs": [{"name": "probs"}]}, says="unknown output"),
     "no inputs": dict(body={"inputs": []}, says="inputs"),
+    "unknown long_text": dict(body={**_text_tensor(["hi"]), "parameters": {"long_text": "all"}},
+                              says="parameter long_text must be truncate or chunk, got 'all'"),
+    "too many windows": dict(body={**_text_tensor(["the cat sat on the mat " * 700]),
+                                   "parameters": {"long_text": "chunk"}}, says="per request (--max-windows)"),
 }
 
 
@@ -246,6 +258,7 @@ def test_defaults_are_on():
     assert (config.max_body_bytes, config.max_texts, config.max_chars) == (1 << 20, 128, 10_000)
     assert config.max_batch == 32 and config.max_delay_ms == 5
     assert config.grpc_port == 8001  # a library user gets gRPC as `onnxpack serve` does
+    assert (config.long_text, config.stride, config.aggregate, config.max_windows) == ("truncate", None, "mean", 64)
 
 
 def test_openapi_declares_the_errors(base):
@@ -253,6 +266,16 @@ def test_openapi_declares_the_errors(base):
     assert set(paths["/predict"]["post"]["responses"]) == {"200", "400", "413", "503"}
     assert set(paths["/v2/models/{name}/infer"]["post"]["responses"]) == {"200", "400", "404", "413", "503"}
     assert paths["/predict"]["post"]["requestBody"]["content"]["application/json"]
+
+
+def test_openapi_documents_long_text(base):
+    schemas = httpx.get(f"{base}/openapi.json").json()["components"]["schemas"]
+    modes = {"anyOf": [{"type": "string", "enum": ["truncate", "chunk"]}, {"type": "null"}]}
+    for body in ("PredictRequest", "InferParameters"):
+        field = schemas[body]["properties"]["long_text"]
+        assert field["anyOf"] == modes["anyOf"] and "chunk" in field["description"]
+    assert schemas["InferRequest"]["properties"]["parameters"]["anyOf"][0]["$ref"].endswith("/InferParameters")
+    assert "windows" in schemas["Prediction"]["properties"]
 
 
 # ---- micro-batching, ordering, metrics ----
@@ -341,6 +364,117 @@ def test_metrics_move(base):
     assert metric(base, "onnxpack_batch_size_count") == before["onnxpack_batch_size_count"] + 1
     text = httpx.get(f"{base}/metrics").text
     assert "# TYPE onnxpack_queue_depth gauge" in text and "# TYPE onnxpack_batch_size histogram" in text
+
+
+# ---- long texts: read whole under long_text chunk ----
+
+LONG = " ".join(["the cat sat on the mat"] * 30)  # 6 windows of the tiny model's 64 tokens (stride 16)
+
+
+def test_chunk_reads_a_long_text_whole_as_predict_does(base, predictor):
+    r = post(base, "/predict", {"texts": [LONG, "go"], "long_text": "chunk"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    want = predictor.predict([LONG, "go"], long_text="chunk")
+    assert body["truncated"] == [] and want[0]["windows"] > 1
+    for got, w in zip(body["predictions"], want):
+        assert got.keys() == w.keys() and (got["windows"], got["label"]) == (w["windows"], w["label"])
+        assert got["scores"] == pytest.approx(w["scores"], abs=1e-5)
+
+
+def test_a_short_text_under_chunk_answers_bit_for_bit_as_under_truncate(base, model_name):
+    plain = post(base, "/predict", {"texts": ["go"]}).json()
+    chunked = post(base, "/predict", {"texts": ["go"], "long_text": "chunk"}).json()
+    assert chunked["predictions"][0].pop("windows") == 1 and chunked == plain
+    infer = f"/v2/models/{model_name}/infer"
+    plain = post(base, infer, _text_tensor(["go"])).json()
+    chunked = post(base, infer, {**_text_tensor(["go"]), "parameters": {"long_text": "chunk"}}).json()
+    assert chunked["parameters"].pop("windows") == [1] and chunked == plain
+
+
+def test_v2_reads_the_long_text_parameter(base, predictor, model_name):
+    """JSON, and Triton's client in binary: `windows` is a response parameter, beside `truncated`."""
+    import tritonclient.http as httpclient
+
+    want = predictor.predict_logits([LONG, "go"], long_text="chunk")
+    windows = [r["windows"] for r in predictor.predict([LONG, "go"], long_text="chunk")]
+    r = post(base, f"/v2/models/{model_name}/infer", {**_text_tensor([LONG, "go"]), "parameters": {"long_text": "chunk"}})
+    assert r.status_code == 200, r.text
+    assert r.json()["parameters"] == {"truncated": [], "windows": windows}
+    logits = {o["name"]: o for o in r.json()["outputs"]}["logits"]["data"]
+    np.testing.assert_allclose(np.reshape(logits, (2, -1)), want, atol=1e-5)
+    with httpclient.InferenceServerClient(url=base.removeprefix("http://")) as client:
+        text = httpclient.InferInput("text", [2], "BYTES")
+        text.set_data_from_numpy(np.array([LONG.encode(), b"go"], dtype=np.object_))  # binary
+        result = client.infer(model_name, [text], parameters={"long_text": "chunk"})
+        np.testing.assert_allclose(result.as_numpy("logits"), want, atol=1e-5)
+        assert result.get_response()["parameters"]["windows"] == windows
+        plain = client.infer(model_name, [text])  # the server's default: truncate
+        assert plain.get_response()["parameters"] == {"truncated": [0]}
+
+
+@pytest.fixture(scope="module")
+def chunk_base(package_dir) -> Iterator[str]:
+    """A server that reads long texts whole unless asked otherwise: the max of the windows, stride 8,
+    at most 8 windows per request."""
+    config = ServeConfig(grpc_port=0, long_text="chunk", stride=8, aggregate="max", max_windows=8)
+    with running(create_app(package_dir, config)) as url:
+        yield url
+
+
+def test_the_servers_default_and_a_requests_own_long_text(chunk_base, predictor):
+    want = predictor.predict([LONG], long_text="chunk", stride=8, aggregate="max")[0]
+    r = post(chunk_base, "/predict", {"texts": [LONG]})
+    assert r.status_code == 200, r.text
+    got = r.json()["predictions"][0]
+    assert got["windows"] == want["windows"] > 1 and got["scores"] == pytest.approx(want["scores"], abs=1e-5)
+    r = post(chunk_base, "/predict", {"texts": [LONG], "long_text": "truncate"})
+    assert r.status_code == 200 and r.json()["truncated"] == [0] and "windows" not in r.json()["predictions"][0]
+    assert r.json()["predictions"][0]["score"] == pytest.approx(predictor.predict([LONG])[0]["score"], abs=1e-5)
+
+
+def test_windows_over_max_windows_get_4xx_before_any_model_call(chunk_base, predictor, package_dir):
+    windows = 2 * predictor.predict([LONG], long_text="chunk", stride=8)[0]["windows"]
+    calls = metric(chunk_base, "onnxpack_batch_size_count")
+    for path, body in [("/predict", {"texts": [LONG, LONG]}),
+                       (f"/v2/models/{package_dir.name}/infer", _text_tensor([LONG, LONG]))]:
+        r = post(chunk_base, path, body)
+        assert r.status_code == 400, r.text
+        assert r.json() == {"error": f"this request makes {windows} windows of 64 tokens under long_text chunk; the "
+                                     "server takes at most 8 per request (--max-windows) (hint: send fewer or "
+                                     "shorter texts per request)"}
+    assert metric(chunk_base, "onnxpack_batch_size_count") == calls  # refused before the model ran
+    # The character limit follows --max-windows under chunk (8 x 64 tokens x 10); under truncate it stays.
+    long = "word " * 1100
+    r = post(chunk_base, "/predict", {"texts": ["go", long]})
+    assert r.status_code == 400 and r.json()["error"].startswith(
+        "texts[1]: at most 5120 characters per text under long_text chunk, got 5500 (--max-windows 8")
+    assert post(chunk_base, "/predict", {"texts": [long], "long_text": "truncate"}).status_code == 200
+    r = post(chunk_base, "/predict", {"texts": ["a" * 10_001], "long_text": "truncate"})
+    assert r.status_code == 400 and "at most 10000 characters" in r.json()["error"]
+
+
+def test_windows_of_concurrent_requests_share_model_calls(package_dir, predictor):
+    names, pad = predictor.input_names, predictor.package.manifest.pad_token_id
+    feed, _ = encode_windows(predictor._chunker(default_stride(predictor.max_length)), [LONG], names, pad)
+    lengths = feed["attention_mask"].sum(axis=1).tolist()
+    # Full windows and a short last one: alone, each request takes two model calls (two length groups).
+    assert len(set(lengths)) == 2 and max(lengths) - min(lengths) > CALL_COST_TOKENS
+    n = len(lengths)
+    config = ServeConfig(grpc_port=0, long_text="chunk", max_batch=2 * n, max_delay_ms=10_000)
+    with running(create_app(package_dir, config)) as url:
+        async def two():
+            async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+                return await asyncio.gather(*(client.post("/predict", json={"texts": [LONG]}) for _ in range(2)))
+
+        started = time.monotonic()
+        first, second = asyncio.run(two())
+        assert time.monotonic() - started < 8  # the batch filled up: no waiting for the 10 s delay
+        assert first.status_code == second.status_code == 200 and first.json() == second.json()
+        assert first.json()["predictions"][0]["windows"] == n
+        # Both requests' 2n windows in two model calls: the full windows of both, then both last ones.
+        assert metric(url, "onnxpack_batch_size_sum") == 2 * n
+        assert metric(url, "onnxpack_batch_size_count") == 2
 
 
 # ---- loading, the concurrency cap, shutdown ----
@@ -434,6 +568,27 @@ def test_serve_cli_reports_bad_options_in_one_line(package_dir, tmp_path):
     assert result.exit_code == 1 and "error: --instances must be at least 1, got 0" in result.output
     result = runner.invoke(cli_app, ["serve", str(package_dir), "--grpc-port", "70000"])
     assert result.exit_code == 1 and "error: --grpc-port must be between 0 and 65535, got 70000" in result.output
+    result = runner.invoke(cli_app, ["serve", str(package_dir), "--long-text", "whole"])
+    assert result.exit_code == 1 and "error: --long-text must be truncate or chunk, got 'whole'" in result.output
+    result = runner.invoke(cli_app, ["serve", str(package_dir), "--aggregate", "median"])
+    assert result.exit_code == 1 and "error: --aggregate must be mean or max, got 'median'" in result.output
+    result = runner.invoke(cli_app, ["serve", str(package_dir), "--stride", "64"])
+    assert result.exit_code == 1 and "error: --stride must be smaller than the window (64 tokens), got 64" in result.output
+    result = runner.invoke(cli_app, ["serve", str(package_dir), "--max-windows", "0"])
+    assert result.exit_code == 1 and "error: --max-windows must be at least 1, got 0" in result.output
+
+
+def test_serve_cli_takes_the_long_text_options(package_dir, monkeypatch):
+    import onnxpack.serve
+
+    made = {}
+    monkeypatch.setattr(onnxpack.serve, "create_app", lambda package, config: made.setdefault("config", config))
+    monkeypatch.setattr(onnxpack.serve, "run", lambda *args, **kwargs: None)
+    result = CliRunner().invoke(cli_app, ["serve", str(package_dir), "--long-text", "chunk", "--max-windows", "16",
+                                          "--stride", "8", "--aggregate", "max"])
+    assert result.exit_code == 0, result.output
+    config = made["config"]
+    assert (config.long_text, config.max_windows, config.stride, config.aggregate) == ("chunk", 16, 8, "max")
 
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -468,11 +623,16 @@ def test_web_page_in_headless_chromium(base, predictor):
 
 
 @pytest.mark.parametrize("mode", list(schemathesis.GenerationMode))
-def test_schema_fuzzing_finds_no_5xx(base, mode):
+def test_schema_fuzzing_finds_no_5xx(chunk_base, mode):
     """Requests generated from /openapi.json, fitting it (positive) or not (negative), 500 of each
-    kind: never a 5xx, and every status, content type and body is one the schema documents."""
+    kind: never a 5xx, and every status, content type and body is one the schema documents.
+    `long_text` (on /predict, and among V2's parameters) is in the schema, so it is fuzzed too. The
+    server chunks by default and takes 8 windows per request, so both ways of reading and the window
+    limit are all reached; and its texts' maxLength stays at max_chars (under the default 64 windows it
+    is 40,960 characters, and generating texts past that doubles the fuzzer's time)."""
+    base = chunk_base
     schema = schemathesis.openapi.from_url(f"{base}/openapi.json")
-    sent = []
+    sent, long_texts = [], []
 
     @given(case=schema.as_strategy(generation_mode=mode))
     @settings(max_examples=500, deadline=None, database=None, suppress_health_check=list(HealthCheck))
@@ -480,9 +640,13 @@ def test_schema_fuzzing_finds_no_5xx(base, mode):
         # Schema-valid token ids may still lie outside the vocabulary: a 400 there is right.
         sent.append(case.call_and_validate(excluded_checks=[positive_data_acceptance], timeout=30).status_code)
         assert sent[-1] < 500
+        body = case.body if isinstance(case.body, dict) else {}
+        parameters = body.get("parameters") if isinstance(body.get("parameters"), dict) else {}
+        long_texts.extend(x["long_text"] for x in (body, parameters) if "long_text" in x)
 
     check()
     assert len(sent) >= 500 and metric(base, "onnxpack_requests_in_progress") == 0
+    assert long_texts  # the new field was among what was sent
 
 
 def test_loadtest_script_runs(package_dir, small_cola, tmp_path):

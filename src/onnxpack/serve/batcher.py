@@ -86,14 +86,17 @@ class MicroBatcher:
         for thread in self._threads:
             thread.start()
 
-    async def infer(self, texts: Sequence[Text] | None = None,
-                    tokens: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, list[int]]:
-        """Logits for `texts` (or pairs), or for token rows (`{input name: batch × sequence}`), and
-        the indices of texts that were truncated to the package's max_length."""
-        n = len(texts) if texts is not None else len(tokens["input_ids"])
+    async def infer(self, texts: Sequence[Text] | None = None, tokens: dict[str, np.ndarray] | None = None,
+                    rows: Sequence[dict[str, np.ndarray]] | None = None) -> tuple[np.ndarray, list[int]]:
+        """Logits for `texts` (or pairs), for token inputs (`{input name: batch × sequence}`), or for
+        token `rows` (each `{input name: its ids}`, unpadded: chunking's windows), and the indices of
+        texts that were truncated to the package's max_length."""
+        if tokens is not None:
+            rows = [{name: v[i] for name, v in tokens.items()} for i in range(len(tokens["input_ids"]))]
+        n = len(texts) if texts is not None else len(rows)
         job = _Job(asyncio.get_running_loop(), n, len(self.predictor.labels))
         rows = ([_Row(job, i, text=t) for i, t in enumerate(texts)] if texts is not None
-                else [_Row(job, i, tokens={name: v[i] for name, v in tokens.items()}) for i in range(n)])
+                else [_Row(job, i, tokens=row) for i, row in enumerate(rows)])
         with self._gatherer_wake:
             if self._stopping:
                 raise RuntimeError("the batcher is closed")

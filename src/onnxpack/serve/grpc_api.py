@@ -4,6 +4,8 @@ process and event loop, on the same `Service`: one batcher, one admission, one s
 
 Tensors come as typed `contents` or as `raw_input_contents` (the client's default, decoded as the
 REST binary extension decodes its parts); answers go back as `raw_output_contents`, as Triton's do.
+The request's `long_text` parameter is read as HTTP reads it; the answer's `truncated` and (under
+chunk) `windows` parameters are JSON lists in `string_param`.
 Every mistake gets a status and a message, never a crash: INVALID_ARGUMENT for bad tensors and
 limits, NOT_FOUND for an unknown model, UNAVAILABLE while loading or when the queue is full, and
 RESOURCE_EXHAUSTED (from gRPC itself) for a message over `max_body_bytes`.
@@ -122,12 +124,16 @@ class _Servicer(pb_grpc.GRPCInferenceServiceServicer):
         service.check_model(request.model_name)
         async with service.admitted():
             call = self.v2.parse(_tensors(request), [(o.name, {k: _parameter(v) for k, v in o.parameters.items()})
-                                                     for o in request.outputs] or None)
-            logits, truncated = await service.batcher.infer(texts=call.texts, tokens=call.tokens)
+                                                     for o in request.outputs] or None,
+                                 {k: _parameter(v) for k, v in request.parameters.items()})
+            answer = await service.infer(call.long_text, texts=call.texts, tokens=call.tokens)
+        logits = answer.logits
         results = service.predictor.results(call.texts or [None] * len(logits), logits)
         response = pb.ModelInferResponse(model_name=service.manifest.name, id=request.id)
         if call.texts:
-            response.parameters["truncated"].string_param = json.dumps(truncated)
+            response.parameters["truncated"].string_param = json.dumps(answer.truncated)
+        if answer.windows is not None:  # a JSON list, as `truncated`: a V2 parameter holds one value
+            response.parameters["windows"].string_param = json.dumps(answer.windows)
         for name, datatype, shape, values in self.v2.answer(logits, results, call):
             response.outputs.add(name=name, datatype=datatype, shape=shape)
             response.raw_output_contents.append(v2_binary.tensor_bytes(datatype, values))

@@ -14,16 +14,30 @@ import logging
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+
+import numpy as np
 
 from onnxpack.core import untrusted
-from onnxpack.core.config import ServeConfig
+from onnxpack.core.config import LONG_TEXT_MODES, ServeConfig
 from onnxpack.core.errors import OnnxpackError
+from onnxpack.core.families import ATTENTION_MASK
 from onnxpack.core.package import Package
-from onnxpack.runtime.feed import vocab_size
-from onnxpack.runtime.predictor import Predictor, resolve_providers, serving_variant
+from onnxpack.runtime.feed import (
+    Text,
+    chunking_tokenizer,
+    default_stride,
+    encode_windows,
+    vocab_size,
+)
+from onnxpack.runtime.predictor import (
+    Predictor,
+    aggregate_windows,
+    resolve_providers,
+    serving_variant,
+)
 
 from .admission import Admission
 from .batcher import MicroBatcher
@@ -32,6 +46,12 @@ from .metrics import Metrics
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 1  # what a refused request is told to wait
+# Under chunk a text may have max_windows x max_length x this many characters. The window count is the
+# real limit; this one only bounds the tokenizer's work before windows can be counted, so it must let
+# through any text that fits in max_windows windows: English runs at about 4 to 5 characters a WordPiece
+# or BPE token (its space included), and 10 leaves room for long rare words, numbers and runs of spaces.
+# (A longer run per token is possible, a 100-letter word read as one [UNK], but no real text is made of them.)
+CHARS_PER_TOKEN = 10
 
 
 class Unavailable(Exception):
@@ -40,6 +60,15 @@ class Unavailable(Exception):
 
 class UnknownModel(Exception):
     """A request named a model this server does not serve."""
+
+
+@dataclasses.dataclass
+class Answer:
+    """The model's answer to one request, whatever the protocol."""
+
+    logits: np.ndarray  # per text (or token row)
+    truncated: list[int]  # texts cut to max_length (truncate only)
+    windows: list[int] | None = None  # under chunk: the windows each text was read in
 
 
 class Frontend(Protocol):
@@ -64,6 +93,13 @@ class Service:
         self.config = dataclasses.replace(config, variant=config.variant or serving_variant(self.package, config.provider))
         untrusted.trust(self.package.variant_path(self.config.variant), self.package)
         self.manifest = self.package.manifest
+        max_length = self.manifest.max_length
+        stride = default_stride(max_length) if self.config.stride is None else self.config.stride
+        # Read once, and checked now (a stride too wide for the window is one line before anything listens).
+        self.chunker = chunking_tokenizer(self.package.tokenizer_path, max_length, self.manifest.pad_token_id,
+                                          stride, self.manifest.pairs)
+        self.max_chars = {"truncate": self.config.max_chars,
+                          "chunk": self.config.max_windows * max_length * CHARS_PER_TOKEN}
         self.metrics = Metrics()
         self.admission: Admission | None = None  # made on the event loop (start)
         self.vocab_size = vocab_size(self.package)
@@ -135,6 +171,59 @@ class Service:
     def check_model(self, name: str) -> None:
         if name != self.manifest.name:
             raise UnknownModel(f"unknown model {name!r}; this server serves {self.manifest.name!r}")
+
+    def long_text(self, value: Any, name: str = "long_text") -> str:
+        """A request's long_text (None: the server's default), checked."""
+        if value is None:
+            return self.config.long_text
+        if value not in LONG_TEXT_MODES:
+            raise OnnxpackError(f"{name} must be {' or '.join(LONG_TEXT_MODES)}, got {value!r:.40}")
+        return value
+
+    def check_chars(self, texts: Sequence[Text], long_text: str, root: str) -> None:
+        """Every text (each text of a pair) within long_text's character limit; `root` names them (texts[3])."""
+        limit = self.max_chars[long_text]
+        for i, text in enumerate(texts):
+            parts = text if isinstance(text, (tuple, list)) else (text,)
+            for j, part in enumerate(parts):
+                if len(part) <= limit:
+                    continue
+                where = f"{root}[{i}]" + (f"[{j}]" if len(parts) > 1 else "")
+                if long_text == "chunk":
+                    raise OnnxpackError(f"{where}: at most {limit} characters per text under long_text chunk, got "
+                                        f"{len(part)} (--max-windows {self.config.max_windows} windows of "
+                                        f"{self.manifest.max_length} tokens, {CHARS_PER_TOKEN} characters a token)")
+                raise OnnxpackError(f"{where}: at most {limit} characters per text, got {len(part)} (long_text chunk "
+                                    f"takes up to {self.max_chars['chunk']})")
+
+    async def infer(self, long_text: str, texts: Sequence[Text] | None = None,
+                    tokens: dict[str, np.ndarray] | None = None) -> Answer:
+        """Logits for texts (or pairs), or for token rows (read as they are, one window each).
+
+        chunk: the texts are tokenized into windows off the event loop and counted against
+        max_windows before any model work; the windows go through the one batcher as token rows,
+        so windows of different requests share model calls; a text's logits are then the mean (or
+        max) of its windows'. A text of one window gets the logits truncate gives it."""
+        if long_text == "chunk" and texts is not None:
+            rows, owner = await asyncio.to_thread(self._windows, texts)
+            window_logits, _ = await self.batcher.infer(rows=rows)
+            logits, windows = aggregate_windows(window_logits, owner, len(texts), self.config.aggregate)
+            return Answer(logits, [], windows.tolist())
+        logits, truncated = await self.batcher.infer(texts=texts, tokens=tokens)
+        return Answer(logits, truncated, [1] * len(logits) if long_text == "chunk" else None)
+
+    def _windows(self, texts: Sequence[Text]) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
+        """Every window of every text as an unpadded token row, and the text of each; OnnxpackError
+        when the request makes more than max_windows. (The body limit bounds the tokenizer's work.)"""
+        names = self.predictor.input_names
+        feed, owner = encode_windows(self.chunker, texts, names, self.manifest.pad_token_id)
+        limit = self.config.max_windows
+        if len(owner) > limit:
+            raise OnnxpackError(f"this request makes {len(owner)} windows of {self.manifest.max_length} tokens "
+                                f"under long_text chunk; the server takes at most {limit} per request (--max-windows)",
+                                hint="send fewer or shorter texts per request")
+        lengths = feed[ATTENTION_MASK].sum(axis=1)
+        return [{name: feed[name][k, :lengths[k]] for name in names} for k in range(len(owner))], owner
 
     @contextlib.asynccontextmanager
     async def admitted(self) -> AsyncIterator[None]:

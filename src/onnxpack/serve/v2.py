@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 
 import numpy as np
@@ -19,7 +19,7 @@ from pydantic import Field, StringConstraints, TypeAdapter, ValidationError
 from onnxpack.core.errors import OnnxpackError
 from onnxpack.runtime.feed import Text
 
-from .service import ServeConfig, Service
+from .service import Service
 
 TEXT_INPUT = "text"  # the BYTES input; the token inputs are named as the package names them
 TEXT_PAIR_INPUT = "text_pair"  # a pair model's second text, a BYTES tensor beside TEXT_INPUT
@@ -38,13 +38,14 @@ class Tensor:
     data: list[Any]  # row-major, flat or nested (V2 JSON allows both)
 
 
-def text_type(config: ServeConfig) -> Any:
-    """One text as the server accepts it: 1 to max_chars characters, not only spaces."""
-    return Annotated[str, StringConstraints(min_length=1, max_length=config.max_chars, pattern=r"\S")]
+def text_type(service: Service) -> Any:
+    """One text as the server accepts it: not only spaces, within the wider of long_text's
+    character limits (Service.check_chars then holds it to its own long_text's)."""
+    return Annotated[str, StringConstraints(min_length=1, max_length=max(service.max_chars.values()), pattern=r"\S")]
 
 
-def texts_type(config: ServeConfig) -> Any:
-    return Annotated[list[text_type(config)], Field(min_length=1, max_length=config.max_texts)]
+def texts_type(service: Service) -> Any:
+    return Annotated[list[text_type(service)], Field(min_length=1, max_length=service.config.max_texts)]
 
 
 @dataclasses.dataclass
@@ -55,6 +56,7 @@ class Call:
     tokens: dict[str, np.ndarray] | None
     outputs: set[str]
     top_k: int = 0  # the classification extension: `logits` as its k best "value:index:label" strings
+    long_text: str = "truncate"  # the request's `long_text` parameter, else the server's default
 
 
 class V2:
@@ -66,7 +68,7 @@ class V2:
         self.config = service.config
         self.text_names = (TEXT_INPUT, TEXT_PAIR_INPUT) if self.manifest.pairs else (TEXT_INPUT,)
         self.token_names = [t.name for t in self.manifest.inputs]
-        self._texts = TypeAdapter(texts_type(self.config))
+        self._texts = TypeAdapter(texts_type(service))
 
     def metadata(self) -> dict[str, Any]:
         m = self.manifest
@@ -77,12 +79,15 @@ class V2:
                             {"name": "label", "datatype": "BYTES", "shape": [-1]},
                             {"name": "score", "datatype": "FP32", "shape": [-1]}]}
 
-    def parse(self, inputs: Sequence[Tensor], outputs: Sequence[tuple[str, dict[str, Any]]] | None) -> Call:
-        """`outputs`: (name, parameters) of each requested output; None for all of them."""
+    def parse(self, inputs: Sequence[Tensor], outputs: Sequence[tuple[str, dict[str, Any]]] | None,
+              parameters: Mapping[str, Any] | None = None) -> Call:
+        """`outputs`: (name, parameters) of each requested output; None for all of them. `parameters`:
+        the request's, of which `long_text` (truncate or chunk) is read."""
         wanted, top_k = self._requested_outputs(outputs)
+        long_text = self.service.long_text((parameters or {}).get("long_text"), "parameter long_text")
         by_name = self._inputs_by_name(inputs)
         if TEXT_INPUT not in by_name:
-            return Call(None, self._token_inputs(by_name), wanted, top_k)
+            return Call(None, self._token_inputs(by_name), wanted, top_k, long_text)
         columns = []
         for name in self.text_names:
             flat = _flat_data(by_name[name], "BYTES", ([None], [None, 1]))
@@ -90,9 +95,10 @@ class V2:
                 columns.append(self._texts.validate_python(flat))
             except ValidationError as e:
                 raise OnnxpackError(f"input {name!r}: {describe_errors(e.errors(), 'data')}") from None
+            self.service.check_chars(columns[-1], long_text, f"input {name!r}: data")
         if len({len(c) for c in columns}) > 1:
             raise OnnxpackError(f"inputs {TEXT_INPUT!r} and {TEXT_PAIR_INPUT!r} hold different numbers of texts")
-        return Call(list(zip(*columns)) if len(columns) == 2 else columns[0], None, wanted, top_k)
+        return Call(list(zip(*columns)) if len(columns) == 2 else columns[0], None, wanted, top_k, long_text)
 
     def answer(self, logits: np.ndarray, results: list[dict[str, Any]],
                call: Call) -> list[tuple[str, str, list[int], np.ndarray | list[str]]]:

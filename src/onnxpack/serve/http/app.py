@@ -4,7 +4,8 @@ Bad input always gets a 4xx with the KServe V2 error body `{"error": "..."}`:
 invalid JSON or UTF-8, lone surrogates, empty texts, too many or too long texts,
 token ids outside the vocabulary, mismatched shapes, a body over `max_body_bytes`.
 A text longer than the package's `max_length` tokens is truncated, as
-`onnxpack predict` does, and the response lists it under `truncated`.
+`onnxpack predict` does, and the response lists it under `truncated`; or, under
+`long_text` chunk (the server's default or the request's), read whole in windows.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the routes' annotations at
@@ -88,22 +89,21 @@ def build_app(service: Service) -> FastAPI:
 def _inference_routes(service: Service, v2: V2) -> APIRouter:
     """`/predict` and V2 `infer`, the routes the fast path stands in for."""
     inference = APIRouter(route_class=_AdmittedRoute)
-    predict_body = predict_request(service.config)
+    predict_body = predict_request(service)
 
     @inference.post(PREDICT, response_model=PredictResponse, responses=error_responses(400, 413, 503),
                     summary="Classify texts: one object per text, as `onnxpack predict` prints them")
     async def predict(body: predict_body) -> JSONResponse:  # type: ignore[valid-type]
-        texts = body.rows(service.manifest.pairs)
-        logits, truncated = await service.batcher.infer(texts=texts)
-        return JSONResponse(predict_answer(service, texts, logits, truncated))
+        texts, long_text = body.call(service)
+        return JSONResponse(predict_answer(service, texts, await service.infer(long_text, texts=texts)))
 
     @inference.post(INFER, response_model=InferResponse, responses=error_responses(400, 404, 413, 503),
                     summary="V2 inference: text as a BYTES tensor, or input_ids/attention_mask as INT64 tensors")
     async def infer(name: str, body: InferRequest) -> JSONResponse:
         service.check_model(name)
         call = body.parse(v2)
-        logits, truncated = await service.batcher.infer(texts=call.texts, tokens=call.tokens)
-        return JSONResponse(infer_answer(service, v2, call, logits, truncated, body.id))
+        answer = await service.infer(call.long_text, texts=call.texts, tokens=call.tokens)
+        return JSONResponse(infer_answer(service, v2, call, answer, body.id))
 
     return inference
 

@@ -44,7 +44,7 @@ class FastPath:
         self.service = service
         self.v2 = v2
         self.routes = routes  # path -> the FastAPI route it stands in for (the metrics' route label)
-        self.predict_body = TypeAdapter(predict_request(service.config))
+        self.predict_body = TypeAdapter(predict_request(service))
         self.infer_body = TypeAdapter(InferRequest)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -61,6 +61,9 @@ class FastPath:
             return await _send_json(send, 503, {"error": str(e)}, [(b"retry-after", str(RETRY_AFTER_S).encode())])
         except HTTPException as e:  # the body limit, while reading
             return await _send_json(send, e.status_code, {"error": str(e.detail)})
+        except OnnxpackError as e:  # a well-formed request over a limit only reading it shows (chunk's windows)
+            scope["route"] = self.routes[route]
+            return await _send_json(send, 400, {"error": str(e)})
         if answer is not None:
             scope["route"] = self.routes[route]
             return await _send_json(send, 200, answer)
@@ -77,11 +80,10 @@ class FastPath:
 
     async def _predict(self, body: bytes) -> dict[str, Any] | None:
         try:
-            texts = self.predict_body.validate_json(body).rows(self.service.manifest.pairs)
+            texts, long_text = self.predict_body.validate_json(body).call(self.service)
         except (ValidationError, OnnxpackError):
             return None
-        logits, truncated = await self.service.batcher.infer(texts=texts)
-        return predict_answer(self.service, texts, logits, truncated)
+        return predict_answer(self.service, texts, await self.service.infer(long_text, texts=texts))
 
     async def _infer(self, body: bytes) -> dict[str, Any] | None:
         try:
@@ -89,8 +91,8 @@ class FastPath:
             call = request.parse(self.v2)
         except (ValidationError, OnnxpackError):
             return None
-        logits, truncated = await self.service.batcher.infer(texts=call.texts, tokens=call.tokens)
-        return infer_answer(self.service, self.v2, call, logits, truncated, request.id)
+        answer = await self.service.infer(call.long_text, texts=call.texts, tokens=call.tokens)
+        return infer_answer(self.service, self.v2, call, answer, request.id)
 
 
 async def _send_json(send: Send, status: int, answer: Any, headers: list[tuple[bytes, bytes]] = ()) -> None:

@@ -5,16 +5,24 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model
 
+from onnxpack.core.config import LONG_TEXT_MODES
 from onnxpack.core.errors import OnnxpackError
 from onnxpack.runtime.feed import Text
 
-from ..service import ServeConfig, Service
+from ..service import Answer, Service
 from ..v2 import OUTPUTS, TEXT_INPUT, V2, Call, Tensor, text_type, texts_type
 
 PREDICT = "/predict"
 INFER = "/v2/models/{name}/infer"
+# Any value is taken here and checked by Service.long_text, so a wrong one gets the same line from every
+# protocol (gRPC's parameters included); the schema lists the modes.
+LongText = Annotated[Any, WithJsonSchema({"anyOf": [{"type": "string", "enum": list(LONG_TEXT_MODES)},
+                                                    {"type": "null"}]})]
+LONG_TEXT_HELP = ("how a text longer than the model's max_length tokens is read: truncate (its first max_length "
+                  "tokens) or chunk (all of it, in windows whose logits are averaged; each answer then has "
+                  "`windows`); default: the server's --long-text")
 
 
 class ErrorBody(BaseModel):
@@ -27,6 +35,15 @@ class PredictBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     texts: list[str] | None = None
     pairs: list[tuple[str, str]] | None = None
+    long_text: LongText = Field(None, description=LONG_TEXT_HELP)
+
+    def call(self, service: Service) -> tuple[list[Text], str]:
+        """(texts or pairs, long_text), checked against the model and the server's limits."""
+        pairs = service.manifest.pairs
+        texts = self.rows(pairs)
+        long_text = service.long_text(self.long_text)
+        service.check_chars(texts, long_text, "pairs" if pairs else "texts")
+        return texts, long_text
 
     def rows(self, pair_model: bool) -> list[Text]:
         """The texts, or the pairs; OnnxpackError unless the body holds one of them, the kind the
@@ -40,13 +57,14 @@ class PredictBody(BaseModel):
         return self.pairs if pair_model else self.texts
 
 
-def predict_request(config: ServeConfig) -> type[PredictBody]:
-    """The /predict body under `config`'s limits: `texts` or `pairs`."""
-    pairs_type = Annotated[list[tuple[text_type(config), text_type(config)]],
+def predict_request(service: Service) -> type[PredictBody]:
+    """The /predict body under the service's limits: `texts` or `pairs`, and `long_text`."""
+    config = service.config
+    pairs_type = Annotated[list[tuple[text_type(service), text_type(service)]],
                            Field(min_length=1, max_length=config.max_texts)]
     return create_model(
         "PredictRequest", __base__=PredictBody,
-        texts=(texts_type(config) | None,
+        texts=(texts_type(service) | None,
                Field(None, description="texts to classify; each must contain a non-space character")),
         pairs=(pairs_type | None, Field(None, description="a pair model's (first, second) texts: [[a, b], ...]")))
 
@@ -57,6 +75,8 @@ class Prediction(BaseModel):
     score: float
     scores: dict[str, float]
     labels: list[str] | None = Field(None, description="multi-label models: every label at or over its threshold")
+    windows: int | None = Field(None, description="under long_text chunk: the windows of max_length tokens the "
+                                                   "text was read in")
 
 
 class PredictResponse(BaseModel):
@@ -106,9 +126,17 @@ class RequestedOutput(BaseModel):
     parameters: dict[str, Any] | None = None
 
 
+class InferParameters(BaseModel):
+    """A V2 request's parameters: `long_text`, and any other (Triton's clients send their own)."""
+
+    model_config = ConfigDict(extra="allow")
+    long_text: LongText = Field(None, description=LONG_TEXT_HELP.replace("`windows`", "the `windows` "
+                                                                                "parameter"))
+
+
 class InferRequest(BaseModel):
     id: str | None = None
-    parameters: dict[str, Any] | None = None
+    parameters: InferParameters | None = None
     inputs: list[InferInput] = Field(min_length=1, description=f"either {TEXT_INPUT!r} (BYTES, shape [batch]) or "
                                                                "the token inputs (INT64, shape [batch, sequence])")
     outputs: list[RequestedOutput] | None = Field(None, description=f"a subset of {', '.join(OUTPUTS)} (default: all)")
@@ -116,7 +144,8 @@ class InferRequest(BaseModel):
     def parse(self, v2: V2) -> Call:
         """The checked call this body asks for (OnnxpackError if it is not one)."""
         tensors = [Tensor(t.name, t.datatype, t.shape, t.data) for t in self.inputs]
-        return v2.parse(tensors, None if self.outputs is None else [(o.name, o.parameters) for o in self.outputs])
+        return v2.parse(tensors, None if self.outputs is None else [(o.name, o.parameters) for o in self.outputs],
+                        {"long_text": self.parameters.long_text} if self.parameters else None)
 
 
 class InferOutput(BaseModel):
@@ -129,7 +158,9 @@ class InferOutput(BaseModel):
 class InferResponse(BaseModel):
     model_name: str
     id: str | None = None
-    parameters: dict[str, Any] = Field(description="`truncated`: indices of texts cut to max_length tokens")
+    parameters: dict[str, Any] = Field(description="`truncated`: indices of texts cut to max_length tokens; "
+                                                   "under long_text chunk, `windows`: the windows each text (or "
+                                                   "token row) was read in")
     outputs: list[InferOutput]
 
 
@@ -140,20 +171,25 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorBody, "description": meaning[code]} for code in codes}
 
 
-def predict_answer(service: Service, texts: list[Text], logits: Any, truncated: list[int]) -> dict[str, Any]:
+def predict_answer(service: Service, texts: list[Text], answer: Answer) -> dict[str, Any]:
     """A PredictResponse."""
-    return {"model": service.manifest.name, "predictions": service.predictor.results(texts, logits),
-            "truncated": truncated}
+    predictions = service.predictor.results(texts, answer.logits)
+    if answer.windows is not None:
+        for prediction, windows in zip(predictions, answer.windows):
+            prediction["windows"] = windows
+    return {"model": service.manifest.name, "predictions": predictions, "truncated": answer.truncated}
 
 
-def infer_answer(service: Service, v2: V2, call: Call, logits: Any, truncated: list[int],
-                 request_id: str | None) -> dict[str, Any]:
+def infer_answer(service: Service, v2: V2, call: Call, answer: Answer, request_id: str | None) -> dict[str, Any]:
     """An InferResponse."""
+    logits = answer.logits
     results = service.predictor.results(call.texts or [None] * len(logits), logits)
     outputs = [{"name": n, "datatype": dt, "shape": shape, "data": data if isinstance(data, list) else data.ravel().tolist()}
                for n, dt, shape, data in v2.answer(logits, results, call)]
-    answer = {"model_name": service.manifest.name, "parameters": {"truncated": truncated} if call.texts else {},
-              "outputs": outputs}
+    parameters: dict[str, Any] = {"truncated": answer.truncated} if call.texts else {}
+    if answer.windows is not None:
+        parameters["windows"] = answer.windows
+    body = {"model_name": service.manifest.name, "parameters": parameters, "outputs": outputs}
     if request_id is not None:
-        answer["id"] = request_id
-    return answer
+        body["id"] = request_id
+    return body
