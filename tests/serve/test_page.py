@@ -241,9 +241,6 @@ def test_a_multi_label_model_shows_every_label_over_its_threshold(multi_server, 
 def test_why_shows_each_word_coloured_by_its_attribution(pair_server, browser):
     """The pair's words, both texts; and a second pair whose long second text is cut, its last words unread."""
     url, predictor = pair_server
-    if "/explain" not in httpx.get(f"{url}/openapi.json").json()["paths"]:
-        pytest.xfail("POST /explain is not on the server yet (issue 21 item 2, being added beside this page); "
-                     "this test runs in full once it is")
     pairs = [PAIR, ("the cat sat", LONG)]
     d = _open(browser, url)
     d.find_element(By.ID, "why").click()

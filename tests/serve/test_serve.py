@@ -264,6 +264,7 @@ def test_defaults_are_on():
 def test_openapi_declares_the_errors(base):
     paths = httpx.get(f"{base}/openapi.json").json()["paths"]
     assert set(paths["/predict"]["post"]["responses"]) == {"200", "400", "413", "503"}
+    assert set(paths["/explain"]["post"]["responses"]) == {"200", "400", "413", "503"}
     assert set(paths["/v2/models/{name}/infer"]["post"]["responses"]) == {"200", "400", "404", "413", "503"}
     assert paths["/predict"]["post"]["requestBody"]["content"]["application/json"]
 
@@ -454,9 +455,46 @@ def test_windows_over_max_windows_get_4xx_before_any_model_call(chunk_base, pred
     assert r.status_code == 400 and "at most 10000 characters" in r.json()["error"]
 
 
+def test_explain_answers_as_the_predictor_does(base, predictor, model_name):
+    texts = ["The boy is sitting on a bench.", LONG]
+    r = post(base, "/explain", {"texts": texts})
+    assert r.status_code == 200, r.text
+    assert r.json()["model"] == model_name
+    got, want = r.json()["explanations"], predictor.explain(texts)
+    assert [[w["word"] for w in g["words"]] for g in got] == [[w["word"] for w in x["words"]] for x in want]
+    for g, x in zip(got, want):
+        assert (g["label"], g["windows"]) == (x["label"], x["windows"]) and g["score"] == pytest.approx(x["score"], abs=1e-5)
+        assert [w["attribution"] is None for w in g["words"]] == [w["attribution"] is None for w in x["words"]]
+        np.testing.assert_allclose([w["attribution"] or 0 for w in g["words"]],
+                                   [w["attribution"] or 0 for w in x["words"]], atol=1e-5)
+    assert any(w["attribution"] is None for w in got[1]["words"])  # truncate: the long text's tail is not read
+    r = post(base, "/explain", {"texts": [LONG], "long_text": "chunk"})
+    assert r.status_code == 200, r.text
+    (chunked,) = r.json()["explanations"]
+    assert chunked["windows"] == predictor.predict([LONG], long_text="chunk")[0]["windows"] > 1
+    assert all(w["attribution"] is not None for w in chunked["words"])
+
+
+def test_explain_over_the_servers_limits_gets_4xx_before_any_model_call(chunk_base, predictor):
+    calls = metric(chunk_base, "onnxpack_batch_size_count")
+    read = sum(w["attribution"] is not None for w in predictor.explain([LONG])[0]["words"])  # under truncate
+    texts = 512 // read + 1  # each text within the limit, all of them over it
+    for body, error in [
+        ({"texts": [LONG, LONG]}, "this request makes"),  # windows, under the server's chunk default
+        ({"texts": [LONG] * texts, "long_text": "truncate"}, f"{texts * read} words to explain; the server explains at most 512 per "
+                                                          "request (--max-words)"),
+        ({"texts": ["   "]}, "texts[0]: is empty or only spaces"),
+        ({"texts": ["a b"], "long_text": "whole"}, "long_text must be truncate or chunk"),
+        ({"texts": ["a" * 10_001], "long_text": "truncate"}, "at most 10000 characters"),
+    ]:
+        r = post(chunk_base, "/explain", body)
+        assert r.status_code == 400 and error in r.json()["error"], (body.keys(), r.text)
+    assert metric(chunk_base, "onnxpack_batch_size_count") == calls
+
+
 def test_windows_of_concurrent_requests_share_model_calls(package_dir, predictor):
     names, pad = predictor.input_names, predictor.package.manifest.pad_token_id
-    feed, _ = encode_windows(predictor._chunker(default_stride(predictor.max_length)), [LONG], names, pad)
+    feed, _ = encode_windows(predictor.chunker(default_stride(predictor.max_length)), [LONG], names, pad)
     lengths = feed["attention_mask"].sum(axis=1).tolist()
     # Full windows and a short last one: alone, each request takes two model calls (two length groups).
     assert len(set(lengths)) == 2 and max(lengths) - min(lengths) > CALL_COST_TOKENS
@@ -632,7 +670,7 @@ def test_schema_fuzzing_finds_no_5xx(chunk_base, mode):
     is 40,960 characters, and generating texts past that doubles the fuzzer's time)."""
     base = chunk_base
     schema = schemathesis.openapi.from_url(f"{base}/openapi.json")
-    sent, long_texts = [], []
+    sent, long_texts, paths = [], [], set()
 
     @given(case=schema.as_strategy(generation_mode=mode))
     @settings(max_examples=500, deadline=None, database=None, suppress_health_check=list(HealthCheck))
@@ -640,6 +678,7 @@ def test_schema_fuzzing_finds_no_5xx(chunk_base, mode):
         # Schema-valid token ids may still lie outside the vocabulary: a 400 there is right.
         sent.append(case.call_and_validate(excluded_checks=[positive_data_acceptance], timeout=30).status_code)
         assert sent[-1] < 500
+        paths.add(case.path)
         body = case.body if isinstance(case.body, dict) else {}
         parameters = body.get("parameters") if isinstance(body.get("parameters"), dict) else {}
         long_texts.extend(x["long_text"] for x in (body, parameters) if "long_text" in x)
@@ -647,6 +686,7 @@ def test_schema_fuzzing_finds_no_5xx(chunk_base, mode):
     check()
     assert len(sent) >= 500 and metric(base, "onnxpack_requests_in_progress") == 0
     assert long_texts  # the new field was among what was sent
+    assert {"/predict", "/explain"} <= paths
 
 
 def test_loadtest_script_runs(package_dir, small_cola, tmp_path):

@@ -323,6 +323,8 @@ class ServeConfig(LongTextOptions):
     max_body_bytes: int = option(1 << 20, "Request body (gRPC: message) size limit; 413 over it.", min=1)
     max_texts: int = option(128, "Texts, or token rows, per request.", min=1)
     max_chars: int = option(10_000, "Characters per text (tokens past max_length are truncated anyway).", min=1)
+    max_words: int = option(ExplainConfig.max_words, "Words per /explain request, all its texts together (a model "
+                                                     "row each); more gets a 4xx.", min=1)
     max_windows: int = option(64, "Windows per request under --long-text chunk; more gets a 4xx. A text may then "
                                   "have up to this many windows' worth of characters.", min=1)
     provider: str | None = option(None, "ONNX Runtime execution provider.")

@@ -114,7 +114,7 @@ def plan(predictor: Predictor, texts: Sequence[Text], long_text: str = "truncate
     LongTextOptions(long_text=long_text, stride=stride).validate()
     check_texts(texts, predictor.pairs)
     if long_text == "chunk":  # padding to the batch's longest is cut off again in `occlusion`
-        encodings = window_encodings(predictor._chunker(default_stride(predictor.max_length) if stride is None
+        encodings = window_encodings(predictor.chunker(default_stride(predictor.max_length) if stride is None
                                                         else stride), texts)
     else:
         encodings = predictor.tokenizer.encode_batch([tuple(t) if isinstance(t, list) else t for t in texts])

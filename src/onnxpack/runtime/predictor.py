@@ -196,7 +196,7 @@ class Predictor:
             for batch, feed in self.encoded_batches(texts, batch_size):
                 logits[batch] = self.run(feed)
             return logits, np.ones(len(texts), dtype=np.int64)
-        tokenizer = self._chunker(default_stride(self.max_length) if stride is None else stride)
+        tokenizer = self.chunker(default_stride(self.max_length) if stride is None else stride)
         window_logits, owners = [], []
         # A slice of texts at a time: memory follows the slice's windows, not the whole input's.
         for start in range(0, len(texts), CHUNK_TEXTS):
@@ -209,7 +209,7 @@ class Predictor:
             owners.append(owner + start)
         return aggregate_windows(np.concatenate(window_logits), np.concatenate(owners), len(texts), aggregate)
 
-    def _chunker(self, stride: int) -> Tokenizer:
+    def chunker(self, stride: int) -> Tokenizer:
         """The windowing tokenizer for `stride`, read from the package once (batch asks per chunk of rows)."""
         if stride not in self._chunkers:
             self._chunkers[stride] = chunking_tokenizer(self.package.tokenizer_path, self.max_length,

@@ -32,12 +32,9 @@ from onnxpack.runtime.feed import (
     encode_windows,
     vocab_size,
 )
-from onnxpack.runtime.predictor import (
-    Predictor,
-    aggregate_windows,
-    resolve_providers,
-    serving_variant,
-)
+from onnxpack.runtime import explain as occlusion
+from onnxpack.runtime.predictor import Predictor, resolve_providers, serving_variant
+from onnxpack.runtime.scores import aggregate_windows
 
 from .admission import Admission
 from .batcher import MicroBatcher
@@ -212,16 +209,42 @@ class Service:
         logits, truncated = await self.batcher.infer(texts=texts, tokens=tokens)
         return Answer(logits, truncated, [1] * len(logits) if long_text == "chunk" else None)
 
+    async def explain(self, long_text: str, texts: Sequence[Text]) -> list[dict[str, Any]]:
+        """`predictor.explain`'s answers, its occlusion rows run through the one batcher (so they share
+        model calls with other requests). The rows are planned off the event loop and counted first:
+        over max_words words (or, under chunk, max_windows windows) per request is one line."""
+        plans = await asyncio.to_thread(self._occlusions, long_text, texts)
+        logits, _ = await self.batcher.infer(rows=[row for plan in plans for row in plan.rows])
+        answers, at = [], 0
+        for plan in plans:
+            answers.append(occlusion.explanation(self.predictor, plan, logits[at:at + len(plan.rows)],
+                                               self.config.aggregate))
+            at += len(plan.rows)
+        return answers
+
+    def _occlusions(self, long_text: str, texts: Sequence[Text]) -> list[occlusion.Occlusion]:
+        plans = occlusion.plan(self.predictor, texts, long_text, self.config.stride, self.config.max_words)
+        words = sum(len(set(plan.row_word[plan.row_word >= 0].tolist())) for plan in plans)
+        if words > self.config.max_words:
+            raise OnnxpackError(f"this request has {words} words to explain; the server explains at most "
+                                f"{self.config.max_words} per request (--max-words)",
+                                hint="send fewer or shorter texts per request")
+        if long_text == "chunk":
+            self._check_windows(sum(plan.windows for plan in plans))
+        return plans
+
+    def _check_windows(self, count: int) -> None:
+        if count > self.config.max_windows:
+            raise OnnxpackError(f"this request makes {count} windows of {self.manifest.max_length} tokens "
+                                f"under long_text chunk; the server takes at most {self.config.max_windows} per "
+                                "request (--max-windows)", hint="send fewer or shorter texts per request")
+
     def _windows(self, texts: Sequence[Text]) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
         """Every window of every text as an unpadded token row, and the text of each; OnnxpackError
         when the request makes more than max_windows. (The body limit bounds the tokenizer's work.)"""
         names = self.predictor.input_names
         feed, owner = encode_windows(self.chunker, texts, names, self.manifest.pad_token_id)
-        limit = self.config.max_windows
-        if len(owner) > limit:
-            raise OnnxpackError(f"this request makes {len(owner)} windows of {self.manifest.max_length} tokens "
-                                f"under long_text chunk; the server takes at most {limit} per request (--max-windows)",
-                                hint="send fewer or shorter texts per request")
+        self._check_windows(len(owner))
         lengths = feed[ATTENTION_MASK].sum(axis=1)
         return [{name: feed[name][k, :lengths[k]] for name in names} for k in range(len(owner))], owner
 

@@ -37,8 +37,10 @@ from ..v2 import EXTENSIONS, V2, describe_errors
 from .fast_path import FastPath
 from .middleware import BodyLimit, MetricsMiddleware, V2Body
 from .schema import (
+    EXPLAIN,
     INFER,
     PREDICT,
+    ExplainResponse,
     InferRequest,
     InferResponse,
     Liveness,
@@ -87,7 +89,8 @@ def build_app(service: Service) -> FastAPI:
 
 
 def _inference_routes(service: Service, v2: V2) -> APIRouter:
-    """`/predict` and V2 `infer`, the routes the fast path stands in for."""
+    """`/predict`, `/explain` and V2 `infer`: the routes that take an admission slot (the fast path stands in for
+    /predict and infer)."""
     inference = APIRouter(route_class=_AdmittedRoute)
     predict_body = predict_request(service)
 
@@ -96,6 +99,14 @@ def _inference_routes(service: Service, v2: V2) -> APIRouter:
     async def predict(body: predict_body) -> JSONResponse:  # type: ignore[valid-type]
         texts, long_text = body.call(service)
         return JSONResponse(predict_answer(service, texts, await service.infer(long_text, texts=texts)))
+
+    @inference.post(EXPLAIN, response_model=ExplainResponse, responses=error_responses(400, 413, 503),
+                    summary="Which words moved each answer: the body of /predict, each word's attribution "
+                            "(leave-one-word-out occlusion)")
+    async def explain(body: predict_body) -> JSONResponse:  # type: ignore[valid-type]
+        texts, long_text = body.call(service)
+        return JSONResponse({"model": service.manifest.name,
+                             "explanations": await service.explain(long_text, texts)})
 
     @inference.post(INFER, response_model=InferResponse, responses=error_responses(400, 404, 413, 503),
                     summary="V2 inference: text as a BYTES tensor, or input_ids/attention_mask as INT64 tensors")

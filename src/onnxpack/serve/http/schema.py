@@ -15,6 +15,7 @@ from ..service import Answer, Service
 from ..v2 import OUTPUTS, TEXT_INPUT, V2, Call, Tensor, text_type, texts_type
 
 PREDICT = "/predict"
+EXPLAIN = "/explain"
 INFER = "/v2/models/{name}/infer"
 # Any value is taken here and checked by Service.long_text, so a wrong one gets the same line from every
 # protocol (gRPC's parameters included); the schema lists the modes.
@@ -83,6 +84,30 @@ class PredictResponse(BaseModel):
     model: str
     predictions: list[Prediction] = Field(description="one per text, in order: what `onnxpack predict` prints")
     truncated: list[int] = Field(description="indices of texts cut to the package's max_length tokens")
+
+
+class ExplainedWord(BaseModel):
+    part: int | None = Field(None, description="pair models: 0 for a word of the first text, 1 of the second")
+    word: str = Field(description="a run of characters between spaces")
+    start: int = Field(description="its character offsets in the text (in text[part] for a pair)")
+    end: int
+    attribution: float | None = Field(description="how much the label's score falls without the word; null: "
+                                                   "not read (past the window under truncate)")
+
+
+class Explanation(BaseModel):
+    text: str | tuple[str, str]
+    label: str = Field(description="the label explained: the predicted one")
+    score: float
+    predicted: str
+    windows: int = Field(description="the windows the text was read in")
+    words: list[ExplainedWord]
+
+
+class ExplainResponse(BaseModel):
+    model: str
+    explanations: list[Explanation] = Field(description="one per text, in order: what `onnxpack explain --json` "
+                                                        "writes")
 
 
 class Liveness(BaseModel):
