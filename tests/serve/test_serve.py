@@ -623,10 +623,11 @@ def test_serve_cli_takes_the_long_text_options(package_dir, monkeypatch):
     monkeypatch.setattr(onnxpack.serve, "create_app", lambda package, config: made.setdefault("config", config))
     monkeypatch.setattr(onnxpack.serve, "run", lambda *args, **kwargs: None)
     result = CliRunner().invoke(cli_app, ["serve", str(package_dir), "--long-text", "chunk", "--max-windows", "16",
-                                          "--stride", "8", "--aggregate", "max"])
+                                          "--stride", "8", "--aggregate", "max", "--max-words", "100"])
     assert result.exit_code == 0, result.output
     config = made["config"]
     assert (config.long_text, config.max_windows, config.stride, config.aggregate) == ("chunk", 16, 8, "max")
+    assert config.max_words == 100
 
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"

@@ -195,8 +195,9 @@ def serve(
     stride: Optional[int] = option(ServeConfig, "stride"),
     aggregate: str = option(ServeConfig, "aggregate"),
     max_windows: int = option(ServeConfig, "max_windows"),
+    max_words: int = option(ServeConfig, "max_words"),
 ) -> None:
-    """Serve the package: /predict, the Open Inference Protocol (KServe V2) over HTTP and gRPC, /metrics and a web page."""
+    """Serve the package: /predict, /explain, the Open Inference Protocol (KServe V2) over HTTP and gRPC, /metrics and a web page."""
     from onnxpack.serve import create_app, run
 
     config = config_from(ServeConfig, locals())
