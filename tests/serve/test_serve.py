@@ -594,26 +594,25 @@ def _accepts(port: int) -> bool:
 
 # ---- the CLI, the web page in a browser, fuzzing ----
 
-def test_serve_cli_reports_bad_options_in_one_line(package_dir, tmp_path):
-    runner = CliRunner()
-    result = runner.invoke(cli_app, ["serve", str(tmp_path)])
+@pytest.mark.parametrize(("args", "message"), [
+    (["--max-batch", "0"], "error: --max-batch must be at least 1, got 0"),
+    (["--variant", "int4"], "no variant 'int4'"),
+    (["--instances", "0"], "error: --instances must be at least 1, got 0"),
+    (["--grpc-port", "70000"], "error: --grpc-port must be between 0 and 65535, got 70000"),
+    (["--long-text", "whole"], "error: --long-text must be truncate or chunk, got 'whole'"),
+    (["--aggregate", "median"], "error: --aggregate must be mean or max, got 'median'"),
+    (["--stride", "64"], "error: --stride must be smaller than the window (64 tokens), got 64"),
+    (["--max-windows", "0"], "error: --max-windows must be at least 1, got 0"),
+    (["--max-words", "0"], "error: --max-words must be at least 1, got 0"),
+])
+def test_serve_cli_reports_bad_options_in_one_line(package_dir, args, message):
+    result = CliRunner().invoke(cli_app, ["serve", str(package_dir), *args])
+    assert result.exit_code == 1 and message in result.output
+
+
+def test_serve_cli_refuses_a_folder_that_is_not_a_package(tmp_path):
+    result = CliRunner().invoke(cli_app, ["serve", str(tmp_path)])
     assert result.exit_code == 1 and "is not a package" in result.output
-    result = runner.invoke(cli_app, ["serve", str(package_dir), "--max-batch", "0"])
-    assert result.exit_code == 1 and "error: --max-batch must be at least 1, got 0" in result.output
-    result = runner.invoke(cli_app, ["serve", str(package_dir), "--variant", "int4"])
-    assert result.exit_code == 1 and "no variant 'int4'" in result.output
-    result = runner.invoke(cli_app, ["serve", str(package_dir), "--instances", "0"])
-    assert result.exit_code == 1 and "error: --instances must be at least 1, got 0" in result.output
-    result = runner.invoke(cli_app, ["serve", str(package_dir), "--grpc-port", "70000"])
-    assert result.exit_code == 1 and "error: --grpc-port must be between 0 and 65535, got 70000" in result.output
-    result = runner.invoke(cli_app, ["serve", str(package_dir), "--long-text", "whole"])
-    assert result.exit_code == 1 and "error: --long-text must be truncate or chunk, got 'whole'" in result.output
-    result = runner.invoke(cli_app, ["serve", str(package_dir), "--aggregate", "median"])
-    assert result.exit_code == 1 and "error: --aggregate must be mean or max, got 'median'" in result.output
-    result = runner.invoke(cli_app, ["serve", str(package_dir), "--stride", "64"])
-    assert result.exit_code == 1 and "error: --stride must be smaller than the window (64 tokens), got 64" in result.output
-    result = runner.invoke(cli_app, ["serve", str(package_dir), "--max-windows", "0"])
-    assert result.exit_code == 1 and "error: --max-windows must be at least 1, got 0" in result.output
 
 
 def test_serve_cli_takes_the_long_text_options(package_dir, monkeypatch):
