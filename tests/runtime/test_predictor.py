@@ -350,3 +350,9 @@ def test_chunk_reads_texts_a_slice_at_a_time_with_the_same_answers(predictor, mo
     sliced, sliced_windows = predictor.read(texts, long_text="chunk")
     np.testing.assert_allclose(sliced, whole, atol=1e-6)
     assert sliced_windows.tolist() == windows.tolist()
+    monkeypatch.setattr(predictor_module, "CHUNK_TEXTS", 256)
+    monkeypatch.setattr(predictor_module, "CHUNK_CHARS", len(LONG))  # and not the length of its texts either
+    assert list(predictor_module._slices(texts)) == [(0, 1), (1, 4), (4, 5)]
+    sliced, sliced_windows = predictor.read(texts, long_text="chunk")
+    np.testing.assert_allclose(sliced, whole, atol=1e-6)
+    assert sliced_windows.tolist() == windows.tolist()

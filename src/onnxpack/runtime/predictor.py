@@ -48,8 +48,11 @@ PROVIDER_ALIASES = {
     "coreml": "CoreMLExecutionProvider",
     "directml": "DmlExecutionProvider",
 }
-# chunk: texts tokenized into windows at a time; a 2,000-word text is about 30 windows of 128 tokens
+# chunk: texts tokenized into windows at a time, at most this many and this many characters (a
+# slice's tokenizer Encodings take about 160 bytes a token: a 2,000-word text about 30 windows of
+# 128 tokens; by texts alone, 300 texts of 20,000 words held 2.6 GB, docs/performance.md)
 CHUNK_TEXTS = 256
+CHUNK_CHARS = 1_000_000
 # Without --provider: the first of these that this ONNX Runtime build has, CPU as the fallback.
 DEFAULT_PROVIDER_ORDER = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -85,6 +88,20 @@ def serving_variant(package: Package, provider: str | None = None) -> str:
     on which other texts share its batch (a server batches strangers' texts together), among
     those gated on the providers `provider` resolves to (so `cpu` on a GPU host never gets fp16)."""
     return package.default_variant(resolve_providers(provider), batch_invariant=True)
+
+
+def _slices(texts: Sequence[Text]) -> Iterator[tuple[int, int]]:
+    """(start, end) of consecutive slices of at most CHUNK_TEXTS texts and CHUNK_CHARS characters
+    (a longer text is a slice of its own)."""
+    start, chars = 0, 0
+    for i, text in enumerate(texts):
+        size = sum(map(len, text)) if isinstance(text, (tuple, list)) else len(text)
+        if i > start and (i - start == CHUNK_TEXTS or chars + size > CHUNK_CHARS):
+            yield start, i
+            start, chars = i, 0
+        chars += size
+    if start < len(texts):
+        yield start, len(texts)
 
 
 @functools.cache
@@ -199,8 +216,8 @@ class Predictor:
         tokenizer = self.chunker(default_stride(self.max_length) if stride is None else stride)
         window_logits, owners = [], []
         # A slice of texts at a time: memory follows the slice's windows, not the whole input's.
-        for start in range(0, len(texts), CHUNK_TEXTS):
-            feed, owner = encode_windows(tokenizer, texts[start:start + CHUNK_TEXTS], self.input_names,
+        for start, end in _slices(texts):
+            feed, owner = encode_windows(tokenizer, texts[start:end], self.input_names,
                                          self.package.manifest.pad_token_id)
             logits = np.zeros((len(owner), len(self.labels)), dtype=np.float32)
             for batch, window_feed in self.encoded_batches(owner, batch_size, feed=feed):
