@@ -259,7 +259,9 @@ def main() -> None:
         print_cost(result)
     result["cpu"] = record | {"summary": summary, "cores": os.cpu_count()}
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        from onnxpack.core.atomic import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

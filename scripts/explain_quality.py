@@ -1,6 +1,6 @@
 """How faithful and how fast `explain` is, on a package and CoLA's validation rows.
 
-    python scripts/explain_quality.py PACKAGE [--variant V] [--data DIR] [--seed 0] [--runs 50] [--json out.json]
+    python scripts/explain_quality.py PACKAGE [--variant V] [--data DIR] [--rows N] [--seed 0] [--runs 50] [--json out.json]
 
 Faithfulness: over the rows of at least 6 words, delete the 2 words with the largest attributions,
 and (apart) 2 words drawn at random (seeded); the share of rows where the top-2 deletion lowers the
@@ -19,6 +19,7 @@ import time
 from onnxpack.core import cpu
 from onnxpack.core.atomic import atomic_write_text
 from onnxpack.core.data import load_splits
+from onnxpack.core.errors import OnnxpackError
 from onnxpack.core.package import Package
 from onnxpack.runtime.predictor import Predictor, serving_variant
 
@@ -67,16 +68,20 @@ def main() -> None:
     parser.add_argument("package")
     parser.add_argument("--variant", help="default: what serve runs (the package's serving variant)")
     parser.add_argument("--data", help="CoLA-style folder (default: the copy bundled with onnxpack)")
+    parser.add_argument("--rows", type=int, help="faithfulness: only the first N rows of >= 6 words")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
-    variant = args.variant or serving_variant(Package.open(args.package))
-    texts = [t for t in load_splits(args.data, need_train=False).validation.texts if len(t.split()) >= 6]
-    print(f"cpu: {cpu.summary()}")
-    with Predictor(args.package, variant=variant) as predictor:
-        figures = {"variant": variant, "cpu": cpu.record(), "speed": speed(predictor, args.runs),
-                   "faithfulness": faithfulness(predictor, texts, args.seed)}
+    try:
+        variant = args.variant or serving_variant(Package.open(args.package))
+        texts = [t for t in load_splits(args.data, need_train=False).validation.texts if len(t.split()) >= 6]
+        print(f"cpu: {cpu.summary()}")
+        with Predictor(args.package, variant=variant) as predictor:
+            figures = {"variant": variant, "cpu": cpu.record(), "speed": speed(predictor, args.runs),
+                       "faithfulness": faithfulness(predictor, texts[:args.rows], args.seed)}
+    except OnnxpackError as e:
+        raise SystemExit(f"error: {e}") from None
     s, f = figures["speed"], figures["faithfulness"]
     print(f"speed ({variant}, {s['words']} words, {s['runs']} runs): p50 {s['p50_ms']:.1f} ms, "
           f"p90 {s['p90_ms']:.1f} ms, min {s['min_ms']:.1f} ms")
