@@ -19,9 +19,10 @@ CONFIGS = {"train": options.TrainConfig, "export": options.ExportConfig, "verify
            "predict": options.PredictConfig, "optimize": options.OptimizeConfig, "bench": options.BenchConfig,
            "batch": options.BatchConfig, "serve": options.ServeConfig, "export-serving": options.ServingConfig,
            "check": options.CheckConfig, "inspect": options.InspectConfig, "graph": options.GraphConfig,
-           "profile": options.ProfileConfig, "explain": options.ExplainConfig}
+           "profile": options.ProfileConfig, "explain": options.ExplainConfig, "diff": options.DiffConfig}
 PIPELINE = ["train", "export", "verify", "demo", "optimize", "bench", "check", "export-serving", "thresholds",
-            "predict", "batch", "serve", "providers", "inspect", "explain", "graph", "profile", "view"]
+            "predict", "batch", "serve", "providers", "inspect", "explain", "graph", "profile", "view",
+            "diff"]
 
 
 def test_the_commands_are_the_pipeline_in_order():

@@ -123,3 +123,94 @@ def test_explain_bad_input(runner, package_dir, tmp_path, args, message):
                                  "--html", str(out / "w.html")])
     assert message in one_error_line(result)
     assert not out.exists()
+
+
+# --- diff --------------------------------------------------------------------------------------------------------
+
+def _relabelled(package_dir, out, labels):
+    """A copy of the package whose manifest names other labels (the manifest is not among the hashed files)."""
+    import shutil
+
+    root = shutil.copytree(package_dir, out)
+    manifest = json.loads((root / "manifest.json").read_text())
+    (root / "manifest.json").write_text(json.dumps(manifest | {"labels": labels}))
+    return root
+
+
+def test_diff_writes_json_and_html_and_gates_on_agreement(runner, package_dir, small_cola, tmp_path):
+    swapped = _relabelled(package_dir, tmp_path / "swapped", ["acceptable", "unacceptable"])  # every answer flips
+    out = tmp_path / "out"
+    args = ["diff", str(package_dir), str(swapped), "--data", str(small_cola), "--json", str(out / "d.json"),
+            "--html", str(out / "d.html")]
+    result = runner.invoke(app, [*args, "--min-agreement", "0"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "d.json").read_text())
+    assert report["agreement"] == 0.0 and report["passed"] and report["behaviour"]["flipped"] == 64
+    assert "agreement 0.0000: 64 of 64 rows flipped" in result.stdout and "flipped rows" in result.stdout
+    assert "<h2>Behaviour: agreement 0.0000" in (out / "d.html").read_text()
+    result = runner.invoke(app, [*args, "--min-agreement", "0.5"])
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[-1] == ("diff: labels agree on 0.0000 of the rows (64 of 64 flipped), under "
+                                               "--min-agreement 0.5")
+    assert "Traceback" not in result.output and not json.loads((out / "d.json").read_text())["passed"]
+    result = runner.invoke(app, ["diff", f"{package_dir}@fp32", str(package_dir), "--data", str(small_cola)])
+    assert result.exit_code == 0 and "agreement 1.0000 ≥ --min-agreement 0.99" in result.stdout
+
+
+def test_diff_different_label_sets(runner, package_dir, small_cola, tmp_path):
+    renamed = _relabelled(package_dir, tmp_path / "renamed", ["bad", "good"])
+    out = tmp_path / "out"
+    args = ["diff", str(package_dir), str(renamed), "--data", str(small_cola), "--json", str(out / "d.json"),
+            "--html", str(out / "d.html")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "manifests" in result.stdout and "weights" in result.stdout  # the structure, shown
+    assert result.stderr.splitlines() == [(
+        "error: A's labels ['unacceptable', 'acceptable'] and B's ['bad', 'good'] differ, so their answers cannot be "
+        "compared (hint: map them with --map-labels A's=B's,... (e.g. bad=unacceptable,good=acceptable))")]
+    assert not out.exists()
+    result = runner.invoke(app, [*args, "--map-labels", "unacceptable=bad,acceptable=good"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "d.json").read_text())["agreement"] == 1.0
+
+
+@pytest.mark.parametrize(("which", "extra", "message"), [
+    ("empty_dir", [], "{empty_dir} is not a package: it has no manifest.json"),
+    ("broken", [], "{broken}/manifest.json is not valid JSON"),
+    ("missing", [], "{missing} does not exist"),
+    ("unknown_variant", [], "package {package} has no variant 'nope'; it has fp32"),
+    ("not_onnx", [], "{not_onnx} is not a readable ONNX model"),
+    ("file_at_variant", [], "{package}/model.onnx is a single file; @fp32 names a variant of a package folder"),
+    ("package", ["--map-labels", "bad"], "--map-labels takes A's label=B's label, comma-separated; got 'bad'"),
+    ("package", ["--map-labels", "nope=acceptable,unacceptable=unacceptable"],
+     "--map-labels maps 'nope', which is not one of A's labels ['unacceptable', 'acceptable']"),
+    ("package", ["--map-labels", "unacceptable=acceptable"], "--map-labels maps two of A's labels to B's 'acceptable'"),
+    ("package", ["--min-agreement", "1.5"], "--min-agreement must be between 0 and 1, got 1.5"),
+])
+def test_diff_bad_input(runner, package_dir, tmp_path, which, extra, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "manifest.json").write_text('{"format_version": 1, "labels": [')
+    (tmp_path / "notes.onnx").write_text("not a model\n")
+    places = {"empty_dir": tmp_path / "empty", "broken": tmp_path / "broken", "missing": tmp_path / "none",
+              "package": package_dir,
+              "unknown_variant": f"{package_dir}@nope", "not_onnx": tmp_path / "notes.onnx",
+              "file_at_variant": f"{package_dir / 'model.onnx'}@fp32"}
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["diff", str(package_dir), str(places[which]), *extra, "--json", str(out / "d.json"),
+                                 "--html", str(out / "d.html")])
+    expected = message.format(package=package_dir, **{k: v for k, v in places.items() if k != "package"})
+    assert one_error_line(result).startswith(f"error: {expected}")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("case", ["random_bytes", "external_parent", "custom_domain", "renamed_inputs", "swapped_graph"])
+@pytest.mark.parametrize("side", ["a", "b"])
+def test_diff_refuses_a_hostile_package_on_either_side(runner, package_dir, tmp_path, case, side):
+    from conftest import hostile_package
+
+    hostile = hostile_package(package_dir, tmp_path / "p", case)
+    pair = [hostile, package_dir] if side == "a" else [package_dir, hostile]
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["diff", *map(str, pair), "--json", str(out / "d.json"), "--html", str(out / "d.html")])
+    one_error_line(result)
+    assert not out.exists()

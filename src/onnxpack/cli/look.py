@@ -1,4 +1,5 @@
-"""The look panel: inspect, explain, graph, profile and view: what is inside a package and its answers, read-only."""
+"""The look panel: inspect, explain, graph, profile, view and diff: what is inside a package and its answers,
+read-only."""
 
 from __future__ import annotations
 
@@ -7,9 +8,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from onnxpack.core.config import ExplainConfig, GraphConfig, InspectConfig, ProfileConfig
+from onnxpack.core.config import (
+    DiffConfig,
+    ExplainConfig,
+    GraphConfig,
+    InspectConfig,
+    ProfileConfig,
+)
 
 from .app import LOOK, app, config_from, console, option, stdout
 
@@ -222,3 +230,182 @@ def view(
     url = netron_view(path, variant=variant, port=port, browse=browse)
     console.print(f"Netron is showing {path} at [bold]{url}[/] (Ctrl-C stops it)")
     wait()
+
+
+SHOWN_FLIPS = 50  # flipped rows the terminal lists; --json and --html have every one
+
+
+@app.command(rich_help_panel=LOOK)
+def diff(
+    a: str = typer.Argument(..., help="A: a package folder (PACKAGE@VARIANT for one of its variants) or an "
+                                      ".onnx file."),
+    b: str = typer.Argument(..., help="B: the same kinds; compared with A."),
+    data: Optional[str] = option(DiffConfig, "data"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the whole comparison here as JSON."),
+    html_out: Optional[Path] = typer.Option(None, "--html", help="Write it as a self-contained HTML page here."),
+    min_agreement: float = option(DiffConfig, "min_agreement"),
+    map_labels: Optional[str] = option(DiffConfig, "map_labels"),
+    batch_size: Optional[int] = option(DiffConfig, "batch_size"),
+    provider: Optional[str] = option(DiffConfig, "provider"),
+    threads: Optional[int] = option(DiffConfig, "threads"),
+) -> None:
+    """Compare two packages, variants or .onnx files: their structure, and their answers on the same
+    rows (agreement, flipped rows, metric, McNemar). Exits 1 when agreement is under --min-agreement."""
+    from rich.progress import Progress
+
+    from onnxpack.core.atomic import atomic_write_text
+    from onnxpack.inspection.diff import BehaviourRefused, html_page
+    from onnxpack.inspection.diff import diff as run_diff
+
+    config = config_from(DiffConfig, locals())
+    config.validate()
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
+        tasks: dict[str, Any] = {"structure": progress.add_task("comparing the graphs", total=None)}
+
+        def step(side: str, done: int, total: int) -> None:
+            if "structure" in tasks:
+                progress.remove_task(tasks.pop("structure"))
+            if side not in tasks:
+                tasks[side] = progress.add_task(f"running {side} on the rows", total=total)
+            progress.update(tasks[side], completed=done)
+
+        try:
+            result = run_diff(a, b, config, progress=step)
+        except BehaviourRefused as e:
+            refused = e
+        else:
+            refused = None
+    if refused is not None:
+        if refused.result is not None:
+            print_diff(refused.result.to_dict())
+        raise refused
+    report = result.to_dict()
+    # Both files are made before either is written, so a failure leaves neither half-done.
+    pages = {path: text for path, text in ((json_out, json.dumps(report, indent=2, ensure_ascii=False) + "\n"),
+                                           (html_out, html_page(report) if html_out else "")) if path}
+    for path, text in pages.items():
+        atomic_write_text(path, text)
+    print_diff(report)
+    if not result.passed:
+        be = report["behaviour"]
+        console.print(f"diff: labels agree on {be['agreement']:.4f} of the rows ({be['flipped']} of {be['n']} "
+                      f"flipped), under --min-agreement {config.min_agreement:g}", highlight=False, markup=False,
+                      soft_wrap=True)
+        raise typer.Exit(1)
+
+
+def _pair(a: Any, b: Any, fmt: str = "{}") -> tuple[str, str, str]:
+    """Two values as cells, and a marker when they differ."""
+    def show(value: Any) -> str:
+        return "—" if value is None else escape(fmt.format(value))
+
+    return show(a), show(b), "" if a == b else "[yellow]≠[/]"
+
+
+def print_diff(r: dict[str, Any]) -> None:
+    s, be = r["structure"], r["behaviour"]
+    stdout.print(f"[bold]A[/] {escape(r['a']['title'])}  [bold]B[/] {escape(r['b']['title'])}", highlight=False)
+    ident, params = s["identity"], s["parameters"]
+    table = Table(title="structure" + (" (the same file)" if ident["same_file"] else ""))
+    for col in ("", "A", "B", ""):
+        table.add_column(col)
+    rows = [("sha256", *_pair(ident["sha256"]["a"][:16], ident["sha256"]["b"][:16])),
+            ("size", *_pair(ident["bytes"]["a"] / 1e6, ident["bytes"]["b"] / 1e6, "{:.1f} MB")),
+            ("IR version", *_pair(ident["ir_version"]["a"], ident["ir_version"]["b"])),
+            *((f"opset {escape(d)}", *_pair(v["a"], v["b"])) for d, v in ident["opsets"].items()),
+            ("nodes", *_pair(s["ops"]["nodes"]["a"], s["ops"]["nodes"]["b"])),
+            ("parameters", *_pair(params["parameters"]["a"], params["parameters"]["b"], "{:,}")),
+            ("weights", *_pair(params["bytes"]["a"] / 1e6, params["bytes"]["b"] / 1e6, "{:.1f} MB")),
+            ("initializers", *_pair(params["initializers"]["a"], params["initializers"]["b"]))]
+    for row in rows:
+        table.add_row(*row)
+    stdout.print(table)
+    ops = s["ops"]
+    if ops["added"] or ops["removed"]:
+        stdout.print("op types added: " + (", ".join(f"{escape(op)} +{n}" for op, n in ops["added"].items()) or "none")
+                     + "; removed: " + (", ".join(f"{escape(op)} -{n}" for op, n in ops["removed"].items()) or "none"),
+                     highlight=False, soft_wrap=True)
+    else:
+        stdout.print("op types: the same, in the same counts")
+    w = s["weights"]
+    moved = [t for t in w["tensors"] if t["max_abs_diff"]]
+    table = Table(title=f"weights: {w['matched']} tensors matched by name and shape (A has {w['a']}, B {w['b']}); "
+                        f"{w['identical']} identical, {len(moved)} differ")
+    for col in ("tensor", "shape", "max |Δ|", "relative"):
+        table.add_column(col)
+    for t in moved[:10]:
+        table.add_row(escape(t["name"]), " × ".join(map(str, t["shape"])), f"{t['max_abs_diff']:.3g}",
+                      "—" if t["relative"] is None else f"{t['relative']:.3g}")
+    stdout.print(table if moved else table.title, highlight=False)
+    for side in ("inputs", "outputs"):
+        c = s["contract"][side]
+        if c["same"]:
+            stdout.print(f"{side}: the same ({', '.join(escape(t['name']) for t in c['a'])})", highlight=False)
+        else:
+            changes = ([f"only in A: {escape(n)}" for n in c["only_a"]]
+                       + [f"only in B: {escape(n)}" for n in c["only_b"]]
+                       + [f"{escape(ch['name'])}: {escape(str(ch['a']['dims']))} {escape(ch['a']['dtype'])} → "
+                          f"{escape(str(ch['b']['dims']))} {escape(ch['b']['dtype'])}" for ch in c["changed"]])
+            stdout.print(f"[yellow]{side} differ[/]: " + "; ".join(changes), highlight=False, soft_wrap=True)
+    m = s["manifest"]
+    if m["packages"]["a"] or m["packages"]["b"]:
+        table = Table(title="manifests")
+        for col in ("", "A", "B", ""):
+            table.add_column(col)
+        for key, v in m["fields"].items():
+            table.add_row(key.replace("_", " "), *_pair(v["a"], v["b"]))
+        stdout.print(table)
+        table = Table(title="variants: gate figures (MCC, agreement with fp32, rows/s)")
+        for col in ("variant", "A", "B"):
+            table.add_column(col)
+        for name, v in m["variants"].items():
+            table.add_row(escape(name), *(_figures(v[side]) for side in ("a", "b")))
+        stdout.print(table)
+    if be is None:
+        return
+    label = "labelled" if be["labelled"] else "unlabelled"
+    table = Table(title=f"behaviour on {be['n']} {label} rows of {escape(be['data'])} (batch size {be['batch_size']})")
+    for col in ("", "A", "B", "change"):
+        table.add_column(col)
+    runs = be["runs"]
+    table.add_row("variant", escape(str(runs["a"]["variant"] or "-")), escape(str(runs["b"]["variant"] or "-")), "")
+    table.add_row("seconds", f"{runs['a']['seconds']:.2f}", f"{runs['b']['seconds']:.2f}", "")
+    if be["metric"]:
+        metric = be["metric"]
+        table.add_row(metric["title"], f"{metric['a']:.4f}", f"{metric['b']:.4f}", f"{metric['change']:+.4f}")
+        acc = metric["acc"]
+        table.add_row("accuracy", f"{acc['a']:.4f}", f"{acc['b']:.4f}", f"{acc['b'] - acc['a']:+.4f}")
+    stdout.print(table)
+    stdout.print(f"agreement [bold]{be['agreement']:.4f}[/]: {be['flipped']} of {be['n']} rows flipped; "
+                 f"max |Δlogit| {be['max_abs_logit_diff']:.3g}", highlight=False)
+    if be["mcnemar"]:
+        mc = be["mcnemar"]
+        stdout.print(f"exact McNemar: A right and B wrong on {mc['a_right_b_wrong']} rows, A wrong and B right on "
+                     f"{mc['a_wrong_b_right']}; p = {mc['p_value']:.3g}", highlight=False)
+    if be["flips"]:
+        table = Table(title="flipped rows" + (f" (the first {SHOWN_FLIPS} of {len(be['flips'])})"
+                                              if len(be["flips"]) > SHOWN_FLIPS else ""))
+        for col in ("row", "text", "true", "A", "B"):
+            table.add_column(col, overflow="fold")
+        for f in be["flips"][:SHOWN_FLIPS]:
+            text = " | ".join(f["text"]) if isinstance(f["text"], list) else f["text"]
+            true = ", ".join(f["label"]) if isinstance(f["label"], list) else f["label"]
+            table.add_row(str(f["row"]), escape(text), "—" if true is None else escape(true),
+                          *(escape(_answer(f[side])) for side in ("a", "b")))
+        stdout.print(table)
+    stdout.print(f"agreement {be['agreement']:.4f} " + ("[green]≥[/]" if r["passed"] else "[red]<[/]")
+                 + f" --min-agreement {r['min_agreement']:g}", highlight=False)
+
+
+def _figures(figures: dict[str, Any] | None) -> str:
+    if figures is None:
+        return "—"
+    parts = [f"MCC {figures['mcc']:.4f}" if "mcc" in figures else "",
+             f"agr {figures['agreement']:.4f}" if figures.get("agreement") is not None else "",
+             f"{figures['items_per_s']:g}/s" if figures.get("items_per_s") else ""]
+    return ", ".join(p for p in parts if p) or "(no gate figures)"
+
+
+def _answer(answer: dict[str, Any]) -> str:
+    labels = answer.get("labels")
+    return f"{', '.join(labels) if labels is not None else answer['label']} {answer['score']:.3f}"

@@ -398,3 +398,26 @@ class ProfileConfig(Options):
     warmup: int = option(3, "Untimed runs first: allocations and thread-pool start-up.", min=0)
     threads: int | None = option(None, "ONNX Runtime intra-op threads (default: its own).", min=1)
     provider: str | None = option(None, "ONNX Runtime execution provider.")
+
+
+@dataclasses.dataclass
+class DiffConfig(Options):
+    data: str | None = option(None, "Texts to run both sides on: a folder like optimize's --data (labelled), or a "
+                                    "text file, one text per line (no labels); default: the validation set "
+                                    f"optimize gates on ({DATA_DEFAULT.removeprefix('default: ')}).")
+    # the bar optimize holds a variant to
+    min_agreement: float = option(OptimizeConfig.min_agreement, "Exit 1 when the two sides' labels agree on fewer "
+                                                                "rows than this.", min=0, max=1)
+    map_labels: tuple[str, ...] | None = option(None, "When the label sets differ: A's label=B's label, "
+                                                      "comma-separated, e.g. bad=unacceptable,good=acceptable.")
+    batch_size: int | None = option(None, "Rows per batch (default: the batch size optimize gated B with, from "
+                                          "its manifest; else 32).", min=1)
+    provider: str | None = option(None, "ONNX Runtime execution provider.")
+    threads: int | None = option(None, "ONNX Runtime intra-op threads (default: its own).", min=1)
+
+    def check(self) -> None:
+        for item in self.map_labels or ():
+            a, sep, b = item.partition("=")
+            if not sep or not a.strip() or not b.strip() or "=" in b:
+                raise OnnxpackError(f"--map-labels takes A's label=B's label, comma-separated; got {item!r}",
+                                    hint="pass e.g. --map-labels bad=unacceptable,good=acceptable")
