@@ -9,16 +9,20 @@ graph, profile, bench, optimize, export-serving). It does, in order:
    Runtime's own (a custom domain would need a custom-op library, which onnxpack never loads);
    external data only as plain files in the graph's folder (no `..`, no absolute path, no symlink,
    only the keys ONNX defines, within the file's length); every tensor's declared size equal to
-   the bytes it stores; then onnx.checker (cycles, recursive functions, unknown ops).
-2. `probe`, in a subprocess under RLIMIT_AS and a wall-clock limit: an ONNX Runtime session and one
-   inference on a small feed. A Loop that never ends or a ConstantOfShape of 10^12 elements fails
-   here, and the subprocess is killed, not this one.
+   the bytes it stores; no Loop that provably cannot finish, in any subgraph (loops.py: a constant
+   trip count over 2^20, or no trip count and a condition its body keeps true), so a Loop bomb costs
+   a line, not a time limit; then onnx.checker (cycles, recursive functions, unknown ops).
+2. `probe`, in a subprocess under RLIMIT_AS and a wall-clock limit that grows with the graph's size
+   (`probe_timeout`): an ONNX Runtime session and one inference on a small feed. A Loop that never
+   ends in a way the static checks cannot prove, or a ConstantOfShape of 10^12 elements, fails here,
+   and the subprocess is killed, not this one.
 A file that passes is remembered by its sha256 (and the ONNX Runtime version) in the user's cache,
 so the probe runs once per file; graphs onnxpack writes itself are remembered as they are written.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import subprocess
@@ -30,17 +34,40 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from .errors import OnnxpackError, PackageError
+from .loops import MAX_TURNS, endless_loop
 from .onnxfile import dtype_name
 from .package import Package, sha256_file
 
 KNOWN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onnx.preview.training"}
 EXTERNAL_KEYS = {"location", "offset", "length", "checksum"}
-PROBE_TIMEOUT_S = float(os.environ.get("ONNXPACK_PROBE_TIMEOUT", 60))
+# The probe's time limit: PROBE_BASE_S plus PROBE_S_PER_GB per GB of graph and external data, unless
+# $ONNXPACK_PROBE_TIMEOUT (seconds) sets it for every graph. Measured (2 cores shared with a test run,
+# load 4-5, AMD EPYC, ONNX Runtime 1.32, page cache warm): the whole probe, Python start-up included,
+# takes 0.4-0.8 s for the 91 MB MiniLM package, 2.7-6.6 s for a 1.34 GB BERT-large and 3.1-7.3 s for a
+# 3.5 GB BERT (hidden 2048, 16 layers, external data): under 1 s plus at most 4.5 s per GB. The limit
+# allows 15 s plus 10 s per GB (16 s for MiniLM, 28 s and 50 s for the others), over twice the worst
+# slope and as much as reading the weights from a cold disk at 100 MB/s.
+PROBE_BASE_S = 15.0
+PROBE_S_PER_GB = 10.0
+
+
+def _env_seconds(default: float) -> float:
+    """$ONNXPACK_PROBE_TIMEOUT in seconds; `default` when it is unset or not a positive number (the probe
+    itself refuses a bad value in one line: probe_timeout)."""
+    try:
+        seconds = float(os.environ.get("ONNXPACK_PROBE_TIMEOUT", "").strip() or default)
+    except ValueError:
+        return default
+    return seconds if math.isfinite(seconds) and seconds > 0 else default
+
+
+# serve's warm-up watchdog (serve/runner.py) reads this: $ONNXPACK_PROBE_TIMEOUT, else 60 s as before.
+PROBE_TIMEOUT_S = _env_seconds(60.0)
 PROBE_MEMORY_BYTES = int(os.environ.get("ONNXPACK_PROBE_MEMORY", 8 << 30))
 PROBE_SEQ = 8  # tokens per row of the probe's feed
 HINT = "only load ONNX files you trust; re-export it with `onnxpack export` if it is yours"
 
-_refused: dict[str, str] = {}  # sha256 -> why ("{path}" for its name), for this process: probed once
+_refused: dict[str, tuple[str, str | None]] = {}  # sha256 -> why ("{path}" for its name) and hint: probed once
 
 
 def _cache_dir() -> Path:
@@ -69,18 +96,19 @@ def trust(path: str | Path, package: Package | None = None) -> None:
         raise OnnxpackError(f"{path} does not exist", hint="pass a package folder or an .onnx file")
     digest = sha256_file(path)
     if digest in _refused:  # the same bytes, perhaps under another name
-        raise OnnxpackError(_refused[digest].replace("{path}", str(path)), hint=HINT)
+        why, hint = _refused[digest]
+        raise OnnxpackError(why.replace("{path}", str(path)), hint=hint)
     if _marker(digest).is_file():
         if package is not None:
             check_inputs(path, [(t.name, t.dtype) for t in package.manifest.inputs])
         return
     try:
-        check_file(path)
+        proto = check_file(path)
         if package is not None:
             check_inputs(path, [(t.name, t.dtype) for t in package.manifest.inputs])
-        probe(path)
+        probe(path, graph_bytes(path, proto))
     except OnnxpackError as e:
-        _refused[digest] = e.message.replace(str(path), "{path}")
+        _refused[digest] = (e.message.replace(str(path), "{path}"), e.hint)
         raise
     remember(path)
 
@@ -118,11 +146,24 @@ def check_file(path: Path) -> onnx.ModelProto:
                             "custom-op libraries a model asks for", hint=HINT)
     for tensor in _tensors(proto):
         _check_tensor(tensor, path)
-    try:
-        onnx.checker.check_model(proto)
+    # Before onnx.checker, so a Loop bomb is named as one even where the graph has other faults too.
+    endless = endless_loop(proto, path.parent)
+    if endless:
+        raise OnnxpackError(f"{path}: {endless}; onnxpack refuses graphs that cannot finish",
+                            hint=f"a Loop must end by a trip count of at most {MAX_TURNS} or by a condition its "
+                            "body computes; only load ONNX files you trust")
+    try:  # by path where there is external data: its files are found beside the graph, not in the cwd
+        external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in _tensors(proto))
+        onnx.checker.check_model(str(path) if external else proto)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, RecursionError) as e:
         raise OnnxpackError(f"{path} is not a valid ONNX graph: {_first_line(e)}", hint=HINT) from None
     return proto
+
+
+def graph_bytes(path: Path, proto: onnx.ModelProto) -> int:
+    """What ONNX Runtime reads to make a session: the graph file and its external data (checked)."""
+    return path.stat().st_size + sum(_external_length(t, path) for t in _tensors(proto)
+                                      if t.data_location == onnx.TensorProto.EXTERNAL)
 
 
 def _graphs(proto: onnx.ModelProto) -> Iterator[onnx.GraphProto]:
@@ -208,15 +249,35 @@ def _external_length(tensor: onnx.TensorProto, path: Path) -> int:
     return length
 
 
-def probe(path: Path) -> None:
-    """An ONNX Runtime session and one small inference, in a subprocess under memory and time limits."""
+def probe_timeout(size_bytes: int) -> float:
+    """The probe's time limit for a graph of `size_bytes` (file and external data), in seconds:
+    $ONNXPACK_PROBE_TIMEOUT when set, else PROBE_BASE_S + PROBE_S_PER_GB per GB (10^9 bytes)."""
+    text = os.environ.get("ONNXPACK_PROBE_TIMEOUT", "").strip()
+    if not text:
+        return PROBE_BASE_S + PROBE_S_PER_GB * max(size_bytes, 0) / 1e9
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise OnnxpackError(f"ONNXPACK_PROBE_TIMEOUT={text!r} is not a number of seconds",
+                            hint=f"unset it (the limit is then {PROBE_BASE_S:.0f} s + {PROBE_S_PER_GB:.0f} s per GB "
+                            "of graph), or set it to a positive number such as 60")
+    return seconds
+
+
+def probe(path: Path, size_bytes: int | None = None) -> None:
+    """An ONNX Runtime session and one small inference, in a subprocess under memory and time limits;
+    `size_bytes` (the graph and its external data) sets the time limit, the file's size when None."""
+    limit = probe_timeout(path.stat().st_size if size_bytes is None else size_bytes)
     try:
         result = subprocess.run([sys.executable, "-m", "onnxpack.core.untrusted", str(path)], capture_output=True,
-                                text=True, timeout=PROBE_TIMEOUT_S, stdin=subprocess.DEVNULL,
+                                text=True, timeout=limit, stdin=subprocess.DEVNULL,
                                 env={**os.environ, "OMP_NUM_THREADS": "1"})
     except subprocess.TimeoutExpired:
-        raise OnnxpackError(f"{path} did not load and run one small inference within {PROBE_TIMEOUT_S:.0f} s "
-                            "(a Loop that never ends, or a graph far too big for this machine)", hint=HINT) from None
+        raise OnnxpackError(f"{path} did not load and run one small inference within {limit:.0f} s "
+                            "(a Loop that never ends, or a graph far too big for this machine)",
+                            hint=f"{HINT}; ONNXPACK_PROBE_TIMEOUT=SECONDS sets the limit") from None
     if result.returncode != 0:
         why = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]
         if result.returncode < 0 or "bad_alloc" in why or "MemoryError" in why or "allocat" in why.lower():
