@@ -31,7 +31,6 @@ ACCEPTANCE_S = 5  # ../shared/acceptance/operations: a Loop bomb refused within 
 @pytest.fixture(autouse=True)
 def short_probe(monkeypatch):
     monkeypatch.setenv("ONNXPACK_PROBE_TIMEOUT", str(PROBE_TIMEOUT_S))  # for this process and the CLI's children
-    monkeypatch.setattr(untrusted, "PROBE_TIMEOUT_S", PROBE_TIMEOUT_S)  # serve's warm-up watchdog
 
 
 COMMANDS = {

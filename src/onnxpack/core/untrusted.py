@@ -51,18 +51,6 @@ PROBE_BASE_S = 15.0
 PROBE_S_PER_GB = 10.0
 
 
-def _env_seconds(default: float) -> float:
-    """$ONNXPACK_PROBE_TIMEOUT in seconds; `default` when it is unset or not a positive number (the probe
-    itself refuses a bad value in one line: probe_timeout)."""
-    try:
-        seconds = float(os.environ.get("ONNXPACK_PROBE_TIMEOUT", "").strip() or default)
-    except ValueError:
-        return default
-    return seconds if math.isfinite(seconds) and seconds > 0 else default
-
-
-# serve's warm-up watchdog (serve/runner.py) reads this: $ONNXPACK_PROBE_TIMEOUT, else 60 s as before.
-PROBE_TIMEOUT_S = _env_seconds(60.0)
 PROBE_MEMORY_BYTES = int(os.environ.get("ONNXPACK_PROBE_MEMORY", 8 << 30))
 PROBE_SEQ = 8  # tokens per row of the probe's feed
 HINT = "only load ONNX files you trust; re-export it with `onnxpack export` if it is yours"

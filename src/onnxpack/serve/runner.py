@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from onnxpack.core import untrusted
 from onnxpack.core.errors import OnnxpackError
+from onnxpack.core.package import graph_files
 
 from .service import Service, exit_after, exit_unless_ready
 
@@ -96,7 +97,9 @@ def run(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, access_log: boo
 
     server = Server(uvicorn_config(app, host, port, access_log))
     service.on_failure = lambda: setattr(server, "should_exit", True)
-    threading.Thread(target=exit_unless_ready, args=(service, untrusted.PROBE_TIMEOUT_S), daemon=True).start()
+    # The warm-up is a graph's first run, as the probe's is: the same limit, which grows with the graph.
+    size = sum(f.stat().st_size for f in graph_files(service.package.variant_path(service.config.variant)))
+    threading.Thread(target=exit_unless_ready, args=(service, untrusted.probe_timeout(size)), daemon=True).start()
     server.run()
     if service.failed:
         raise OnnxpackError(f"could not serve {service.package.root}: {service.failed}")
