@@ -44,6 +44,7 @@ COMMANDS = {
     "batch": lambda pkg, out: ["batch", str(pkg), "--input", str(out / "in.tsv"), "--output", str(out / "o.jsonl")],
     "export-serving": lambda pkg, out: ["export-serving", str(pkg), "--triton", str(out / "triton")],
     "check": lambda pkg, out: ["check", str(pkg)],
+    "diff": lambda pkg, out: ["diff", str(pkg), str(pkg), "--json", str(out / "diff.json")],
 }
 
 
