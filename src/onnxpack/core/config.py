@@ -421,3 +421,29 @@ class DiffConfig(Options):
             if not sep or not a.strip() or not b.strip() or "=" in b:
                 raise OnnxpackError(f"--map-labels takes A's label=B's label, comma-separated; got {item!r}",
                                     hint="pass e.g. --map-labels bad=unacceptable,good=acceptable")
+
+
+@dataclasses.dataclass
+class MonitorConfig(Options):
+    WINDOW_UNITS: ClassVar[dict[str, int]] = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+    window: str | None = option(None, "Compare only the log's last stretch of this long, by the records' own "
+                                      "times: 90s, 30m, 1h, 2d (default: the whole log).")
+    # the usual bar: under 0.1 no shift, 0.1-0.25 a moderate one, over 0.25 a large one
+    max_psi: float = option(0.25, "Exit 1 when any quantity's PSI against the reference is over this.", above=0)
+
+    def check(self) -> None:
+        self.window_seconds()
+
+    def window_seconds(self) -> float | None:
+        """--window in seconds (None: the whole log)."""
+        if self.window is None:
+            return None
+        number, unit = self.window.strip().rstrip("smhd"), self.window.strip()[len(self.window.strip().rstrip("smhd")):]
+        try:
+            seconds = float(number) * self.WINDOW_UNITS[unit]
+        except (ValueError, KeyError):
+            seconds = float("nan")
+        if not seconds > 0 or seconds == float("inf"):
+            raise OnnxpackError(f"--window must be a positive duration such as 90s, 30m, 1h or 2d, got {self.window!r}")
+        return seconds

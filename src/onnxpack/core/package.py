@@ -58,6 +58,10 @@ class Manifest:
     files: dict[str, str] = dataclasses.field(default_factory=dict)  # file name -> sha256
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     parity: dict[str, Any] | None = None
+    # What the served variant answers on the validation set, for `onnxpack monitor` and serve's /metrics
+    # (runtime/monitor.py): label counts, score and length histograms with their edges, unknown-token and
+    # truncation rates. Stored by verify and optimize.
+    reference: dict[str, Any] | None = None
     # {"num_heads", "hidden_size", "num_layers", "vocab_size"}: what graph optimizers need to know
     architecture: dict[str, int] = dataclasses.field(default_factory=dict)
     # Accepted variants by name ("fp32" is model.onnx): {"file", "mcc", "mcc_drop", "agreement", "items_per_s", ...}

@@ -17,7 +17,8 @@ from onnxpack.core.errors import CheckpointError, ParityError
 from onnxpack.core.metrics import predictions, scores
 from onnxpack.core.package import now
 from onnxpack.runtime.feed import Text, check_row_kind
-from onnxpack.runtime.predictor import Predictor
+from onnxpack.runtime.monitor import reference_profile
+from onnxpack.runtime.predictor import Predictor, serving_variant
 
 from .export import LogitsModel
 from .localize import localize
@@ -80,11 +81,24 @@ def verify(package_dir: str | Path, data: str | None = None, checkpoint: str | P
 
     if json_out:
         atomic_write_text(Path(json_out), json.dumps(report.to_dict(), indent=2) + "\n")
-    package.update_manifest(parity={k: v for k, v in report.to_dict().items() if k != "failures"})
+    package.update_manifest(parity={k: v for k, v in report.to_dict().items() if k != "failures"},
+                            reference=_reference(predictor, run.onnx_logits, splits.validation.texts, config,
+                                                 splits.source))
     if not report.passed:
         raise ParityError(f"{package.root} fails verification on {report.n} rows: {'; '.join(report.failures)}",
                           report=report)
     return report
+
+
+def _reference(predictor: Predictor, logits: np.ndarray, texts: list[Text], config: VerifyConfig,
+               data: str) -> dict[str, Any]:
+    """The reference profile `monitor` and the server compare live answers with: what the variant
+    `serve` runs answers on the validation set (the verified variant's logits when it is that one)."""
+    served = serving_variant(predictor.package, config.provider)
+    if served != predictor.variant:
+        with Predictor(predictor.package, provider=config.provider, variant=served) as other:
+            logits = other.predict_logits(texts, config.batch_size)
+    return reference_profile(predictor.package, texts, logits, served, data)
 
 
 @dataclasses.dataclass

@@ -54,7 +54,8 @@ from onnxpack.core.registry import Registry
 
 from . import cascade
 from .feed import Text, check_row_kind, encode, package_tokenizer
-from .predictor import Predictor, available_providers
+from .monitor import reference_profile
+from .predictor import Predictor, available_providers, serving_variant
 
 log = logging.getLogger(__name__)
 
@@ -565,6 +566,7 @@ class Ladder:
         self.fp32_logits, self.fp32_figures = _gate_run(package, None, self.texts, self.labels, self.thresholds,
                                                         config)
         self.built: dict[str, Path] = {FP32: package.model_path}  # accepted graphs, the bases of later rungs
+        self.logits: dict[str, np.ndarray] = {FP32: self.fp32_logits}  # each variant's last validation run
         self.entries: dict[str, dict[str, Any]] = {}  # accepted variants' manifest entries
         self.gated: dict[str, GateResult] = {}
 
@@ -587,6 +589,19 @@ class Ladder:
         if keep:
             _add_variants(self.package, {name: self.built[name] for name in keep},
                           {name: self.entries[name] for name in keep}, self.fp32_figures, results, self.config)
+
+    def store_reference(self, data: str) -> None:
+        """The reference profile `monitor` and serve's /metrics compare live answers with, once per
+        package: the validation run of the variant `serve` now runs (run again only when that one was
+        accepted by an earlier optimize and not rebuilt now)."""
+        served = serving_variant(self.package, self.config.provider)
+        gated = self.gated.get(served)
+        logits = self.logits[served] if served == FP32 or (gated and gated.accepted) else None
+        if logits is None:
+            with Predictor(self.package, provider=self.config.provider, threads=self.config.threads,
+                           variant=served) as predictor:
+                logits = predictor.predict_logits(self.texts, self.config.batch_size)
+        self.package.update_manifest(reference=reference_profile(self.package, self.texts, logits, served, data))
 
     def _base(self, name: str) -> tuple[str, Path]:
         """The variant `name` is built from, and its graph (built and gated first when need be)."""
@@ -638,6 +653,7 @@ class Ladder:
         provider = self.gpu[0] if VARIANTS.get(name).needs_gpu else self.config.provider
         logits, figures = _gate_run(self.package, path, self.texts, self.labels, self.thresholds,
                                     dataclasses.replace(self.config, provider=provider))
+        self.logits[name] = logits
         same = predictions(logits, self.thresholds) == predictions(self.fp32_logits, self.thresholds)
         return figures | {"metric": self.metric,
                           f"{self.metric}_drop": self.fp32_figures[self.metric] - figures[self.metric],
@@ -673,17 +689,19 @@ def optimize(package_dir: str | Path, config: OptimizeConfig | None = None,
     for name in config.variants:
         VARIANTS.get(name)  # an unknown name fails here, naming the known ones, before any work
     package = Package.open(package_dir)
-    validation, training = _gate_rows(package, config)
+    validation, training, source = _gate_rows(package, config)
     with tempfile.TemporaryDirectory(prefix=".optimize-", dir=package.root) as scratch:
         ladder = Ladder(package, config, validation, training, Path(scratch), progress or (lambda message: None))
         results = [ladder.result(name) for name in config.variants]
         ladder.add_accepted(results)
+        if any(r.accepted for r in results):  # else the package stays exactly as it was
+            ladder.store_reference(source)
     return [GateResult(FP32, True, "", ladder.fp32_figures)] + results
 
 
-def _gate_rows(package: Package, config: OptimizeConfig) -> tuple[Split, list[Text]]:
-    """The validation rows every variant is gated on, and the training texts that calibrated
-    variants are built with (none when no asked-for variant is calibrated)."""
+def _gate_rows(package: Package, config: OptimizeConfig) -> tuple[Split, list[Text], str]:
+    """The validation rows every variant is gated on, the training texts that calibrated variants
+    are built with (none when no asked-for variant is calibrated), and where the rows came from."""
     m = package.manifest
     multi_label = m.problem_type == MULTI_LABEL
     calibrated = [name for name in config.variants if VARIANTS.get(name).calibrated]
@@ -699,14 +717,14 @@ def _gate_rows(package: Package, config: OptimizeConfig) -> tuple[Split, list[Te
                             hint=f"add a training file to the data, or leave {names} out of --variants") from None
     check_row_kind(m.pairs, splits)
     if not calibrated:
-        return splits.validation, []
+        return splits.validation, [], splits.source
     texts = splits.train.texts
     if len(texts) < MIN_CALIBRATION_ROWS:
         names = ", ".join(calibrated)
         raise OnnxpackError(f"{names} calibrates on training rows, and {splits.source} has {len(texts)}; "
                             f"it needs at least {MIN_CALIBRATION_ROWS}",
                             hint=f"add training rows, or leave {names} out of --variants")
-    return splits.validation, texts
+    return splits.validation, texts, splits.source
 
 
 def spread(texts: Sequence[Text], rows: int) -> list[Text]:
