@@ -18,10 +18,11 @@ COMMANDS = sorted(typer.main.get_command(app).commands)
 CONFIGS = {"train": options.TrainConfig, "export": options.ExportConfig, "verify": options.VerifyConfig,
            "predict": options.PredictConfig, "optimize": options.OptimizeConfig, "bench": options.BenchConfig,
            "batch": options.BatchConfig, "serve": options.ServeConfig, "export-serving": options.ServingConfig,
-           "check": options.CheckConfig, "inspect": options.InspectConfig, "graph": options.GraphConfig,
-           "profile": options.ProfileConfig, "explain": options.ExplainConfig, "diff": options.DiffConfig}
+           "monitor": options.MonitorConfig, "check": options.CheckConfig, "inspect": options.InspectConfig,
+           "graph": options.GraphConfig, "profile": options.ProfileConfig, "explain": options.ExplainConfig,
+           "diff": options.DiffConfig}
 PIPELINE = ["train", "export", "verify", "demo", "optimize", "bench", "check", "export-serving", "thresholds",
-            "predict", "batch", "serve", "providers", "inspect", "explain", "graph", "profile", "view",
+            "predict", "batch", "serve", "monitor", "providers", "inspect", "explain", "graph", "profile", "view",
             "diff"]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from conftest import one_error_line
 
@@ -171,3 +172,84 @@ def test_predict_long_text_chunk(runner, package_dir):
 def test_predict_bad_long_text_options(runner, package_dir, args, message):
     result = runner.invoke(app, ["predict", str(package_dir), *args, "a text"])
     assert result.exit_code != 0 and message in one_error_line(result)
+
+
+# --- monitor ------------------------------------------------------------------------------------------------
+
+def _log(folder, records):
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [r if isinstance(r, str) else json.dumps({"time": "2025-01-01T00:00:00Z", "sha256": None, "windows": 1,
+                                                      "unknown": 0, "truncated": False, **r}) for r in records]
+    (folder / "predictions-1.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def referenced(tmp_path_factory, package_dir):
+    """The tiny package with a reference profile as verify stores it (made here without torch)."""
+    import shutil
+
+    from onnxpack.core.data import load_splits
+    from onnxpack.core.package import Package
+    from onnxpack.runtime.monitor import reference_profile
+    from onnxpack.runtime.predictor import Predictor
+
+    root = tmp_path_factory.mktemp("referenced") / package_dir.name
+    shutil.copytree(package_dir, root)
+    texts = load_splits(None, need_train=False).validation.texts[:200]
+    with Predictor(root) as predictor:
+        logits = predictor.predict_logits(texts)
+    package = Package.open(root)
+    package.update_manifest(reference=reference_profile(package, texts, logits, "fp32", "bundled"))
+    return root
+
+
+def test_monitor_passes_a_log_like_the_reference_and_writes_json_and_a_plot(runner, referenced, tmp_path):
+    from onnxpack.core.package import Package
+
+    ref = Package.open(referenced).manifest.reference
+    label = max(ref["labels"], key=ref["labels"].get)
+    score = ref["scores"]["edges"][int(np.argmax(ref["scores"]["counts"][label]))] - 0.01
+    length = ref["lengths"]["edges"][int(np.argmax(ref["lengths"]["counts"]))]
+    logs = _log(tmp_path / "logs", [{"label": label, "score": score, "length": length}] * 20 + ["{corrupt"])
+    result = runner.invoke(app, ["monitor", str(referenced), "--input", str(logs), "--max-psi", "50",
+                                 "--json", str(tmp_path / "m.json"), "--plot", str(tmp_path / "m.png")])
+    assert result.exit_code == 0, result.output
+    assert "no drift: every PSI at or under 50" in result.stdout
+    assert "1 corrupt lines skipped, the first: predictions-1.jsonl:21: not JSON" in result.stdout
+    report = json.loads((tmp_path / "m.json").read_text())
+    assert report["records"] == 20 and report["corrupt"] == 1 and report["max_psi"] == 50
+    assert (tmp_path / "m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the same log at the default bar: one label, one score bucket and one length are far from the reference
+    result = runner.invoke(app, ["monitor", str(referenced), "--input", str(logs)])
+    assert result.exit_code == 1 and "drift: PSI over 0.25 on " in result.stdout and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--window", "soon"], "error: --window must be a positive duration such as 90s, 30m, 1h or 2d, got 'soon'"),
+    (["--max-psi", "0"], "error: --max-psi must be above 0, got 0.0"),
+])
+def test_monitor_bad_options(runner, referenced, tmp_path, args, message):
+    logs = _log(tmp_path / "logs", [{"label": "acceptable", "score": 0.9, "length": 9}])
+    assert one_error_line(runner.invoke(app, ["monitor", str(referenced), "--input", str(logs), *args])) == message
+
+
+def test_monitor_hostile_inputs_are_one_line(runner, referenced, package_dir, tmp_path):
+    logs = _log(tmp_path / "logs", [{"label": "acceptable", "score": 0.9, "length": 9}])
+    cases = {
+        "no reference": ([str(package_dir), "--input", str(logs)],
+                         f"error: {package_dir} has no reference profile to compare the predictions with; run "
+                         f"`onnxpack verify {package_dir}`"),
+        "not a package": ([str(tmp_path), "--input", str(logs)], f"error: {tmp_path} is not a package"),
+        "no log": ([str(referenced), "--input", str(tmp_path / "none")],
+                   f"error: {tmp_path / 'none'} is neither a prediction log file nor a folder of them"),
+        "only corrupt lines": ([str(referenced), "--input", str(_log(tmp_path / "bad", ["{", "[]"]))],
+                               f"error: {tmp_path / 'bad'} holds no usable prediction records (2 corrupt lines "
+                               "skipped: predictions-1.jsonl:1: not JSON"),
+    }
+    (tmp_path / "cut.parquet").write_bytes(b"PAR1\x00\x01")
+    cases["truncated parquet"] = ([str(referenced), "--input", str(tmp_path / "cut.parquet")],
+                                  f"error: {tmp_path / 'cut.parquet'} is not a readable Parquet file (")
+    for name, (args, start) in cases.items():
+        line = one_error_line(runner.invoke(app, ["monitor", *args]))
+        assert line.startswith(start), (name, line)

@@ -317,9 +317,9 @@ def test_batcher_gathers_rows_from_concurrent_requests(predictor):
     assert metrics.registry.get_sample_value("onnxpack_batch_size_count") == 1
     assert metrics.registry.get_sample_value("onnxpack_batch_size_sum") == 8
     expected = predictor.predict_logits(["the cat sat"])
-    for logits, truncated in results:
+    for logits, truncated, stats in results:
         np.testing.assert_allclose(logits, expected, atol=1e-5)
-        assert truncated == []
+        assert truncated == [] and stats == []  # not observed: the batcher was not asked to
 
 
 def test_a_request_that_fills_the_batch_wakes_the_gatherer(predictor):
@@ -604,6 +604,9 @@ def _accepts(port: int) -> bool:
     (["--stride", "64"], "error: --stride must be smaller than the window (64 tokens), got 64"),
     (["--max-windows", "0"], "error: --max-windows must be at least 1, got 0"),
     (["--max-words", "0"], "error: --max-words must be at least 1, got 0"),
+    (["--log-texts"], "error: --log-texts needs --log-predictions DIR"),
+    (["--log-predictions", "logs", "--log-max-mb", "0"], "error: --log-max-mb must be above 0, got 0.0"),
+    (["--log-predictions", "logs", "--log-max-age-s", "-1"], "error: --log-max-age-s must be above 0, got -1.0"),
 ])
 def test_serve_cli_reports_bad_options_in_one_line(package_dir, args, message):
     result = CliRunner().invoke(cli_app, ["serve", str(package_dir), *args])
@@ -991,6 +994,12 @@ def test_serve_runs_the_int8_cascade_by_default_and_answers_as_predict(package_c
     optimize(package_copy, OptimizeConfig(variants=("optimized", "int8-cascade"), data=str(small_cola),
                                           max_mcc_drop=1.0, min_agreement=0))
     package = Package.open(package_copy)
+    # optimize stores the reference profile once, of the variant serve then runs (its gate run's logits)
+    from onnxpack.runtime.predictor import serving_variant
+
+    reference = package.manifest.reference
+    assert reference["variant"] == serving_variant(package) and reference["n"] == 64
+    assert sum(reference["labels"].values()) == 64
     package.update_manifest(variants={name: v | {"items_per_s": {"int8-cascade": 900}.get(name, 300)}
                                       for name, v in package.manifest.variants.items()})
     texts = load_splits(str(small_cola), need_train=False).validation.texts[:24]
@@ -1002,3 +1011,51 @@ def test_serve_runs_the_int8_cascade_by_default_and_answers_as_predict(package_c
         got = post(base, "/predict", {"texts": texts}).json()["predictions"]
     assert [g["label"] for g in got] == [r["label"] for r in reference]
     assert all(abs(g["score"] - r["score"]) <= 1e-5 for g, r in zip(got, reference))
+
+
+# ---- monitoring: the answers' quantities on /metrics (the log: test_prediction_log.py) ----
+
+def test_answers_are_counted_by_label_score_and_length(chunk_base, predictor):
+    """Answers under truncate and chunk alike, with runtime.monitor's quantities; explain's rows are not answers."""
+    from onnxpack.runtime.monitor import length_edges
+
+    texts = ["go", LONG]
+    names = ["onnxpack_text_tokens_count", "onnxpack_text_tokens_sum", "onnxpack_truncated_texts_total",
+             "onnxpack_tokens_total", "onnxpack_unknown_tokens_total"]
+    before = {name: metric(chunk_base, name) for name in names}
+    labels_before = {label: metric(chunk_base, "onnxpack_predictions_total", label=label) for label in predictor.labels}
+    answered = [post(chunk_base, "/predict", {"texts": texts, "long_text": mode}).json()["predictions"]
+                for mode in ("truncate", "chunk")]
+    assert post(chunk_base, "/explain", {"texts": ["the cat sat"]}).status_code == 200
+    after = {name: metric(chunk_base, name) - before[name] for name in names}
+    tokens = len(predictor.tokenizer.encode("go").ids) + predictor.max_length  # LONG's first window is full
+    assert after == {"onnxpack_text_tokens_count": 4, "onnxpack_text_tokens_sum": 2 * tokens,
+                     "onnxpack_truncated_texts_total": 2, "onnxpack_tokens_total": 2 * tokens,
+                     "onnxpack_unknown_tokens_total": 0}
+    for label in predictor.labels:
+        assert metric(chunk_base, "onnxpack_predictions_total", label=label) - labels_before[label] == \
+            sum(a["label"] == label for answers in answered for a in answers)
+    # a package without a reference profile: the default edges, from its max_length
+    edge = length_edges(predictor.max_length)[-1]
+    assert metric(chunk_base, "onnxpack_text_tokens_bucket", le=str(edge)) == metric(chunk_base, "onnxpack_text_tokens_count")
+
+
+def test_prediction_metrics_can_be_turned_off(package_dir):
+    with running(create_app(package_dir, ServeConfig(grpc_port=0, prediction_metrics=False))) as base:
+        assert post(base, "/predict", {"texts": ["go"]}).status_code == 200
+        text = httpx.get(f"{base}/metrics").text
+    assert "onnxpack_requests_total" in text and "onnxpack_predictions" not in text and "onnxpack_text_tokens" not in text
+
+
+def test_serve_cli_takes_the_monitoring_options(package_dir, monkeypatch, tmp_path):
+    import onnxpack.serve
+
+    made = {}
+    monkeypatch.setattr(onnxpack.serve, "create_app", lambda package, config: made.setdefault("config", config))
+    monkeypatch.setattr(onnxpack.serve, "run", lambda *args, **kwargs: None)
+    result = CliRunner().invoke(cli_app, ["serve", str(package_dir), "--log-predictions", str(tmp_path), "--log-texts",
+                                          "--log-max-mb", "8", "--log-max-age-s", "60", "--no-prediction-metrics"])
+    assert result.exit_code == 0, result.output
+    config = made["config"]
+    assert (config.log_predictions, config.log_texts, config.log_max_mb, config.log_max_age_s,
+            config.prediction_metrics) == (str(tmp_path), True, 8, 60, False)

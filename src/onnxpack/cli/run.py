@@ -9,8 +9,9 @@ from typing import Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from onnxpack.core.config import BatchConfig, PredictConfig, ServeConfig
+from onnxpack.core.config import BatchConfig, MonitorConfig, PredictConfig, ServeConfig
 from onnxpack.core.errors import OnnxpackError
 
 from .app import RUN, CommaList, app, config_from, console, option, per_label, stdout
@@ -196,6 +197,11 @@ def serve(
     aggregate: str = option(ServeConfig, "aggregate"),
     max_windows: int = option(ServeConfig, "max_windows"),
     max_words: int = option(ServeConfig, "max_words"),
+    prediction_metrics: bool = option(ServeConfig, "prediction_metrics"),
+    log_predictions: Optional[str] = option(ServeConfig, "log_predictions", metavar="DIR"),
+    log_texts: bool = option(ServeConfig, "log_texts"),
+    log_max_mb: float = option(ServeConfig, "log_max_mb"),
+    log_max_age_s: float = option(ServeConfig, "log_max_age_s"),
 ) -> None:
     """Serve the package: /predict, /explain, the Open Inference Protocol (KServe V2) over HTTP and gRPC, /metrics and a web page."""
     from onnxpack.serve import create_app, run
@@ -208,6 +214,55 @@ def serve(
     console.print(f"serving {package} on [bold]http://{host}:{port}/[/]"
                   f"{f' and gRPC {host}:{grpc_port}' if grpc_port else ''} (Ctrl-C or SIGTERM to stop)")
     run(server, host=host, port=port, access_log=access_log)
+
+
+@app.command(rich_help_panel=RUN)
+def monitor(
+    package: Path = typer.Argument(..., help="Package folder (its manifest holds the reference profile)."),
+    input: Path = typer.Option(..., "--input", help="A prediction log: the folder `serve --log-predictions` "
+                                                    "writes to, or one .jsonl or .parquet file."),
+    window: Optional[str] = option(MonitorConfig, "window"),
+    max_psi: float = option(MonitorConfig, "max_psi"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the comparison here (JSON)."),
+    plot: Optional[Path] = typer.Option(None, help="Draw reference against live here (PNG; onnxpack\\[plot])."),
+) -> None:
+    """Compare logged predictions with the package's reference profile: PSI (and KS for scores and
+    lengths) of the labels, scores, lengths, unknown-token and truncation rates; exit 1 on drift."""
+    import importlib.util
+
+    from onnxpack.core.atomic import atomic_write_text
+    from onnxpack.runtime.monitor import monitor as compare_log
+    from onnxpack.runtime.monitor import plot as plot_drift
+
+    config = config_from(MonitorConfig, locals())
+    config.validate()
+    if plot and importlib.util.find_spec("matplotlib") is None:
+        raise OnnxpackError("--plot needs matplotlib, which is not installed", hint="pip install 'onnxpack[plot]'")
+    result = compare_log(package, input, config)
+    table = Table(title=Text(f"{result.records} predictions ({result.first} to {result.last}) against the reference "
+                        f"({result.reference.get('n')} validation rows, {result.reference.get('variant')})"))
+    for column, justify in (("quantity", "left"), ("reference", "left"), ("live", "left"), ("PSI", "right"),
+                            ("KS D", "right"), ("KS p", "right"), ("", "left")):
+        table.add_column(column, justify=justify)
+    for d in result.drifts:  # label names are the package's: shown as text, never as markup
+        table.add_row(Text(d.quantity), Text(d.reference), Text(d.live), "n/a" if d.psi is None else f"{d.psi:.4f}",
+                      "" if d.ks is None else f"{d.ks:.3f}", "" if d.ks_p is None else f"{d.ks_p:.3g}",
+                      f"[red]drift: PSI over {result.max_psi:g}[/]" if d.drifted else "ok")
+    stdout.print(table)
+    if result.corrupt:
+        stdout.print(f"{result.corrupt} corrupt lines skipped, the first: {result.corrupt_examples[0]}",
+                     markup=False, highlight=False)
+    if result.outside_window:
+        stdout.print(f"{result.outside_window} earlier predictions outside --window {window} left out")
+    if json_out:
+        atomic_write_text(json_out, json.dumps(result.to_dict(), indent=2) + "\n")
+    if plot:
+        plot_drift(result, plot)
+    drifted = [d.quantity for d in result.drifts if d.drifted]
+    if drifted:
+        stdout.print(f"drift: PSI over {result.max_psi:g} on {', '.join(drifted)}")
+        raise typer.Exit(1)
+    stdout.print(f"no drift: every PSI at or under {result.max_psi:g}")
 
 
 @app.command(rich_help_panel=RUN)

@@ -340,6 +340,22 @@ class ServeConfig(LongTextOptions):
                             min=0, max=65535)
     host: str = option("127.0.0.1", "Address to listen on.")
     port: int = option(8000, "HTTP port to listen on.", min=0, max=65535)
+    # Monitoring (docs/monitoring.md): the answers' quantities on /metrics, and a log of every answer.
+    prediction_metrics: bool = option(True, "Export every answer's label, score, length, unknown tokens and "
+                                            "truncation on /metrics, bucketed as the package's reference profile.")
+    log_predictions: str | None = option(None, "Append every answer (time, sha256 of the text, label, score, "
+                                               "length, windows, unknown tokens, truncated) to rotated JSON Lines "
+                                               "files in this folder, for `onnxpack monitor`.")
+    log_texts: bool = option(False, "With --log-predictions: log the texts themselves too, not only their sha256.")
+    log_max_mb: float = option(64.0, "With --log-predictions: start a new file when one reaches this many MB.",
+                               above=0)
+    log_max_age_s: float = option(600.0, "With --log-predictions: start a new file when one is this many seconds "
+                                         "old; a file appears only once closed.", above=0)
+
+    def check(self) -> None:
+        super().check()
+        if self.log_texts and not self.log_predictions:
+            raise OnnxpackError("--log-texts needs --log-predictions DIR", hint="pass the folder to log to")
 
 
 @dataclasses.dataclass

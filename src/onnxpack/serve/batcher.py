@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from onnxpack.runtime.feed import Text, columns, pad_rows
+from onnxpack.runtime.monitor import text_quantities, token_quantities, unknown_token_id
 from onnxpack.runtime.predictor import Predictor
 
 from .metrics import Metrics
@@ -32,14 +33,20 @@ log = logging.getLogger(__name__)
 CALL_COST_TOKENS = 8
 
 
+# Per text row: (tokens read, unknown tokens among them, truncated), runtime.monitor's quantities
+Stats = tuple[int, int, bool]
+
+
 class _Job:
     """One request's rows; the worker fills `logits` and resolves `future` when its last row is done."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, rows: int, labels: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, rows: int, labels: int, observe: bool) -> None:
         self.loop = loop
-        self.future: asyncio.Future[tuple[np.ndarray, list[int]]] = loop.create_future()
+        self.future: asyncio.Future[tuple[np.ndarray, list[int], list[Stats]]] = loop.create_future()
         self.logits = np.empty((rows, labels), dtype=np.float32)
         self.truncated: list[int] = []
+        self.observe = observe  # texts answered (counted on /metrics), not windows or explain's rows
+        self.stats: list[Stats] = [(0, 0, False)] * rows if observe else []
         self.remaining = rows
 
 
@@ -49,6 +56,7 @@ class _Row:
     index: int
     text: Text | None = None  # a text (or pair) to tokenize, or already tokenized rows
     tokens: dict[str, np.ndarray] | None = None  # input name -> this row's ids, unpadded
+    stats: Stats | None = None  # an observed row's quantities, once known
     queued_at: float = dataclasses.field(default_factory=time.monotonic)
 
 
@@ -70,6 +78,7 @@ class MicroBatcher:
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
         self.metrics = metrics
+        self.unk_id = unknown_token_id(predictor.tokenizer)
         self._rows: collections.deque[_Row] = collections.deque()
         self._groups: collections.deque[list[_Row]] = collections.deque()  # prepared, not yet taken by an instance
         lock = threading.Lock()
@@ -87,16 +96,25 @@ class MicroBatcher:
             thread.start()
 
     async def infer(self, texts: Sequence[Text] | None = None, tokens: dict[str, np.ndarray] | None = None,
-                    rows: Sequence[dict[str, np.ndarray]] | None = None) -> tuple[np.ndarray, list[int]]:
+                    rows: Sequence[dict[str, np.ndarray]] | None = None,
+                    observe: bool = False) -> tuple[np.ndarray, list[int], list[Stats]]:
         """Logits for `texts` (or pairs), for token inputs (`{input name: batch × sequence}`), or for
-        token `rows` (each `{input name: its ids}`, unpadded: chunking's windows), and the indices of
-        texts that were truncated to the package's max_length."""
+        token `rows` (each `{input name: its ids}`, unpadded: chunking's windows), the indices of
+        texts that were truncated to the package's max_length, and, with `observe` (texts or token
+        inputs answered as they are), each text's quantities, which the model calls also count on
+        /metrics."""
+        observe = observe and rows is None
+        stats: list[Stats] = []
         if tokens is not None:
             rows = [{name: v[i] for name, v in tokens.items()} for i in range(len(tokens["input_ids"]))]
+            if observe:
+                stats = token_quantities(tokens, self.unk_id).rows()
         n = len(texts) if texts is not None else len(rows)
-        job = _Job(asyncio.get_running_loop(), n, len(self.predictor.labels))
+        job = _Job(asyncio.get_running_loop(), n, len(self.predictor.labels), observe)
         rows = ([_Row(job, i, text=t) for i, t in enumerate(texts)] if texts is not None
-                else [_Row(job, i, tokens=row) for i, row in enumerate(rows)])
+                else [_Row(job, i, tokens=row, stats=stats[i] if stats else None) for i, row in enumerate(rows)])
+        if stats:
+            job.stats = stats
         with self._gatherer_wake:
             if self._stopping:
                 raise RuntimeError("the batcher is closed")
@@ -158,14 +176,17 @@ class MicroBatcher:
         names = self.predictor.input_names
         texts = [row.text for row in batch if row.text is not None]
         encodings = self.predictor.tokenizer.encode_batch(texts) if texts else []
-        feed = iter(zip(encodings, *columns(encodings, names).values()))
+        padded = columns(encodings, names)
+        quantities = text_quantities(encodings, self.unk_id, padded).rows() if texts else []
+        feed = iter(zip(quantities, *padded.values()))
         for row in batch:
             if row.text is not None:
-                e, *values = next(feed)  # padded to the longest text here; keep only this row's tokens
-                length = sum(e.attention_mask)
-                row.tokens = {name: v[:length] for name, v in zip(names, values)}
-                if e.overflowing:
+                stats, *values = next(feed)  # padded to the longest text here; keep only this row's tokens
+                row.tokens = {name: v[:stats[0]] for name, v in zip(names, values)}
+                if stats[2]:
                     row.job.truncated.append(row.index)
+                if row.job.observe:
+                    row.stats = row.job.stats[row.index] = stats
         groups = length_groups([len(row.tokens["input_ids"]) for row in batch], CALL_COST_TOKENS)
         return [[batch[i] for i in group] for group in groups]
 
@@ -196,6 +217,8 @@ class MicroBatcher:
                 log.exception("model call failed")
                 _fail_jobs(rows, e)
                 continue
+            if self.metrics.predictions is not None:  # counted before answered: an answer seen is on /metrics
+                self._observe(rows, logits)
             done: dict[asyncio.AbstractEventLoop, list[_Job]] = collections.defaultdict(list)
             with self._finishing:
                 for k, row in enumerate(rows):
@@ -208,6 +231,18 @@ class MicroBatcher:
                 with contextlib.suppress(RuntimeError):  # that loop has closed: no one waits for the answer
                     loop.call_soon_threadsafe(_resolve_all, jobs)
 
+    def _observe(self, rows: list[_Row], logits: np.ndarray) -> None:
+        """Hand a model call's answered texts to /metrics' counts (bucketed later, many calls at once)."""
+        stats = [row.stats for row in rows if row.stats is not None]
+        if not stats:
+            return
+        if len(stats) < len(rows):
+            logits = logits[[k for k, row in enumerate(rows) if row.stats is not None]]
+        try:
+            self.metrics.predictions.observe(logits, stats)
+        except Exception:  # noqa: BLE001 -- a counting bug must not stop the model's thread
+            log.exception("counting answers for /metrics failed")
+
 
 def _fail_jobs(rows: list[_Row], error: BaseException) -> None:
     for job in {id(row.job): row.job for row in rows}.values():
@@ -218,7 +253,7 @@ def _fail_jobs(rows: list[_Row], error: BaseException) -> None:
 def _resolve_all(jobs: list[_Job]) -> None:
     for job in jobs:
         if not job.future.done():  # the client may have gone away and its request been cancelled
-            job.future.set_result((job.logits, sorted(job.truncated)))
+            job.future.set_result((job.logits, sorted(job.truncated), job.stats))
 
 
 def _fail(future: asyncio.Future, error: BaseException) -> None:

@@ -24,7 +24,7 @@ from onnxpack.core import untrusted
 from onnxpack.core.config import LONG_TEXT_MODES, ServeConfig
 from onnxpack.core.errors import OnnxpackError
 from onnxpack.core.families import ATTENTION_MASK
-from onnxpack.core.package import Package
+from onnxpack.core.package import MULTI_LABEL, Package
 from onnxpack.runtime.feed import (
     Text,
     chunking_tokenizer,
@@ -33,12 +33,14 @@ from onnxpack.runtime.feed import (
     vocab_size,
 )
 from onnxpack.runtime import explain as occlusion
+from onnxpack.runtime.monitor import TextQuantities, default_profile, unknown_token_id, window_quantities
 from onnxpack.runtime.predictor import Predictor, resolve_providers, serving_variant
 from onnxpack.runtime.scores import aggregate_windows
 
 from .admission import Admission
-from .batcher import MicroBatcher
-from .metrics import Metrics
+from .batcher import MicroBatcher, Stats
+from .metrics import Metrics, PredictionMetrics
+from .prediction_log import PredictionLog
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,7 @@ class Answer:
     logits: np.ndarray  # per text (or token row)
     truncated: list[int]  # texts cut to max_length (truncate only)
     windows: list[int] | None = None  # under chunk: the windows each text was read in
+    stats: list[Stats] = dataclasses.field(default_factory=list)  # per text: (tokens, unknown tokens, truncated)
 
 
 class Frontend(Protocol):
@@ -98,6 +101,16 @@ class Service:
         self.max_chars = {"truncate": self.config.max_chars,
                           "chunk": self.config.max_windows * max_length * CHARS_PER_TOKEN}
         self.metrics = Metrics()
+        multi_label = self.manifest.problem_type == MULTI_LABEL
+        if self.config.prediction_metrics:  # bucketed as the reference profile (the defaults without one)
+            self.metrics.predictions = PredictionMetrics(default_profile(self.package), multi_label,
+                                                         self.metrics.registry)
+        # A folder it cannot write to is refused here, in one line, before anything listens.
+        self.prediction_log = (PredictionLog(self.config.log_predictions, self.manifest.labels, multi_label,
+                                             self.config.log_texts, int(self.config.log_max_mb * 1_000_000),
+                                             self.config.log_max_age_s, self.metrics.registry)
+                               if self.config.log_predictions else None)
+        self.unk_id = unknown_token_id(self.chunker)
         self.admission: Admission | None = None  # made on the event loop (start)
         self.vocab_size = vocab_size(self.package)
         self.predictor: Predictor | None = None
@@ -116,6 +129,8 @@ class Service:
         self.admission = Admission(self.config.max_concurrency, self.config.max_queue, self.metrics.waiting,
                                    self.metrics.in_progress)
         loading = asyncio.create_task(asyncio.to_thread(self.load))
+        if self.prediction_log:
+            self.prediction_log.start()
         started: list[Frontend] = []
         try:
             for frontend in self.frontends:
@@ -157,11 +172,15 @@ class Service:
             self.on_failure()
 
     def close(self) -> None:
+        """After the last request: the batcher answers what is queued, then the prediction log writes
+        every answer made and puts its last file in place."""
         self.ready = False
         if self.batcher:
             self.batcher.close()
         if self.predictor:
             self.predictor.close()
+        if self.prediction_log:
+            self.prediction_log.close()
 
     # ---- requests ----
 
@@ -202,19 +221,25 @@ class Service:
         so windows of different requests share model calls; a text's logits are then the mean (or
         max) of its windows'. A text of one window gets the logits truncate gives it."""
         if long_text == "chunk" and texts is not None:
-            rows, owner = await asyncio.to_thread(self._windows, texts)
-            window_logits, _ = await self.batcher.infer(rows=rows)
+            rows, owner, quantities = await asyncio.to_thread(self._windows, texts)
+            window_logits, *_ = await self.batcher.infer(rows=rows)
             logits, windows = aggregate_windows(window_logits, owner, len(texts), self.config.aggregate)
-            return Answer(logits, [], windows.tolist())
-        logits, truncated = await self.batcher.infer(texts=texts, tokens=tokens)
-        return Answer(logits, truncated, [1] * len(logits) if long_text == "chunk" else None)
+            answer = Answer(logits, [], windows.tolist(), quantities.rows())
+            if self.metrics.predictions is not None:
+                self.metrics.predictions.observe(logits, answer.stats)
+        else:
+            logits, truncated, stats = await self.batcher.infer(texts=texts, tokens=tokens, observe=True)
+            answer = Answer(logits, truncated, [1] * len(logits) if long_text == "chunk" else None, stats)
+        if self.prediction_log:
+            self.prediction_log.append(texts, answer.logits, answer.stats, answer.windows)
+        return answer
 
     async def explain(self, long_text: str, texts: Sequence[Text]) -> list[dict[str, Any]]:
         """`predictor.explain`'s answers, its occlusion rows run through the one batcher (so they share
         model calls with other requests). The rows are planned off the event loop and counted first:
         over max_words words (or, under chunk, max_windows windows) per request is one line."""
         plans = await asyncio.to_thread(self._occlusions, long_text, texts)
-        logits, _ = await self.batcher.infer(rows=[row for plan in plans for row in plan.rows])
+        logits, *_ = await self.batcher.infer(rows=[row for plan in plans for row in plan.rows])
         answers, at = [], 0
         for plan in plans:
             answers.append(occlusion.explanation(self.predictor, plan, logits[at:at + len(plan.rows)],
@@ -239,14 +264,16 @@ class Service:
                                 f"under long_text chunk; the server takes at most {self.config.max_windows} per "
                                 "request (--max-windows)", hint="send fewer or shorter texts per request")
 
-    def _windows(self, texts: Sequence[Text]) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
-        """Every window of every text as an unpadded token row, and the text of each; OnnxpackError
-        when the request makes more than max_windows. (The body limit bounds the tokenizer's work.)"""
+    def _windows(self, texts: Sequence[Text]) -> tuple[list[dict[str, np.ndarray]], np.ndarray, TextQuantities]:
+        """Every window of every text as an unpadded token row, the text of each, and the texts'
+        quantities; OnnxpackError when the request makes more than max_windows. (The body limit
+        bounds the tokenizer's work.)"""
         names = self.predictor.input_names
         feed, owner = encode_windows(self.chunker, texts, names, self.manifest.pad_token_id)
         self._check_windows(len(owner))
         lengths = feed[ATTENTION_MASK].sum(axis=1)
-        return [{name: feed[name][k, :lengths[k]] for name in names} for k in range(len(owner))], owner
+        rows = [{name: feed[name][k, :lengths[k]] for name in names} for k in range(len(owner))]
+        return rows, owner, window_quantities(feed, owner, len(texts), self.unk_id)
 
     @contextlib.asynccontextmanager
     async def admitted(self) -> AsyncIterator[None]:
