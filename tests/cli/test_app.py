@@ -23,7 +23,7 @@ CONFIGS = {"train": options.TrainConfig, "export": options.ExportConfig, "verify
            "diff": options.DiffConfig}
 PIPELINE = ["train", "export", "verify", "demo", "optimize", "bench", "check", "export-serving", "thresholds",
             "predict", "batch", "serve", "monitor", "providers", "inspect", "explain", "graph", "profile", "view",
-            "diff"]
+            "diff", "mlflow"]  # Typer lists command groups (mlflow: ship's) after the commands
 
 
 def test_the_commands_are_the_pipeline_in_order():

@@ -57,6 +57,7 @@ def train(
     text_columns: Optional[str] = option(TrainConfig, "text_columns"),
     multi_label: bool = option(TrainConfig, "multi_label", "--multi-label"),
     trust_remote_code: bool = option(TrainConfig, "trust_remote_code", "--trust-remote-code"),
+    logger: str = option(TrainConfig, "logger"),
     config: Optional[Path] = typer.Option(None, help="YAML file of training settings; flags given override it."),
     force: bool = typer.Option(False, help="Replace OUT if it exists."),
 ) -> None:
@@ -67,7 +68,8 @@ def train(
     quiet_lightning()
     values = dict(data=data, model=model, epochs=epochs, batch_size=batch_size, lr=lr, max_length=max_length,
                   seed=seed, limit_train_batches=limit_train_batches, max_minutes=max_minutes, labels=labels,
-                  text_columns=text_columns, multi_label=multi_label, trust_remote_code=trust_remote_code)
+                  text_columns=text_columns, multi_label=multi_label, trust_remote_code=trust_remote_code,
+                  logger=logger)
     if config:  # the file, then only the flags given on the command line
         given = {k: v for k, v in values.items() if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
         train_config = read_config(config, **given)
@@ -76,6 +78,9 @@ def train(
     result = fit(train_config, out, force=force)
     print_metrics(result.metrics)
     stdout.print(f"checkpoint: [bold]{result.checkpoint}[/]")
+    if result.mlflow_run:
+        stdout.print(f"MLflow run: {result.mlflow_run} in {result.tracking_uri}", markup=False, highlight=False,
+                     soft_wrap=True)
 
 
 def print_metrics(metrics: dict[str, float]) -> None:

@@ -284,3 +284,53 @@ def thresholds(
         predictor.package.update_manifest(thresholds=predictor.thresholds)
         stdout.print(", ".join(f"{label} {t:g}" for label, t in zip(predictor.labels, predictor.thresholds)))
 
+
+mlflow_app = typer.Typer(no_args_is_help=True, help="Log a package to MLflow as a pyfunc model (onnxpack\\[mlflow]).")
+app.add_typer(mlflow_app, name="mlflow", rich_help_panel=SHIP)
+
+
+@mlflow_app.command("log")
+def mlflow_log(
+    package: Path = typer.Argument(..., help="Package folder."),
+    tracking_uri: Optional[str] = typer.Option(
+        None, "--tracking-uri", help="MLflow tracking store: http(s)://server, file:///folder or sqlite:///file.db "
+                                     "(default: $MLFLOW_TRACKING_URI, then a file store in ./mlruns)."),
+    register: Optional[str] = typer.Option(None, "--register", metavar="NAME",
+                                           help="Also register the model as a new version of NAME."),
+    experiment: str = typer.Option("onnxpack", "--experiment", help="The experiment the run goes into (created "
+                                                                    "if missing)."),
+    requirement: Optional[str] = typer.Option(
+        None, "--requirement", help="What the model's environment installs for onnxpack, as a pip requirement: a "
+                                    "version, a wheel or a URL (default: onnxpack\\[mlflow]==this version)."),
+) -> None:
+    """Log PACKAGE as an MLflow model: a pyfunc flavor that answers as `onnxpack predict` does (a DataFrame
+    with a text column in; label, score, scores out), the package's files as its artifacts, checked on
+    load, and the manifest's gate and parity figures as run metrics. Prints the model's URIs."""
+    require_mlflow_extra()
+    import logging
+
+    from onnxpack.deploy.mlflow import is_file_store, log_package
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines (registered, created version) repeat ours
+    logged = log_package(package, tracking_uri=tracking_uri, register=register, experiment=experiment,
+                         requirement=requirement)
+    out = {"markup": False, "highlight": False, "soft_wrap": True}
+    if logged.files_uri.startswith("file:"):  # first: loads as it is, where a file store's runs:/ needs an opt-in
+        stdout.print(f"files: {logged.files_uri}", **out)
+    stdout.print(f"model: {logged.model_uri}", **out)
+    if logged.registered_uri:
+        stdout.print(f"registered: {logged.registered_uri}", **out)
+    stdout.print(f"run {logged.run_id} of experiment {experiment!r}, {len(logged.metrics)} metrics, in "
+                 f"{logged.tracking_uri}", **out)
+    if is_file_store(logged.tracking_uri):
+        console.print("note: MLflow 3 opens a file store only with MLFLOW_ALLOW_FILE_STORE=true set; load the "
+                      "files: URI above, or set it to load runs:/ and models:/ URIs", markup=False, highlight=False,
+                      soft_wrap=True)
+
+
+def require_mlflow_extra() -> None:
+    """`onnxpack mlflow` needs onnxpack[mlflow]; without it, one line naming it, before any work."""
+    missing = [m for m in ("mlflow", "pandas") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise OnnxpackError(f"`onnxpack mlflow` needs MLflow, which is not installed ({', '.join(missing)} missing)",
+                            hint="pip install 'onnxpack[mlflow]'")

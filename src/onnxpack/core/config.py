@@ -179,8 +179,13 @@ class TrainConfig(Options):
     max_minutes: float | None = option(None, "Stop training after this many minutes (the LR decays to fit).", above=0)
     trust_remote_code: bool = option(False, "Run the code a model folder ships (auto_map); refused without this.")
     threads: int | None = option(None, "torch intra-op threads (default: torch's own).", min=1)
+    # mlflow: Lightning's MLFlowLogger too, into $MLFLOW_TRACKING_URI (default: a file store in ./mlruns)
+    logger: str = option("csv", "Where training metrics go: csv (the run folder's logs/), or mlflow (an MLflow run "
+                                "as well, in $MLFLOW_TRACKING_URI or ./mlruns; needs onnxpack[mlflow]).")
 
     def check(self) -> None:
+        if self.logger not in ("csv", "mlflow"):
+            raise OnnxpackError(f"--logger must be csv or mlflow, got {self.logger!r}")
         if self.labels is not None and len(self.labels) < 2:
             raise OnnxpackError(f"--labels must name at least two classes, got {list(self.labels)}",
                                 hint="pass --labels A,B[,...] or leave it out to take them from the data")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import importlib.util
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,7 @@ import numpy as np
 import torch
 import yaml
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, Logger
 
 from onnxpack.core.atomic import AtomicDir, atomic_write_text, check_target
 from onnxpack.core.config import TrainConfig
@@ -43,6 +46,8 @@ class TrainResult:
     run_dir: str
     checkpoint: str
     metrics: dict[str, float]
+    mlflow_run: str | None = None  # --logger mlflow: the run's id,
+    tracking_uri: str | None = None  # in this store
 
 
 def read_config(path: str | Path, **overrides: Any) -> TrainConfig:
@@ -64,6 +69,7 @@ def fit(config: TrainConfig, run_dir: str | Path, force: bool = False) -> TrainR
     config.validate()
     run_dir = Path(run_dir)
     check_target(run_dir, force)
+    tracking_uri = _mlflow_store() if config.logger == "mlflow" else None  # unreachable: one line, before any work
     spec = model_family(config.model, config.trust_remote_code)  # an unknown family fails here, before any data or weights load
     splits = load_splits(config.data, labels=config.labels, text_columns=config.text_columns,
                          multi_label=config.multi_label)
@@ -77,10 +83,13 @@ def fit(config: TrainConfig, run_dir: str | Path, force: bool = False) -> TrainR
     datamodule = TextClassificationDataModule(splits, tokenizer, config.batch_size, config.max_length, config.seed,
                                               input_names=spec.inputs(module.model.config, splits.pairs))
 
-    with AtomicDir(run_dir, force=force) as tmp:
+    with AtomicDir(run_dir, force=force) as tmp, _mlflow_env(tracking_uri):
         checkpoint = ModelCheckpoint(dirpath=tmp, filename=Path(CHECKPOINT).stem, monitor="val_loss", mode="min",
                                      save_top_k=1, save_weights_only=True, enable_version_counter=False)
-        trainer = _trainer(config, tmp, checkpoint)
+        loggers: list[Logger] = [CSVLogger(tmp, name="logs", version="")]
+        if tracking_uri:
+            loggers.append(_mlflow_logger(tracking_uri, run_dir))
+        trainer = _trainer(config, tmp, checkpoint, loggers)
         # from_pretrained leaves the model in eval mode and Lightning keeps submodule modes:
         # without this, dropout would stay off for the whole training.
         module.train()
@@ -100,7 +109,11 @@ def fit(config: TrainConfig, run_dir: str | Path, force: bool = False) -> TrainR
         train_config = dataclasses.asdict(config) | {"data_source": splits.source, "labels": splits.labels,
                                                      "pairs": splits.pairs}
         atomic_write_text(tmp / TRAIN_CONFIG, json.dumps(train_config, indent=2) + "\n")
-    return TrainResult(run_dir=str(run_dir), checkpoint=str(run_dir / CHECKPOINT), metrics=metrics)
+        if tracking_uri:  # the best checkpoint's scores, as metrics.json has them, beside the per-validation curves
+            loggers[-1].log_metrics({f"best_{k}": v for k, v in metrics.items() if k.startswith("val_")},
+                                    step=trainer.global_step)
+    return TrainResult(run_dir=str(run_dir), checkpoint=str(run_dir / CHECKPOINT), metrics=metrics,
+                       mlflow_run=loggers[-1].run_id if tracking_uri else None, tracking_uri=tracking_uri)
 
 
 def _classifier(config: TrainConfig, splits: Splits) -> TextClassifier:
@@ -116,13 +129,46 @@ def _classifier(config: TrainConfig, splits: Splits) -> TextClassifier:
                           time_budget_s=config.max_minutes * 60 if config.max_minutes else None)
 
 
-def _trainer(config: TrainConfig, run_dir: Path, checkpoint: ModelCheckpoint) -> L.Trainer:
-    """On CPU, logging to CSV in the run folder; stops early when validation loss stops falling."""
+def _mlflow_store() -> str:
+    """--logger mlflow: the tracking store (checked to answer), which needs onnxpack[mlflow]."""
+    if importlib.util.find_spec("mlflow") is None:
+        raise OnnxpackError("--logger mlflow needs MLflow, which is not installed",
+                            hint="pip install 'onnxpack[mlflow]'")
+    from onnxpack.deploy.mlflow import check_store, default_tracking_uri
+
+    uri = default_tracking_uri()
+    check_store(uri)
+    return uri
+
+
+def _mlflow_env(tracking_uri: str | None) -> contextlib.AbstractContextManager[None]:
+    if not tracking_uri:
+        return contextlib.nullcontext()
+    from onnxpack.deploy.mlflow import store_env
+
+    return store_env(tracking_uri)
+
+
+def _mlflow_logger(tracking_uri: str, run_dir: Path) -> Logger:
+    """Lightning's MLFlowLogger: the run is named after the run folder; $MLFLOW_EXPERIMENT_NAME picks the
+    experiment (default: onnxpack, where `onnxpack mlflow log` puts packages)."""
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    from onnxpack.deploy.mlflow import DEFAULT_EXPERIMENT
+
+    return MLFlowLogger(experiment_name=os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT,
+                        run_name=run_dir.name, tracking_uri=tracking_uri,
+                        tags={"onnxpack.run_dir": str(run_dir.absolute())})
+
+
+def _trainer(config: TrainConfig, run_dir: Path, checkpoint: ModelCheckpoint, loggers: list[Logger]) -> L.Trainer:
+    """On CPU, logging to CSV in the run folder (and MLflow, if asked); stops early when validation loss
+    stops falling."""
     return L.Trainer(
         max_epochs=config.epochs, limit_train_batches=config.limit_train_batches, accelerator="cpu",
         max_time=datetime.timedelta(minutes=config.max_minutes) if config.max_minutes else None,
         val_check_interval=1 / config.val_checks_per_epoch,
-        logger=CSVLogger(run_dir, name="logs", version=""), default_root_dir=run_dir,
+        logger=loggers, default_root_dir=run_dir,
         callbacks=[checkpoint, EarlyStopping(monitor="val_loss", mode="min", patience=config.patience),
                    TQDMProgressBar()],
         num_sanity_val_steps=0, enable_model_summary=False,
