@@ -212,22 +212,27 @@ def test_monitor_passes_a_log_like_the_reference_and_writes_json_and_a_plot(runn
     score = ref["scores"]["edges"][int(np.argmax(ref["scores"]["counts"][label]))] - 0.01
     length = ref["lengths"]["edges"][int(np.argmax(ref["lengths"]["counts"]))]
     logs = _log(tmp_path / "logs", [{"label": label, "score": score, "length": length}] * 20 + ["{corrupt"])
-    result = runner.invoke(app, ["monitor", str(referenced), "--input", str(logs), "--max-psi", "50",
-                                 "--json", str(tmp_path / "m.json"), "--plot", str(tmp_path / "m.png")])
+    result = runner.invoke(app, ["monitor", str(referenced), "--input", str(logs), "--max-psi", "50", "--min-texts",
+                                 "10", "--json", str(tmp_path / "m.json"), "--plot", str(tmp_path / "m.png")])
     assert result.exit_code == 0, result.output
-    assert "no drift: every PSI at or under 50" in result.stdout
+    assert "no drift: every PSI judged is at or under 50" in result.stdout
     assert "1 corrupt lines skipped, the first: predictions-1.jsonl:21: not JSON" in result.stdout
     report = json.loads((tmp_path / "m.json").read_text())
     assert report["records"] == 20 and report["corrupt"] == 1 and report["max_psi"] == 50
     assert (tmp_path / "m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # the same log at the default bar: one label, one score bucket and one length are far from the reference
+    # at the default bar: every text of one length is far from the reference's spread of lengths
+    result = runner.invoke(app, ["monitor", str(referenced), "--input", str(logs), "--min-texts", "10"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stdout.splitlines()[-1].startswith("drift: PSI over 0.25 on ") and "length" in result.stdout
+    # 20 texts are too few to judge at the default --min-texts 100: shown, not judged
     result = runner.invoke(app, ["monitor", str(referenced), "--input", str(logs)])
-    assert result.exit_code == 1 and "drift: PSI over 0.25 on " in result.stdout and "Traceback" not in result.output
+    assert result.exit_code == 0 and "not judged, under --min-texts 100 texts on a side: labels, " in result.stdout
 
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--window", "soon"], "error: --window must be a positive duration such as 90s, 30m, 1h or 2d, got 'soon'"),
     (["--max-psi", "0"], "error: --max-psi must be above 0, got 0.0"),
+    (["--min-texts", "0"], "error: --min-texts must be at least 1, got 0"),
 ])
 def test_monitor_bad_options(runner, referenced, tmp_path, args, message):
     logs = _log(tmp_path / "logs", [{"label": "acceptable", "score": 0.9, "length": 9}])

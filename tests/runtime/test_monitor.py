@@ -114,6 +114,21 @@ def test_psi_and_binned_ks():
     assert d == pytest.approx(0.3) and p < 1e-6
 
 
+def test_a_quantity_with_too_few_texts_is_shown_but_not_judged():
+    reference = mon.Profile(["a", "b"], mon.SCORE_EDGES, [4, 8, 16])
+    reference.add(np.array([0] * 150 + [1] * 50), np.full(200, 0.9), np.full(200, 6), np.zeros(200, int),
+                  np.zeros(200, bool))
+    live = mon.Profile(["a", "b"], mon.SCORE_EDGES, [4, 8, 16])
+    live.add(np.array([0] * 120 + [1] * 80), np.full(200, 0.6), np.full(200, 12), np.zeros(200, int),
+             np.zeros(200, bool))
+    drifts = {d.quantity: d for d in mon.compare(reference, live, max_psi=0.25, min_texts=100)}
+    assert drifts["score[a]"].texts == (150, 120) and drifts["score[a]"].judged and drifts["score[a]"].drifted
+    assert drifts["score[b]"].texts == (50, 80) and not drifts["score[b]"].judged and not drifts["score[b]"].drifted
+    assert drifts["score[b]"].psi > 0.25  # shown all the same
+    assert drifts["length"].drifted and drifts["labels"].judged
+    assert drifts["unknown_rate"].psi == 0 and not drifts["unknown_rate"].drifted
+
+
 # ---- reading logs ----
 
 def test_corrupt_lines_are_counted_skipped_and_named(tmp_path):

@@ -152,10 +152,12 @@ def test_validation_replayed_through_a_server_passes_and_sigterm_loses_nothing(v
     assert not [p.name for p in logs.iterdir() if p.name.startswith(".")]  # every file put in place
     got = lines(logs)
     assert [row["sha256"] for row in got] == [hashlib.sha256(t.encode()).hexdigest() for t in validation]
-    result = monitor(verified, logs, "--json", str(tmp_path / "m.json"))
+    result = monitor(verified, logs, "--json", str(tmp_path / "m.json"), "--min-texts", "50")  # 64 validation rows
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "m.json").read_text())
     assert report["records"] == len(validation) and report["corrupt"] == 0 and not report["drifted"]
+    assert {d["quantity"] for d in report["drifts"] if d["judged"]} >= {"labels", "length", "unknown_rate",
+                                                                       "truncation_rate"}
     assert {d["quantity"] for d in report["drifts"]} == {"labels", "score[unacceptable]", "score[acceptable]",
                                                          "length", "unknown_rate", "truncation_rate"}
     assert all(d["psi"] is None or d["psi"] < 0.1 for d in report["drifts"]), report["drifts"]
@@ -165,7 +167,7 @@ def test_validation_replayed_through_a_server_passes_and_sigterm_loses_nothing(v
 def shifted(verified: Path, texts: list[str], folder: Path) -> dict:
     with running(create_app(verified, ServeConfig(grpc_port=0, log_predictions=str(folder)))) as base:
         replay(base, texts)
-    result = monitor(verified, folder, "--json", str(folder.with_suffix(".json")))
+    result = monitor(verified, folder, "--json", str(folder.with_suffix(".json")), "--min-texts", "50")
     assert result.exit_code == 1, result.output
     assert "drift: PSI over 0.25 on" in result.stdout
     return {d["quantity"]: d for d in json.loads(folder.with_suffix(".json").read_text())["drifts"]}

@@ -223,6 +223,7 @@ def monitor(
                                                     "writes to, or one .jsonl or .parquet file."),
     window: Optional[str] = option(MonitorConfig, "window"),
     max_psi: float = option(MonitorConfig, "max_psi"),
+    min_texts: int = option(MonitorConfig, "min_texts"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the comparison here (JSON)."),
     plot: Optional[Path] = typer.Option(None, help="Draw reference against live here (PNG; onnxpack\\[plot])."),
 ) -> None:
@@ -245,10 +246,14 @@ def monitor(
                             ("KS D", "right"), ("KS p", "right"), ("", "left")):
         table.add_column(column, justify=justify)
     for d in result.drifts:  # label names are the package's: shown as text, never as markup
+        status = ("[red]drift[/]" if d.drifted else "ok" if d.judged else
+                  "[dim]no texts[/]" if d.psi is None else "[dim]few texts[/]")
         table.add_row(Text(d.quantity), Text(d.reference), Text(d.live), "n/a" if d.psi is None else f"{d.psi:.4f}",
-                      "" if d.ks is None else f"{d.ks:.3f}", "" if d.ks_p is None else f"{d.ks_p:.3g}",
-                      f"[red]drift: PSI over {result.max_psi:g}[/]" if d.drifted else "ok")
+                      "" if d.ks is None else f"{d.ks:.3f}", "" if d.ks_p is None else f"{d.ks_p:.3g}", status)
     stdout.print(table)
+    if few := [d.quantity for d in result.drifts if d.psi is not None and not d.judged]:
+        stdout.print(f"not judged, under --min-texts {result.min_texts} texts on a side: {', '.join(few)}",
+                     markup=False, highlight=False)
     if result.corrupt:
         stdout.print(f"{result.corrupt} corrupt lines skipped, the first: {result.corrupt_examples[0]}",
                      markup=False, highlight=False)
@@ -259,10 +264,10 @@ def monitor(
     if plot:
         plot_drift(result, plot)
     drifted = [d.quantity for d in result.drifts if d.drifted]
-    if drifted:
-        stdout.print(f"drift: PSI over {result.max_psi:g} on {', '.join(drifted)}")
+    if drifted:  # quantities name labels: printed as text
+        stdout.print(f"drift: PSI over {result.max_psi:g} on {', '.join(drifted)}", markup=False, highlight=False)
         raise typer.Exit(1)
-    stdout.print(f"no drift: every PSI at or under {result.max_psi:g}")
+    stdout.print(f"no drift: every PSI judged is at or under {result.max_psi:g}", markup=False, highlight=False)
 
 
 @app.command(rich_help_panel=RUN)

@@ -452,6 +452,10 @@ class MonitorConfig(Options):
                                       "times: 90s, 30m, 1h, 2d (default: the whole log).")
     # the usual bar: under 0.1 no shift, 0.1-0.25 a moderate one, over 0.25 a large one
     max_psi: float = option(0.25, "Exit 1 when any quantity's PSI against the reference is over this.", above=0)
+    # A sample of n texts from the reference's own distribution still scores about (buckets - 1) / n.
+    min_texts: int = option(100, "Judge a quantity only when the reference and the log each have this many texts "
+                                 "for it (a label's scores: texts given that label); fewer are shown, not judged.",
+                            min=1)
 
     def check(self) -> None:
         self.window_seconds()

@@ -279,18 +279,24 @@ class Drift:
     ks_p: float | None
     reference: str  # a short summary of each side
     live: str
-    drifted: bool
+    texts: tuple[int, int]  # (reference, live) texts the quantity is measured on
+    judged: bool  # both sides have min_texts: the PSI counts for the exit status
+    drifted: bool  # judged, and the PSI is over max_psi
 
 
-def compare(reference: Profile, live: Profile, max_psi: float) -> list[Drift]:
+def compare(reference: Profile, live: Profile, max_psi: float, min_texts: int = 1) -> list[Drift]:
     """PSI of every quantity, KS for scores and lengths. The two rates are compared as two-bucket
-    distributions (unknown tokens and the other tokens; truncated texts and the others)."""
+    distributions (unknown tokens and the other tokens; truncated texts and the others). A quantity
+    measured on fewer than `min_texts` texts on either side (a label's scores: the texts given that
+    label) is not judged: the PSI of a few texts is mostly noise."""
     rows: list[Drift] = []
 
-    def add(name: str, ref: np.ndarray, cur: np.ndarray, ref_text: str, cur_text: str, ks: bool = False) -> None:
+    def add(name: str, ref: np.ndarray, cur: np.ndarray, ref_text: str, cur_text: str, ks: bool = False,
+            texts: tuple[int, int] = (reference.n, live.n)) -> None:
         value = psi(ref, cur) if cur.sum() else None
         d, p = binned_ks(ref, cur) if ks and cur.sum() and ref.sum() else (None, None)
-        rows.append(Drift(name, value, d, p, ref_text, cur_text, value is not None and value > max_psi))
+        judged = value is not None and min(texts) >= min_texts
+        rows.append(Drift(name, value, d, p, ref_text, cur_text, texts, judged, judged and value > max_psi))
 
     def shares(p: Profile) -> str:
         return " · ".join(f"{name} {c / max(p.n, 1):.1%}" for name, c in zip(p.labels, p.label_counts.tolist()))
@@ -300,7 +306,8 @@ def compare(reference: Profile, live: Profile, max_psi: float) -> list[Drift]:
         def mean(p: Profile) -> str:
             c = int(p.label_counts[i])
             return f"n {c}, mean {p.score_sums[i] / c:.3f}" if c else "n 0"
-        add(f"score[{name}]", reference.score_counts[i], live.score_counts[i], mean(reference), mean(live), ks=True)
+        add(f"score[{name}]", reference.score_counts[i], live.score_counts[i], mean(reference), mean(live), ks=True,
+            texts=(int(reference.label_counts[i]), int(live.label_counts[i])))
     add("length", reference.length_counts, live.length_counts, f"mean {reference.tokens / max(reference.n, 1):.1f}",
         f"mean {live.tokens / max(live.n, 1):.1f}", ks=True)
     add("unknown_rate", np.array([reference.unknown_tokens, reference.tokens - reference.unknown_tokens]),
@@ -447,6 +454,7 @@ class MonitorResult:
     first: str | None  # the compared records' first and last time
     last: str | None
     max_psi: float
+    min_texts: int
     drifts: list[Drift]
     drifted: bool  # some PSI is over max_psi: exit 1
     reference: dict[str, Any]
@@ -479,14 +487,14 @@ def monitor(package_dir: str | Path, input: str | Path, config: MonitorConfig | 
                             hint="pass the folder `onnxpack serve --log-predictions` writes to")
     live = Profile(reference.labels, reference.score_edges, reference.length_edges)
     live.add(rows.label[keep], rows.score[keep], rows.length[keep], rows.unknown[keep], rows.truncated[keep])
-    drifts = compare(reference, live, config.max_psi)
+    drifts = compare(reference, live, config.max_psi, config.min_texts)
     if rows.corrupt:
         log.warning("%d corrupt lines in %s skipped; the first: %s", rows.corrupt, input, rows.examples[0])
     times = rows.time[keep]
     iso = lambda t: datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")  # noqa: E731
     return MonitorResult(str(package.root), str(input), rows.files, int(keep.sum()), int((~keep).sum()), rows.corrupt,
-                         rows.examples, window, iso(times.min()), iso(times.max()), config.max_psi, drifts,
-                         any(d.drifted for d in drifts), m.reference, live.to_dict())
+                         rows.examples, window, iso(times.min()), iso(times.max()), config.max_psi, config.min_texts,
+                         drifts, any(d.drifted for d in drifts), m.reference, live.to_dict())
 
 
 def plot(result: MonitorResult, path: str | Path) -> None:
@@ -507,6 +515,8 @@ def plot(result: MonitorResult, path: str | Path) -> None:
                    np.array([live.unknown_rate, live.truncation_rate])))
     psi_of = {d.quantity: d.psi for d in result.drifts}
     psi_of["length (tokens)"] = psi_of.get("length")
+    drifted = {d.quantity for d in result.drifts if d.drifted}
+    drifted |= {"length (tokens)"} if "length" in drifted else set()
     cols = 2
     fig, axes = plt.subplots(math.ceil(len(panels) / cols), cols, figsize=(13, 3.6 * math.ceil(len(panels) / cols)),
                              squeeze=False)
@@ -515,10 +525,10 @@ def plot(result: MonitorResult, path: str | Path) -> None:
         share = title != "rates"
         ax.bar(x - 0.2, a / max(a.sum(), 1) if share else a, 0.4, label="reference")
         ax.bar(x + 0.2, b / max(b.sum(), 1) if share else b, 0.4, label="live")
-        values = [psi_of.get(q) for q in (("unknown_rate", "truncation_rate") if title == "rates" else (title,))]
-        shown = [v for v in values if v is not None]
+        names = ("unknown_rate", "truncation_rate") if title == "rates" else (title,)
+        shown = [psi_of[q] for q in names if psi_of.get(q) is not None]
         ax.set_title(title + ("  PSI " + " · ".join(f"{v:.3f}" for v in shown) if shown else ""),
-                     color="red" if any(v > result.max_psi for v in shown) else "black")
+                     color="red" if drifted & set(names) else "black")
         ax.set_xticks(x, ticks, rotation=60 if len(ticks) > 8 else 0, fontsize=7)
         ax.set_ylabel("share" if share else "rate")
         ax.grid(axis="y", alpha=0.3)
