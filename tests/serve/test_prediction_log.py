@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 from conftest import one_error_line
-from live import HOST, free_port, ready, running, wait_until
+from live import HOST, free_port, metric, ready, running, wait_until
 from typer.testing import CliRunner
 
 from onnxpack.cli import app as cli_app
@@ -67,7 +67,8 @@ def test_every_answer_is_a_line_and_files_rotate_by_size(tmp_path):
     log.close()
     files = sorted((tmp_path / "logs").iterdir())
     assert len(files) > 2 and all(f.name.startswith("predictions-") and f.suffix == ".jsonl" for f in files)
-    assert all(f.stat().st_size < 2_000 + 2_000 for f in files)  # rotated once a write passes the bound
+    longest = max(len(line) for f in files for line in f.read_bytes().splitlines(keepends=True))
+    assert all(f.stat().st_size < 2_000 + longest for f in files)  # a new file once the bound is reached
     got = lines(tmp_path / "logs")
     assert len(got) == 120 and log.written._value.get() == 120
     first = got[0]
@@ -196,7 +197,10 @@ def test_metrics_count_what_the_log_holds(verified, validation, tmp_path):
     app = create_app(verified, ServeConfig(grpc_port=0, log_predictions=str(tmp_path)))
     with running(app) as base:
         replay(base, validation[:40] + ["the cat " * 100])
-        text = httpx.get(f"{base}/metrics").text  # counted before answered
+        assert metric(base, "onnxpack_predictions_total", label=LABELS[0]) + \
+            metric(base, "onnxpack_predictions_total", label=LABELS[1]) == 41  # counted before answered
+        wait_until(lambda: metric(base, "onnxpack_prediction_log_records_total") == 41, what="the log's writes")
+        text = httpx.get(f"{base}/metrics").text
     reference = Profile.from_dict(Package.open(verified).manifest.reference, "reference")
     got = lines(tmp_path)
     assert len(got) == 41
