@@ -19,6 +19,14 @@ hardly move. Exits 1 on any error or mismatch.
     python scripts/loadtest.py PACKAGE                              # c = 1, 8, 32; HTTP and gRPC; batching on and off
     python scripts/loadtest.py PACKAGE --concurrency 32 --duration 60 --batching on --protocols http   # the soak run
     python scripts/loadtest.py PACKAGE --serve-args "--instances 1"   # other server settings
+    python scripts/loadtest.py PACKAGE --monitoring --rounds 5      # what monitoring costs (below)
+
+--monitoring measures what serve's monitoring costs at the highest concurrency (HTTP, batching on):
+three servers side by side, the prediction metrics off (--no-prediction-metrics), on (the default),
+and on with --log-predictions, loaded in turn for --rounds interleaved rounds (the order rotating),
+so that the machine's drift from minute to minute falls on all three alike. It prints each run, then
+each setting's median req/s and server CPU per request against "off", and checks that the log
+holds every answer its server gave.
 
 The clients speak raw HTTP/1.1 over keep-alive connections, and gRPC with pre-serialized requests,
 on asyncio: on a 2-core machine they share the CPU with the server, so they have to cost little.
@@ -188,6 +196,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_name() -> str:
+    """The processor's model name, from /proc/cpuinfo."""
+    with contextlib.suppress(OSError):
+        match = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+        if match:
+            return match[1].strip()
+    return "unknown"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
@@ -265,6 +282,65 @@ def offline(package: Path, variant: str, texts: list[str], rounds: int = 3) -> t
     return best, cpu_ms
 
 
+MONITORING = {"off": ["--no-prediction-metrics"], "metrics": [], "metrics+log": ["--log-predictions"]}
+
+
+def monitoring_cost(args: argparse.Namespace, serve_args: list[str], texts: list[str], model: str,
+                    reference: dict[str, dict], work: Path) -> dict:
+    """The three monitoring settings' servers, loaded in turn, round after round; medians and ratios."""
+    c = max(int(x) for x in args.concurrency.split(","))
+    protocol = args.protocols.split(",")[0]
+    runs: list[dict] = []
+    with contextlib.ExitStack() as stack:
+        servers = {}
+        for mode, extra in MONITORING.items():
+            extra = [*extra, str(work / "logs")] if extra[-1:] == ["--log-predictions"] else extra
+            servers[mode] = stack.enter_context(server(args.package, "on", [*serve_args, *extra],
+                                                       work / f"serve-{mode}.log"))
+        modes = list(MONITORING)
+        for r in range(args.rounds):
+            for mode in modes[r % len(modes):] + modes[:r % len(modes)]:
+                port, grpc_port, pid = servers[mode]
+                run = run_clients(CLIENTS[protocol], grpc_port if protocol == "grpc" else port, model, texts,
+                                  reference, c, args.warmup, args.duration, args.atol, pid)
+                row = {"round": r, "monitoring": mode, "protocol": protocol, **uvloop.run(run)}
+                runs.append(row)
+                print(f"round {r}  {mode:>11}  c={c}  {row['req_per_s']:>8.1f} req/s  p50 {row['p50_ms']:>6.2f} ms  "
+                      f"p99 {row['p99_ms']:>6.2f} ms  server CPU {row['server_cpu_ms_per_req']:.3f} ms/req  "
+                      f"{row['errors']} errors, {row['mismatches']} mismatches", flush=True)
+                for failure in row["failures"]:
+                    print(f"    {failure}")
+        answered = {mode: predictions_answered(servers[mode][0]) for mode in modes[1:]}  # "off" counts none
+    logged = sum(len(f.read_bytes().splitlines()) for f in (work / "logs").glob("predictions-*.jsonl"))
+    summary = {}
+    for mode in modes:
+        rows = [row for row in runs if row["monitoring"] == mode]
+        summary[mode] = {"req_per_s": float(np.median([row["req_per_s"] for row in rows])),
+                         "server_cpu_ms_per_req": float(np.median([row["server_cpu_ms_per_req"] for row in rows]))}
+    for mode in modes:
+        # paired by round: each setting against "off" measured minutes apart at most
+        pairs = [a["req_per_s"] / b["req_per_s"] for a in runs if a["monitoring"] == mode
+                 for b in runs if b["monitoring"] == "off" and b["round"] == a["round"]]
+        summary[mode]["req_per_s_vs_off"] = summary[mode]["req_per_s"] / summary["off"]["req_per_s"]
+        summary[mode]["paired_req_per_s_vs_off"] = float(np.median(pairs))
+        summary[mode]["cpu_vs_off"] = summary[mode]["server_cpu_ms_per_req"] / summary["off"]["server_cpu_ms_per_req"]
+        print(f"{mode:>11}: median {summary[mode]['req_per_s']:.1f} req/s = {summary[mode]['req_per_s_vs_off']:.1%} of "
+              f"off (paired by round: {summary[mode]['paired_req_per_s_vs_off']:.1%}); server CPU "
+              f"{summary[mode]['server_cpu_ms_per_req']:.3f} ms/req = {summary[mode]['cpu_vs_off']:.1%} of off")
+    print(f"the log holds {logged} answers; its server answered {answered['metrics+log']:.0f}"
+          f" ({'all there' if logged == answered['metrics+log'] else 'MISSING SOME'})")
+    return {"concurrency": c, "protocol": protocol, "rounds": args.rounds, "duration_s": args.duration,
+            "runs": runs, "summary": summary, "logged": logged, "answered_with_log": answered["metrics+log"]}
+
+
+def predictions_answered(port: int) -> float:
+    """Texts the server has answered, from its /metrics (the log's server counts them too)."""
+    with socket.create_connection((HOST, port), timeout=10) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % HOST.encode())
+        text = b"".join(iter(lambda: s.recv(65536), b"")).decode()
+    return sum(float(v) for v in re.findall(r"^onnxpack_predictions_total\{[^}]*\} (\S+)$", text, re.M))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("package", type=Path)
@@ -277,6 +353,9 @@ def main() -> int:
     parser.add_argument("--atol", type=float, default=1e-4, help="allowed score difference from `onnxpack predict`")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--serve-args", default="", help='more `onnxpack serve` options, e.g. "--instances 1"')
+    parser.add_argument("--monitoring", action="store_true", help="measure monitoring's cost instead: prediction "
+                        "metrics off, on, and on with --log-predictions, at the highest concurrency, interleaved")
+    parser.add_argument("--rounds", type=int, default=3, help="--monitoring: interleaved rounds of the three")
     args = parser.parse_args()
     serve_args = shlex.split(args.serve_args)
     modes = ["on", "off"] if args.batching == "both" else args.batching.split(",")
@@ -292,6 +371,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         reference = reference_predictions(args.package, variant, texts, work)
+        if args.monitoring:
+            cost = monitoring_cost(args, serve_args, texts, model, reference, work)
+            if args.json:
+                args.json.write_text(json.dumps({"texts": len(texts), "cpus": os.cpu_count(), "variant": variant,
+                                                 "cpu": cpu_name(), "monitoring": cost}, indent=2))
+            bad = any(r["errors"] or r["mismatches"] for r in cost["runs"]) or cost["logged"] != cost["answered_with_log"]
+            return 1 if bad else 0
         offline_runs = [offline(args.package, variant, texts)]
         print(f"offline: {variant} on {len(texts)} texts, batches of 32: {offline_runs[0][0]:.1f} texts/s, "
               f"{offline_runs[0][1]:.2f} ms CPU per text", flush=True)

@@ -712,6 +712,22 @@ def test_loadtest_script_runs(package_dir, small_cola, tmp_path):
     assert "http batching on, c=4: server CPU" in result.stdout and "efficiency; wall" in result.stdout
 
 
+def test_loadtest_measures_what_monitoring_costs(package_dir, small_cola, tmp_path):
+    """scripts/loadtest.py --monitoring, briefly: three servers (metrics off, on, on with the log), each
+    loaded in turn, and the log holding every answer its server gave."""
+    out = tmp_path / "monitoring.json"
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "loadtest.py"), str(package_dir), "--data",
+                             str(small_cola), "--monitoring", "--rounds", "1", "--concurrency", "4", "--duration",
+                             "0.5", "--warmup", "0.2", "--protocols", "http", "--json", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    cost = json.loads(out.read_text())["monitoring"]
+    assert [r["monitoring"] for r in cost["runs"]] == ["off", "metrics", "metrics+log"]
+    assert all(r["requests"] > 0 and r["errors"] == r["mismatches"] == 0 for r in cost["runs"])
+    assert cost["logged"] == cost["answered_with_log"] > 0
+    assert set(cost["summary"]) == {"off", "metrics", "metrics+log"} and "(all there)" in result.stdout
+
+
 # ---- hostile clients and stuck models ----
 
 @pytest.fixture()
