@@ -101,6 +101,18 @@ def test_profile_round_trips_and_a_broken_one_is_one_line():
     assert again.to_dict() == d
     with pytest.raises(OnnxpackError, match="^x is not a reference profile .*onnxpack verify"):
         mon.Profile.from_dict({"labels": {"a": 1}}, "x")
+    d["lengths"]["edges"] = [8, 4, 16]
+    with pytest.raises(OnnxpackError, match=r"^x is not a reference profile \(ValueError: bucket edges \[8, 4, 16\] "
+                                            r"are not increasing\)"):
+        mon.Profile.from_dict(d, "x")
+
+
+def test_a_broken_reference_leaves_the_server_its_default_edges(package_copy, caplog):
+    package = Package.open(package_copy)
+    package.update_manifest(reference={"labels": "not a profile"})
+    profile = mon.default_profile(Package.open(package_copy))
+    assert profile.length_edges == mon.length_edges(package.manifest.max_length)
+    assert "is not a reference profile" in caplog.text
 
 
 def test_psi_and_binned_ks():

@@ -209,6 +209,9 @@ class Profile:
             profile.length_counts[:] = [int(c) for c in d["lengths"]["counts"]]
             profile.tokens, profile.unknown_tokens, profile.truncated = (int(d[k]) for k in ("tokens", "unknown_tokens",
                                                                                                 "truncated"))
+            for edges in (profile.score_edges, profile.length_edges):
+                if not edges or any(b <= a for a, b in zip(edges, edges[1:])):
+                    raise ValueError(f"bucket edges {edges[:5]} are not increasing")
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise PackageError(f"{where} is not a reference profile ({type(e).__name__}: {e})",
                                hint="run `onnxpack verify` on the package again to store a new one") from None
@@ -216,11 +219,15 @@ class Profile:
 
 
 def default_profile(package: Package) -> Profile:
-    """An empty profile with the reference's edges, or (a package without one) the default edges."""
+    """An empty profile with the reference's edges, or (a package without one, or with one that is
+    not a profile: the server still serves it) the default edges."""
     m = package.manifest
     if m.reference:
-        ref = Profile.from_dict(m.reference, f"{package.root}'s manifest reference")
-        return Profile(m.labels, ref.score_edges, ref.length_edges)
+        try:
+            ref = Profile.from_dict(m.reference, f"{package.root}'s manifest reference")
+            return Profile(m.labels, ref.score_edges, ref.length_edges)
+        except PackageError as e:
+            log.warning("%s; /metrics uses the default bucket edges", e.message)
     return Profile(m.labels, SCORE_EDGES, length_edges(m.max_length))
 
 

@@ -133,7 +133,12 @@ class PredictionLog:
                     items.append(self._queue.get_nowait())
             answered = [i for i in items if i is not _STOP]
             for start in range(0, len(answered), BATCH):
-                self._write(answered[start:start + BATCH])
+                chunk = answered[start:start + BATCH]
+                try:
+                    self._write(chunk)
+                except Exception:  # noqa: BLE001 -- a bug: lose these lines, not the log
+                    log.exception("writing the prediction log failed")
+                    self.dropped.inc(sum(len(item[2]) for item in chunk))
             if len(answered) < len(items):  # closing: everything queued before it is written
                 self._rotate()
                 return
