@@ -17,6 +17,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from .errors import PackageError
 
@@ -123,6 +124,17 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write a whole binary file (an image, a graph) atomically."""
     with AtomicFile(path) as tmp, open(tmp, "wb") as f:
         f.write(data)
+
+
+def atomic_save_png(figure: Any, path: str | os.PathLike[str], dpi: int) -> None:
+    """A matplotlib figure written as a PNG by rename, then closed (pyplot keeps figures until then)."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with AtomicFile(path) as tmp:
+            figure.savefig(tmp, dpi=dpi, format="png")
+    finally:
+        plt.close(figure)
 
 
 class AtomicDir(_Staged):

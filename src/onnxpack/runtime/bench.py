@@ -22,7 +22,7 @@ import onnx
 import onnxruntime as ort
 
 from onnxpack.core import cpu, untrusted
-from onnxpack.core.atomic import AtomicFile
+from onnxpack.core.atomic import atomic_save_png
 from onnxpack.core.config import BenchConfig
 from onnxpack.core.data import load_splits
 from onnxpack.core.errors import DataError
@@ -326,8 +326,4 @@ def plot(report: dict[str, Any], path: str | Path) -> None:
     fig.suptitle(f"{Path(report['package']).name}: {cpu.summary(machine['cpu'])}\n{machine['threads']} threads; "
                  f"ceilings fp32 {machine['fp32_matmul_gflops']} GFLOP/s, int8 {machine['int8_matmul_gops']} GOP/s")
     fig.tight_layout()
-    try:
-        with AtomicFile(path) as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
-    finally:
-        plt.close(fig)
+    atomic_save_png(fig, path, dpi=110)

@@ -35,7 +35,7 @@ import numpy as np
 import orjson
 from tokenizers import Encoding, Tokenizer
 
-from onnxpack.core.atomic import AtomicFile
+from onnxpack.core.atomic import atomic_save_png
 from onnxpack.core.config import MonitorConfig
 from onnxpack.core.errors import OnnxpackError, PackageError
 from onnxpack.core.families import ATTENTION_MASK, INPUT_IDS
@@ -545,9 +545,5 @@ def plot(result: MonitorResult, path: str | Path) -> None:
     fig.suptitle(f"{Path(result.package).name}: {result.records} predictions ({result.first} to {result.last}) "
                  f"against the reference ({result.reference.get('n')} validation rows)")
     fig.tight_layout()
-    try:
-        with AtomicFile(path) as tmp:
-            fig.savefig(tmp, dpi=100, format="png")
-    finally:
-        plt.close(fig)
+    atomic_save_png(fig, path, dpi=100)
 
