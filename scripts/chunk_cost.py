@@ -48,15 +48,17 @@ def long_texts(sentences: list[str], count: int, words: int, seed: int = 0) -> l
     """`count` texts of CoLA sentences drawn at random, each stopping at the first sentence that
     takes it to `words` words or more."""
     rng = random.Random(seed)
-    texts = []
-    for _ in range(count):
-        parts, n = [], 0
-        while n < words:
-            sentence = rng.choice(sentences)
-            parts.append(sentence)
-            n += len(sentence.split())
-        texts.append(" ".join(parts))
-    return texts
+    return [joined(rng, sentences, words) for _ in range(count)]
+
+
+def joined(rng: random.Random, sentences: list[str], words: int) -> str:
+    """Sentences drawn at random and joined, up to the first that takes the text to `words` words or more."""
+    parts, n = [], 0
+    while n < words:
+        sentence = rng.choice(sentences)
+        parts.append(sentence)
+        n += len(sentence.split())
+    return " ".join(parts)
 
 
 def cpu_line() -> tuple[str, dict]:
@@ -177,12 +179,7 @@ def write_corpus(path: Path, rows: int, words: int, sentences: list[str]) -> flo
     with open(path, "w", encoding="utf-8") as f:
         f.write("id\ttext\n")
         for i in range(rows):
-            parts, n = [], 0
-            while n < words:
-                sentence = rng.choice(sentences)
-                parts.append(sentence)
-                n += len(sentence.split())
-            f.write(f"r{i}\t{' '.join(parts)}\n")
+            f.write(f"r{i}\t{joined(rng, sentences, words)}\n")
     return path.stat().st_size / 1e6
 
 
