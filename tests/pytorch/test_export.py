@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -162,8 +163,9 @@ def test_self_check_failure_writes_nothing(trained_run, tmp_path):
         export(trained_run / "best.ckpt", tmp_path / "pkg", ExportConfig(atol=0.0))
     message = str(info.value)
     assert "exported model disagrees with PyTorch beyond atol 0:" in message
-    for size in (1, 3, 17):
-        assert f"batch {size}x" in message
+    # Each disagreeing batch of the self-check is named; one may happen to agree to the last bit (batch 1 did once).
+    named = {int(size) for size in re.findall(r"batch (\d+)x", message)}
+    assert named and named <= {1, 3, 17}
     assert "nothing was written" in message
     assert list(tmp_path.iterdir()) == []  # no package, no .pkg.tmp-* directory
 
