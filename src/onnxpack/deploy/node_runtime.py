@@ -19,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxpack.core.atomic import AtomicDir
 from onnxpack.core.errors import OnnxpackError
 from onnxpack.runtime.feed import Text, encode
 from onnxpack.runtime.predictor import Predictor
+
+from . import npm
 
 SCRIPT = Path(__file__).parent / "node" / "run.js"
 PACKAGE = "onnxruntime-node@1.30"  # the npm release `check` installs and was measured with
@@ -32,36 +33,24 @@ INSTALL_HINT = "run `onnxpack check --install-node-runtime` (needs node and npm)
 
 def home() -> Path:
     """Where onnxruntime-node is installed: $ONNXPACK_NODE_RUNTIME, else the user's cache."""
-    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "onnxpack" / "onnxruntime-node"
-    return Path(os.environ.get("ONNXPACK_NODE_RUNTIME", default))
+    return npm.cache_home("onnxruntime-node", "ONNXPACK_NODE_RUNTIME")
 
 
 def available() -> str | None:
     """None when the second runtime can run here, else why not."""
     if shutil.which("node") is None:
         return "node is not installed (e.g. apt-get install nodejs npm)"
-    if not (home() / "node_modules" / "onnxruntime-node" / "package.json").is_file():
+    if not npm.installed(home(), "onnxruntime-node"):
         return f"onnxruntime-node is not installed in {home()}: {INSTALL_HINT}"
     return None
 
 
 def version() -> str:
-    return json.loads((home() / "node_modules" / "onnxruntime-node" / "package.json").read_text())["version"]
+    return npm.version(home(), "onnxruntime-node")
 
 
 def install() -> Path:
-    """npm install onnxruntime-node into home(), atomically (a folder renamed into place)."""
-    if shutil.which("npm") is None:
-        raise OnnxpackError("npm is not installed", hint="install Node.js and npm (e.g. apt-get install nodejs npm)")
-    target = home()
-    with AtomicDir(target, force=True) as tmp:
-        result = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--prefix", str(tmp), PACKAGE],
-                                env={**os.environ, "ONNXRUNTIME_NODE_INSTALL": "skip"}, capture_output=True,
-                                text=True, timeout=600)
-        if result.returncode != 0:
-            last = (result.stderr.strip().splitlines() or ["no message"])[-1]
-            raise OnnxpackError(f"npm install {PACKAGE} failed: {last}", hint="check that npm can reach its registry")
-    return target
+    return npm.install(home(), [PACKAGE], env={"ONNXRUNTIME_NODE_INSTALL": "skip"})
 
 
 @dataclasses.dataclass
@@ -70,6 +59,7 @@ class Comparison:
     rows: int
     max_abs_diff: float
     agreement: float  # share of rows whose best class is the same
+    ms_per_row: float | None = None  # the runtime's own time for the rows, divided by them
 
 
 def compare(predictor: Predictor, texts: Sequence[Text]) -> Comparison:
@@ -95,4 +85,5 @@ def compare(predictor: Predictor, texts: Sequence[Text]) -> Comparison:
     got = np.asarray(out["data"], dtype=np.float32).reshape(out["dims"])
     return Comparison(runtime=f"onnxruntime-node {answer['version']}", rows=len(texts),
                       max_abs_diff=float(np.abs(got - want).max()),
-                      agreement=float((got.argmax(-1) == want.argmax(-1)).mean()))
+                      agreement=float((got.argmax(-1) == want.argmax(-1)).mean()),
+                      ms_per_row=float(answer["ms"]) / len(texts))

@@ -1,6 +1,6 @@
 // onnxpack's second runtime: a graph run in onnxruntime-node, for `onnxpack check`.
 // Usage: node run.js MODEL.onnx FEED.json. FEED.json maps each input name to {dims, data} (int64 ids).
-// Prints {"version", "outputs": {name: {dims, data}}} on one line; any error is one line on stderr, exit 1.
+// Prints {"version", "ms", "outputs": {name: {dims, data}}} on one line (ms: the run's own time); any error is one line on stderr, exit 1.
 'use strict';
 const fs = require('fs');
 
@@ -27,12 +27,14 @@ async function main() {
     const {dims, data} = feed[name];
     inputs[name] = new ort.Tensor('int64', BigInt64Array.from(data, (v) => BigInt(v)), dims);
   }
+  const started = performance.now();
   const results = await session.run(inputs);
+  const ms = performance.now() - started;
   const outputs = {};
   for (const name of session.outputNames) {
     outputs[name] = {dims: Array.from(results[name].dims), data: Array.from(results[name].data, Number)};
   }
-  process.stdout.write(JSON.stringify({version: ort.env.versions.node, outputs}) + '\n');
+  process.stdout.write(JSON.stringify({version: ort.env.versions.node, ms, outputs}) + '\n');
 }
 
 main().catch((e) => fail(e && e.message ? e.message : e));
