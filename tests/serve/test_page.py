@@ -1,4 +1,4 @@
-"""The page at `/` (serve.html) and the API docs pages, served by a real server on a package whose name,
+"""The page at `/` (core/page.html) and the API docs pages, served by a real server on a package whose name,
 labels and tokens carry script payloads: nothing runs, everything shows as text, and the page's
 Content-Security-Policy allows only its own inline script and style.
 
@@ -15,7 +15,6 @@ import html
 import json
 import re
 from collections.abc import Iterator
-from importlib import resources
 from pathlib import Path
 
 import httpx
@@ -31,6 +30,7 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+from onnxpack.core import page
 from onnxpack.core.config import ExportConfig
 from onnxpack.core.htmlsafe import inline_hashes
 from onnxpack.core.package import MANIFEST, Package
@@ -52,8 +52,8 @@ def test_the_page_allows_its_own_script_and_nothing_else(payload_base, payload_p
     r = httpx.get(f"{payload_base}/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     policy = _directives(r.headers["content-security-policy"])
-    # Taken from serve.html as it is now, so an edit to the page keeps its policy right.
-    scripts, styles = inline_hashes(resources.files("onnxpack.serve").joinpath("serve.html").read_text("utf-8"))
+    # Taken from page.html as it is now, so an edit to the page keeps its policy right.
+    scripts, styles = inline_hashes(page.template())
     assert scripts and policy["script-src"] == scripts and policy["style-src"] == styles
     assert "'unsafe-inline'" not in r.headers["content-security-policy"]
     assert policy["connect-src"] == ["'self'"] and policy["default-src"] == ["'self'"]

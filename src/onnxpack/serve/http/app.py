@@ -12,9 +12,7 @@ A text longer than the package's `max_length` tokens is truncated, as
 # definition time, and the /predict body model is built inside _inference_routes from the limits.
 import contextlib
 import html
-import importlib.resources
 import inspect
-import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -27,8 +25,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from onnxpack import __version__
+from onnxpack.core import page as try_page
 from onnxpack.core.errors import OnnxpackError
-from onnxpack.core.htmlsafe import content_security_policy, script_json
+from onnxpack.core.htmlsafe import content_security_policy
 from onnxpack.core.package import MULTI_LABEL
 
 from .. import v2_binary
@@ -121,7 +120,6 @@ def _inference_routes(service: Service, v2: V2) -> APIRouter:
 
 def _page_and_metrics(service: Service) -> APIRouter:
     router = APIRouter()
-    template = importlib.resources.files("onnxpack.serve").joinpath("serve.html").read_text(encoding="utf-8")
     manifest, multi_label = service.manifest, service.manifest.problem_type == MULTI_LABEL
     # What the page needs to know of the model and the server, in a JSON data block (not run, so no
     # hash): it shows two boxes for a pair model, label chips and thresholds for a multi-label one, and
@@ -129,13 +127,12 @@ def _page_and_metrics(service: Service) -> APIRouter:
     model = {"labels": list(manifest.labels), "pairs": bool(manifest.pairs), "multi_label": multi_label,
              "thresholds": list(manifest.thresholds or []) if multi_label else None,
              "max_length": manifest.max_length, "long_text": service.config.long_text,
-             "chunk": service.config.max_windows > 1}
-    fills = {"name": html.escape(manifest.name), "model": script_json(model)}
-    page_html = re.sub(r"\{\{(name|model)\}\}", lambda m: fills[m[1]], template)  # one pass: no fill is read again
+             "chunk": service.config.max_windows > 1, "explain": True, "browser": False}
+    page_html = try_page.render(manifest.name, model)
     # The page's own inline script and style, by hash (taken from the template, before the name is put
     # in), and fetch() to this server: nothing else runs, loads or frames it. Labels and texts come
     # from /predict and /explain as JSON and go in through textContent.
-    headers = {"Content-Security-Policy": content_security_policy(template, served=True, connect_self=True),
+    headers = {"Content-Security-Policy": content_security_policy(try_page.template(), served=True, connect_self=True),
                "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 
     @router.get("/", response_class=HTMLResponse, summary="A page to try the model in a browser")
