@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -14,7 +15,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from onnxpack.core import cpu
-from onnxpack.core.config import BenchConfig, CheckConfig, OptimizeConfig, ServingConfig
+from onnxpack.core.config import (
+    BenchConfig,
+    CheckConfig,
+    ExportWebConfig,
+    OptimizeConfig,
+    ServingConfig,
+)
 from onnxpack.core.errors import OnnxpackError
 
 from .app import (
@@ -31,7 +38,6 @@ from .app import (
 
 if TYPE_CHECKING:
     from onnxpack.core.package import Package
-    from onnxpack.deploy.compat import Finding
     from onnxpack.runtime.optimize import GateResult
 
 
@@ -162,22 +168,25 @@ def check(
     target: Optional[str] = option(CheckConfig, "target"),
     data: Optional[str] = option(CheckConfig, "data"),
     rows: int = option(CheckConfig, "rows"),
+    runtime: Optional[str] = option(CheckConfig, "runtime"),
     install_node_runtime: bool = typer.Option(False, "--install-node-runtime",
                                               help="First npm-install onnxruntime-node into onnxpack's cache."),
 ) -> None:
     """Will the package load where it is shipped? Its IR version and opsets against the target's, per
-    variant; then its logits in a second runtime (onnxruntime-node) against Python's."""
+    variant; then, per runtime (onnxruntime-node, onnxruntime-web in Chromium, the ORT format), whether each
+    variant loads, its logits against Python's, its labels and its time per row."""
     import onnxruntime
 
     from onnxpack.core.package import Package
-    from onnxpack.deploy import compat, node_runtime
+    from onnxpack.deploy import compat, node_runtime, runtimes
 
     config = config_from(CheckConfig, locals())
     config.validate()
+    names = runtimes.parse(config.runtime)
     opened = Package.open(package)
-    runtime = compat.parse_target(config.target or f"onnxruntime=={onnxruntime.__version__}")
-    findings = compat.check(opened, runtime)
-    table = Table(title=f"{opened.name} against {runtime}")
+    target_runtime = compat.parse_target(config.target or f"onnxruntime=={onnxruntime.__version__}")
+    findings = compat.check(opened, target_runtime)
+    table = Table(title=f"{opened.name} against {target_runtime}")
     for col in ("variant", "file", "IR", "opsets", "loads"):
         table.add_column(col)
     for f in findings:
@@ -191,12 +200,15 @@ def check(
         console.print(f"[yellow]warning[/] {', '.join(variants)}: {escape(warning)}", soft_wrap=True)
     if install_node_runtime:
         console.print(f"installed {node_runtime.PACKAGE} into {node_runtime.install()}")
-    reason = node_runtime.available()
-    if reason:
-        console.print(f"second runtime: not run, {reason}")
-    else:
-        _second_runtime(opened, findings, config)
-    if not all(f.ok for f in findings):
+    missing = {name: reason for name in names if (reason := runtimes.missing(name))}
+    for name, reason in missing.items():
+        console.print(f"[yellow]runtime {name} not run[/]: {escape(reason)}", soft_wrap=True)
+    ran = [name for name in names if name not in missing]
+    problems = _other_runtimes(opened, [f.variant for f in findings if f.ok], ran, config) if ran else []
+    if missing and os.environ.get("CI", "").lower() == "true":
+        console.print(f"[red]error[/]: CI=true and {', '.join(missing)} could not run here")
+        raise typer.Exit(1)
+    if not all(f.ok for f in findings) or problems:
         raise typer.Exit(1)
 
 
@@ -211,29 +223,104 @@ def _int8_path_mismatches(package: Package) -> dict[str, list[str]]:
     return grouped
 
 
-def _second_runtime(package: Package, findings: list[Finding], config: CheckConfig) -> None:
-    """Each variant's logits in onnxruntime-node against Python's, on validation rows."""
+def _other_runtimes(package: Package, variants: list[str], names: list[str], config: CheckConfig) -> list[str]:
+    """Each variant in each runtime against Python's ONNX Runtime, on validation rows, as one table; the
+    problems (a variant a runtime does not load, or answers otherwise)."""
+    import time
+
     import onnxruntime
 
-    from onnxpack.core.data import load_splits
-    from onnxpack.deploy import compat, node_runtime
+    from onnxpack.deploy import compat, node_runtime, runtimes, web
     from onnxpack.runtime.predictor import Predictor
 
-    node_target = compat.ort_target(node_runtime.version())
-    texts = load_splits(config.data, need_train=False).validation.texts[:config.rows]
-    if package.manifest.pairs and not isinstance(texts[0], tuple):  # single sentences, paired up
-        texts = list(zip(texts[::2], texts[1::2]))
-    node_findings = {g.variant: g for g in compat.check(package, node_target)}
-    for f in findings:
-        problems = node_findings[f.variant].problems
-        if problems:
-            console.print(f"second runtime: onnxruntime-node {node_runtime.version()} cannot load "
-                          f"{f.variant}: {'; '.join(problems)}")
-            continue
-        with Predictor(package, variant=f.variant, provider="cpu") as predictor:
-            result = node_runtime.compare(predictor, texts)
-        stdout.print(f"{f.variant}: {result.runtime} vs Python onnxruntime {onnxruntime.__version__} on "
-                     f"{result.rows} rows: max |diff| {result.max_abs_diff:.1e}, same label {result.agreement:.1%}")
+    texts = runtimes.sample_texts(package, config.data, config.rows)
+    python_ms = {}
+    for variant in variants:
+        with Predictor(package, variant=variant, provider="cpu") as predictor:
+            predictor.predict_logits(texts[:2])  # warm-up
+            started = time.perf_counter()
+            predictor.predict_logits(texts)
+            python_ms[variant] = (time.perf_counter() - started) * 1000 / len(texts)
+    table = Table(title=f"{package.name} in other runtimes, against Python onnxruntime {onnxruntime.__version__} on "
+                        f"{len(texts)} validation rows")
+    for col in ("runtime", "variant", "loads", "max |Δlogit|", "same label", "ms/row", "Python ms/row"):
+        table.add_column(col, justify="right" if col[0] in "msP" else "left")
+    problems = []
+    for name in names:
+        if name == "web":
+            web.ensure_runtime(lambda message: console.print(message))
+        release = {"node": node_runtime.version, "web": lambda: web.versions()[web.ORT_WEB],
+                   "ort-format": lambda: onnxruntime.__version__}[name]()
+        limits = {f.variant: f.problems for f in compat.check(package, compat.ort_target(release))}
+        for variant in variants:
+            with console.status(f"{variant} in {name}"):
+                result = None if limits.get(variant) else _compare(name, package, variant, texts)
+            error = "; ".join(limits[variant]) if limits.get(variant) else result.error
+            if error:
+                problems.append(f"{name} {variant}: {error}")
+                table.add_row(name, variant, f"[red]no[/]: {escape(error[:200])}", "", "", "", f"{python_ms[variant]:.2f}")
+                continue
+            if result.max_abs_diff > web.TOLERANCE or result.agreement < 1:
+                problems.append(f"{name} {variant}: max |diff| {result.max_abs_diff:.1e}, same label {result.agreement:.1%}")
+            table.add_row(name, variant, "yes", f"{result.max_abs_diff:.1e}", f"{result.agreement:.1%}",
+                          f"{result.ms_per_row:.2f}", f"{python_ms[variant]:.2f}")
+    stdout.print(table)
+    for problem in problems:
+        console.print(f"[red]problem[/] {escape(problem)}", soft_wrap=True)
+    return problems
+
+
+def _compare(name: str, package: Package, variant: str, texts: list) -> Any:
+    from onnxpack.deploy import mobile, node_runtime, runtimes, web
+    from onnxpack.runtime.predictor import Predictor
+
+    if name == "node":
+        with Predictor(package, variant=variant, provider="cpu") as predictor:
+            return node_runtime.compare(predictor, texts)
+    if name == "web":
+        return web.in_browser(package, variant, texts, runtimes.chromium())
+    return mobile.compare(package, variant, texts)
+
+
+@app.command("export-web", rich_help_panel=SHIP)
+def export_web(
+    package: Path = typer.Argument(..., help="Package folder."),
+    out: Path = typer.Option(..., "--out", help="The static folder to write (new)."),
+    variant: Optional[str] = option(ExportWebConfig, "variant"),
+    data: Optional[str] = option(ExportWebConfig, "data"),
+    rows: int = option(ExportWebConfig, "rows"),
+    force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
+) -> None:
+    """A static folder that classifies in the browser with no server: the page, the model, the tokenizer
+    and onnxruntime-web (WebAssembly), vendored from npm at build time. Put it on any static host."""
+    from onnxpack.core.package import Package
+    from onnxpack.deploy import runtimes, web
+
+    config = config_from(ExportWebConfig, locals())
+    config.validate()
+    opened = Package.open(package)
+    texts = runtimes.sample_texts(opened, config.data, config.rows)
+    with console.status("export-web") as status:
+        result = web.export_web(opened, out, texts, variant=config.variant, force=force,
+                                on_step=lambda message: status.update(message))
+    table = Table(title=f"{opened.name} in onnxruntime-web {web.versions()[web.ORT_WEB]} (WebAssembly, 1 thread, "
+                        f"in Node) on {len(texts)} validation rows")
+    for col in ("variant", "loads", "ms/row", "max |Δlogit| vs Python", "same label", ""):
+        table.add_column(col)
+    for t in result.trials:
+        loads = "[green]yes[/]" if t.error is None else f"[red]no[/]: {escape(t.error[:160])}"
+        table.add_row(t.variant, loads, "" if t.ms_per_row is None else f"{t.ms_per_row:.1f}",
+                      "" if t.max_abs_diff is None else f"{t.max_abs_diff:.1e}",
+                      "" if t.agreement is None else f"{t.agreement:.1%}", "chosen" if t.variant == result.variant else "")
+    stdout.print(table)
+    model = result.sizes[web.MODEL]
+    runtime = sum(size for name, size in result.sizes.items() if name.startswith("vendor/"))
+    stdout.print(f"wrote {out}: carries {result.variant}, {result.why}")
+    stdout.print(f"size {result.bytes / 1e6:.1f} MB ({result.gzip_bytes / 1e6:.1f} MB gzipped, as a static host "
+                 f"sends it): model {model / 1e6:.1f} MB, onnxruntime-web {runtime / 1e6:.1f} MB, the rest "
+                 f"{(result.bytes - model - runtime) / 1e6:.1f} MB")
+    stdout.print(f"try it: python -m http.server --directory {out} --bind 127.0.0.1 8080, then open "
+                 "http://127.0.0.1:8080/")
 
 
 @app.command("export-serving", rich_help_panel=SHIP)

@@ -392,7 +392,23 @@ class ServingConfig(Options):
 class CheckConfig(Options):
     target: str | None = option(None, "onnxruntime==X.Y or triton==YY.MM (default: the installed onnxruntime).")
     data: str | None = option(None, f"Sentences for the second runtime's comparison; {DATA_DEFAULT}.")
-    rows: int = option(64, "Validation rows compared in the second runtime.", min=1)
+    rows: int = option(64, "Validation rows compared in each runtime.", min=1)
+    runtime: str | None = option(None, "Runtimes to compare with Python's ONNX Runtime, comma-separated: node, web, "
+                                       "ort-format (default: all; one not installed here is named, with what to "
+                                       "install).")
+
+
+@dataclasses.dataclass
+class ExportWebConfig(Options):
+    variant: str | None = option(None, "The variant to carry (default: the fastest that onnxruntime-web loads and that "
+                                       "answers as Python does).")
+    data: str | None = option(None, f"Sentences each variant is checked on in onnxruntime-web; {DATA_DEFAULT}.")
+    rows: int = option(16, "Validation rows each variant is checked and timed on.", min=1)
+
+
+@dataclasses.dataclass
+class ExportMobileConfig(Options):
+    variant: str | None = option(None, "The variant to convert (default: the package's default, its fastest).")
 
 
 @dataclasses.dataclass

@@ -60,23 +60,27 @@ def inline_hashes(template: str) -> tuple[list[str], list[str]]:
     return list(dict.fromkeys(scripts)), list(dict.fromkeys(styles))
 
 
-def content_security_policy(template: str, served: bool = False, connect_self: bool = False) -> str:
+def content_security_policy(template: str, served: bool = False, connect_self: bool = False,
+                            script_self: bool = False) -> str:
     """A strict policy for a page made from `template`: its own inline scripts and styles by hash,
     images only as data: URIs, no plugins, no <base>, no forms posting elsewhere. `served` (an HTTP
     header rather than a <meta>): other same-origin resources too, and no framing by other sites
     (`frame-ancestors` is ignored, with a console error, in a <meta>). `connect_self`: fetch() to
-    the page's own server."""
+    the page's own server. `script_self` (export-web's folder, whose page runs the model): scripts,
+    workers and WebAssembly from the page's own origin too, and fetch() to it."""
     scripts, styles = inline_hashes(template)
     directives = {
         "default-src": ["'self'"] if served else ["'none'"],
-        "script-src": scripts or ["'none'"],
+        "script-src": (scripts + ["'self'", "'wasm-unsafe-eval'"]) if script_self else (scripts or ["'none'"]),
         "style-src": styles or ["'none'"],
         "img-src": ["'self'", "data:"] if served else ["data:"],
-        "connect-src": ["'self'"] if connect_self else ["'none'"],
+        "connect-src": ["'self'"] if connect_self or script_self else ["'none'"],
         "object-src": ["'none'"],
         "base-uri": ["'none'"],
         "form-action": ["'none'"],
     }
     if served:
         directives["frame-ancestors"] = ["'none'"]
+    if script_self:
+        directives["worker-src"] = ["'self'"]
     return "; ".join(f"{name} {' '.join(sources)}" for name, sources in directives.items())

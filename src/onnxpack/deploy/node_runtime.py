@@ -8,7 +8,6 @@ it to the CPU build the package already carries.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -24,6 +23,7 @@ from onnxpack.runtime.feed import Text, encode
 from onnxpack.runtime.predictor import Predictor
 
 from . import npm
+from .runtimes import Comparison
 
 SCRIPT = Path(__file__).parent / "node" / "run.js"
 PACKAGE = "onnxruntime-node@1.30"  # the npm release `check` installs and was measured with
@@ -51,15 +51,6 @@ def version() -> str:
 
 def install() -> Path:
     return npm.install(home(), [PACKAGE], env={"ONNXRUNTIME_NODE_INSTALL": "skip"})
-
-
-@dataclasses.dataclass
-class Comparison:
-    runtime: str  # "onnxruntime-node 1.30.0"
-    rows: int
-    max_abs_diff: float
-    agreement: float  # share of rows whose best class is the same
-    ms_per_row: float | None = None  # the runtime's own time for the rows, divided by them
 
 
 def compare(predictor: Predictor, texts: Sequence[Text]) -> Comparison:

@@ -1,0 +1,81 @@
+"""The runtimes `onnxpack check --runtime` runs a package in besides Python's ONNX Runtime, each compared
+with it on the same real sentences:
+
+    node        onnxruntime-node (npm), in Node.js                          node_runtime.py
+    web         onnxruntime-web's WebAssembly build in headless Chromium,   web.py (the export-web folder,
+                the page export-web writes, served from loopback             served from loopback)
+    ort-format  the graph converted to ONNX Runtime's mobile format (.ort)   mobile.py
+                and loaded from it, as a phone's ONNX Runtime loads it
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+
+from onnxpack.core.data import load_splits
+from onnxpack.core.package import Package
+from onnxpack.runtime.feed import Text
+
+RUNTIMES = ("node", "web", "ort-format")
+NODE_HINT = "install Node.js and npm (e.g. apt-get install nodejs npm)"
+CHROMIUM_HINT = "apt-get install chromium chromium-driver"
+
+
+@dataclasses.dataclass
+class Comparison:
+    runtime: str  # "onnxruntime-node 1.30.0"
+    rows: int
+    max_abs_diff: float
+    agreement: float  # share of rows whose best class is the same
+    ms_per_row: float | None = None  # the runtime's own time for the rows, divided by them
+    error: str | None = None  # why the runtime did not load or run the graph (then the figures mean nothing)
+
+
+def sample_texts(package: Package, data: str | None, rows: int) -> list[Text]:
+    """The first `rows` validation texts of `data` (default: the bundled CoLA); a pair model gets
+    single sentences paired up when the data has none."""
+    texts = load_splits(data, need_train=False).validation.texts
+    if package.manifest.pairs and not isinstance(texts[0], tuple):
+        return list(zip(texts[: 2 * rows : 2], texts[1 : 2 * rows : 2]))
+    return list(texts[:rows])
+
+
+def missing(runtime: str) -> str | None:
+    """None when `runtime` can run here, else what to install (one line)."""
+    from . import node_runtime, web
+
+    if runtime == "node":
+        return node_runtime.available()
+    if runtime == "web":
+        if web.missing() and shutil.which("npm") is None:
+            return f"web: needs npm once, to fetch onnxruntime-web and tokenizers.js ({NODE_HINT})"
+        try:
+            import selenium  # noqa: F401
+        except ImportError:
+            return "web: needs selenium to drive Chromium: pip install 'onnxpack[web]'"
+        if not chromium() or not shutil.which("chromedriver"):
+            return f"web: needs Chromium and chromedriver ({CHROMIUM_HINT})"
+        return None
+    return None  # ort-format: Python's own ONNX Runtime loads .ort files
+
+
+def chromium() -> str | None:
+    """The Chromium (or Chrome) binary here: $ONNXPACK_CHROMIUM, else the first on PATH."""
+    if os.environ.get("ONNXPACK_CHROMIUM"):
+        return os.environ["ONNXPACK_CHROMIUM"]
+    return next((path for name in ("chromium", "chromium-browser", "google-chrome") if (path := shutil.which(name))),
+                None)
+
+
+def parse(value: str | None) -> list[str]:
+    """--runtime: a comma-separated subset of RUNTIMES (None: all of them)."""
+    from onnxpack.core.errors import OnnxpackError
+
+    names = [n.strip() for n in (value or ",".join(RUNTIMES)).split(",") if n.strip()]
+    unknown = [n for n in names if n not in RUNTIMES]
+    if unknown or not names:
+        raise OnnxpackError(f"unknown runtime {', '.join(unknown) or value!r}; --runtime takes {', '.join(RUNTIMES)}",
+                            hint="e.g. --runtime node,web")
+    return list(dict.fromkeys(names))
