@@ -22,6 +22,7 @@ from .errors import PackageError
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 MODEL = "model.onnx"
+ORT_MODEL = "model.ort"  # the graph of an ORT-format package (export-mobile)
 FP32 = "fp32"  # the variant name of MODEL, the exported graph every package has
 TOKENIZER = "tokenizer.json"
 REPORT = "report.html"  # the model card `bench` writes
@@ -74,6 +75,10 @@ class Manifest:
     task: str = TASK
     format_version: int = FORMAT_VERSION
     onnxpack_version: str = ""
+    # None: the graphs are ONNX protobufs. A package `export-mobile` wrote holds one graph in ONNX Runtime's
+    # ORT format (model.ort) and says so here: {"format": "ort", "ort_format_version", "source_variant",
+    # "source_package", "operators_config", "converted_by", "optimization", "parity"} (docs/package-format.md).
+    graph_format: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -158,23 +163,39 @@ class Package:
     def model_path(self) -> Path:
         return self.root / MODEL
 
+    @property
+    def is_ort_format(self) -> bool:
+        """Whether the package's graph is in ONNX Runtime's ORT format (export-mobile), not ONNX."""
+        return (self.manifest.graph_format or {}).get("format") == "ort"
+
+    def require_onnx(self, command: str) -> None:
+        """Refuse, in one line, to run `command` (one that reads ONNX protobufs: inspect, graph, profile,
+        optimize, bench, diff, export-serving, export-mobile) on an ORT-format package."""
+        if self.is_ort_format:
+            raise not_onnx(self.variant_path(), command, (self.manifest.graph_format or {}).get("source_package"))
+
     def variant_names(self) -> list[str]:
-        """fp32 first, then the variants `optimize` accepted."""
+        """fp32 first, then the variants `optimize` accepted; an ORT-format package's one variant."""
+        if self.is_ort_format:
+            return list(self.manifest.variants)
         return [FP32] + [name for name in self.manifest.variants if name != FP32]
 
     def default_variant(self, providers: list[str] | None = None, batch_invariant: bool = False) -> str:
         """The fastest accepted variant as `optimize` measured it, among those gated on one of
         `providers` (None: any) and, with `batch_invariant`, among those whose logits for a text
-        do not depend on the other texts in its batch; fp32 before any optimization."""
+        do not depend on the other texts in its batch; fp32 before any optimization. An ORT-format
+        package has one graph, the variant it was converted from: that one, whatever is asked."""
+        if self.is_ort_format:
+            return (self.manifest.graph_format or {}).get("source_variant") or next(iter(self.manifest.variants))
         timed = {name: v["items_per_s"] for name, v in self.manifest.variants.items()
                  if v.get("items_per_s") and (providers is None or v.get("provider") in providers)
                  and (not batch_invariant or v.get("batch_invariant", name == FP32))}
         return max(timed, key=timed.get) if timed else FP32
 
     def variant_path(self, variant: str | None = None) -> Path:
-        """The .onnx file of a variant (None: the default one)."""
+        """The graph file of a variant (None: the default one): an .onnx, or an ORT-format package's .ort."""
         variant = variant or self.default_variant()
-        if variant == FP32:
+        if variant == FP32 and not self.is_ort_format:
             return self.model_path
         if variant not in self.manifest.variants:
             raise PackageError(f"package {self.root} has no variant {variant!r}; it has {', '.join(self.variant_names())}",
@@ -193,6 +214,16 @@ class Package:
         """Rewrite manifest.json atomically with some fields changed."""
         self.manifest = dataclasses.replace(self.manifest, **changes)
         write_manifest(self.root, self.manifest)
+
+
+def not_onnx(path: Path, command: str, source: Any = None, package: bool = True) -> PackageError:
+    """The one line for a command that reads ONNX graphs given an ORT-format package (`path`: its .ort)
+    or, with `package=False`, a bare .ort file."""
+    what = f"{path.parent} is an ORT-format package ({path.name})" if package else f"{path} is an ORT-format model"
+    origin = source.get("path") if isinstance(source, dict) else None
+    return PackageError(f"{what}: {command} reads ONNX graphs",
+                        hint=f"{command} its source package" + (f" ({origin})" if origin else "")
+                        + "; ONNX Runtime runs an .ort file (predict, batch, serve, check)")
 
 
 def write_manifest(root: Path, manifest: Manifest) -> None:

@@ -18,6 +18,12 @@ graph, profile, bench, optimize, export-serving). It does, in order:
    and the subprocess is killed, not this one.
 A file that passes is remembered by its sha256 (and the ONNX Runtime version) in the user's cache,
 so the probe runs once per file; graphs onnxpack writes itself are remembered as they are written.
+
+An ORT-format file (`.ort`, what `export-mobile` writes; ortformat.py) is no protobuf, so step 1's
+checks, which all read the ONNX protobuf, do not apply to it and are skipped: the file must carry the
+ORT identifier and an ORT format version (read from its header), then it goes through the same `probe`,
+where ONNX Runtime runs the FlatBuffers verifier over it before using any of it, so a hostile .ort
+costs one line there too. A package's .ort is then held to its manifest's inputs like any graph.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
+from . import ortformat
 from .errors import OnnxpackError, PackageError
 from .loops import MAX_TURNS, endless_loop
 from .onnxfile import dtype_name
@@ -91,10 +98,16 @@ def trust(path: str | Path, package: Package | None = None) -> None:
             check_inputs(path, [(t.name, t.dtype) for t in package.manifest.inputs])
         return
     try:
-        proto = check_file(path)
-        if package is not None:
-            check_inputs(path, [(t.name, t.dtype) for t in package.manifest.inputs])
-        probe(path, graph_bytes(path, proto))
+        if ortformat.is_ort_file(path):
+            ortformat.read_header(path)  # the identifier and a format version, before ONNX Runtime reads it
+            probe(path)
+            if package is not None:  # after the probe: ONNX Runtime has verified the FlatBuffer
+                check_inputs(path, [(t.name, t.dtype) for t in package.manifest.inputs])
+        else:
+            proto = check_file(path)
+            if package is not None:
+                check_inputs(path, [(t.name, t.dtype) for t in package.manifest.inputs])
+            probe(path, graph_bytes(path, proto))
     except OnnxpackError as e:
         _refused[digest] = (e.message.replace(str(path), "{path}"), e.hint)
         raise
@@ -104,8 +117,11 @@ def trust(path: str | Path, package: Package | None = None) -> None:
 def check_inputs(path: Path, manifest_inputs: list[tuple[str, str]]) -> None:
     """A package's graph takes exactly the inputs its manifest names, of the types it says: a package
     whose manifest was made to match a swapped graph's hashes is still refused."""
-    graph = onnx.load(str(path), load_external_data=False).graph
-    found = sorted((i.name, dtype_name(i.type.tensor_type.elem_type)) for i in graph.input)
+    if ortformat.is_ort_file(path):
+        found = sorted(ortformat.graph_inputs(path))
+    else:
+        graph = onnx.load(str(path), load_external_data=False).graph
+        found = sorted((i.name, dtype_name(i.type.tensor_type.elem_type)) for i in graph.input)
     if found != sorted(manifest_inputs):
         raise PackageError(f"{path} takes {', '.join(f'{n} ({t})' for n, t in found)} but the manifest says "
                             f"{', '.join(f'{n} ({t})' for n, t in sorted(manifest_inputs))}", hint="re-export the package")
