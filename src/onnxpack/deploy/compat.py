@@ -5,6 +5,10 @@ ONNX Runtime refuses a model whose IR version or opset is newer than it knows ("
 IR version", "is till opset N"), so a package exported with today's tools can fail on last year's
 server. The table (compat.json, shipped with onnxpack) says what each release loads and which ONNX
 Runtime each Triton container ships, with its sources.
+
+An ORT-format package (export-mobile's model.ort) is held to the same IR and opset limits, read from
+the .ort file's header, and to the ORT format versions the release reads (compat.json's "ort_format"):
+a release reads the version it writes and older ones back to v5, never a newer one.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any
 
 import onnx
 
-from onnxpack.core import untrusted
+from onnxpack.core import ortformat, untrusted
 from onnxpack.core.errors import OnnxpackError
 from onnxpack.core.package import FP32, Package
 
@@ -99,7 +103,11 @@ class Finding:
 
 
 def graph_versions(path: Path) -> tuple[int, dict[str, int]]:
-    """A graph's IR version and opset per domain (ai.onnx for the default ""), without its weights."""
+    """A graph's IR version and opset per domain (ai.onnx for the default ""), without its weights;
+    an .ort file's from its header."""
+    if ortformat.is_ort_file(path):
+        header = ortformat.read_header(path)
+        return header.ir_version, header.opsets
     proto = onnx.load(str(path), load_external_data=False)
     return proto.ir_version, {(o.domain or ONNX_DOMAIN): o.version for o in proto.opset_import}
 
@@ -114,17 +122,53 @@ def check(package: Package, target: Target) -> list[Finding]:
         problems, warnings = [], []
         if ir > target.ir:
             problems.append(f"IR version {ir} > {target.ir}")
-        for domain, limit in ((ONNX_DOMAIN, target.opset), (ML_DOMAIN, target.opset_ml)):
+        # An .ort header imports every domain the converting ONNX Runtime registers (ai.onnx.ml 5 from 1.32,
+        # with no ML op in the graph), and 1.16/1.17 load such files (compat.json "ort_format"): its
+        # ai.onnx opset, the source graph's, is the one that counts.
+        limits = ((ONNX_DOMAIN, target.opset),) if ortformat.is_ort_file(path) else (
+            (ONNX_DOMAIN, target.opset), (ML_DOMAIN, target.opset_ml))
+        for domain, limit in limits:
             if opsets.get(domain, 0) > limit:
                 problems.append(f"{domain} opset {opsets[domain]} > {limit}")
         made_by = package.manifest.variants.get(variant, {}).get("onnxruntime")
         if "com.microsoft" in opsets and made_by and _newer(made_by, target.onnxruntime):
             warnings.append(f"fused com.microsoft ops from ONNX Runtime {made_by}'s optimizer may be missing "
                             f"in {target.onnxruntime}; run `onnxpack optimize` with that release, or ship fp32")
+        if ortformat.is_ort_file(path):
+            _check_ort_format(ortformat.format_version(path), target, problems, warnings)
         if target.note:
             warnings.append(target.note)
         findings.append(Finding(variant, path.name, ir, opsets, problems, warnings))
     return findings
+
+
+def ort_formats(release: str) -> dict[str, Any]:
+    """{"writes": N, "reads": [...], "limited": [...]}: the ORT format versions ONNX Runtime `release` reads."""
+    rows = table()["ort_format"]["onnxruntime"]
+    row = rows.get(_minor(release))
+    if row is None:
+        known = list(rows)
+        raise OnnxpackError(f"the table has no ORT format versions for ONNX Runtime {release}; it covers "
+                            f"{known[0]} to {known[-1]}", hint="pass --target onnxruntime==X.Y with a release in that range")
+    return row
+
+
+def _check_ort_format(version: int, target: Target, problems: list[str], warnings: list[str]) -> None:
+    """An .ort file's format version against what the target's ONNX Runtime reads."""
+    formats = ort_formats(target.onnxruntime)
+    if version in formats["reads"]:
+        return
+    if version in formats.get("limited", []):
+        warnings.append(f"ORT format v{version} has only limited support in ONNX Runtime {target.onnxruntime} "
+                        f"(it writes v{formats['writes']}); re-export with `onnxpack export-mobile`")
+    elif version > formats["writes"]:
+        problems.append(f"ORT format v{version} > v{formats['writes']}, the newest ONNX Runtime "
+                        f"{target.onnxruntime} reads: re-export with an onnxruntime that writes "
+                        f"v{formats['writes']} (`pip install onnxruntime=={_minor(target.onnxruntime)}.*`, then "
+                        "`onnxpack export-mobile`), or update the target")
+    else:
+        problems.append(f"ORT format v{version} is older than ONNX Runtime {target.onnxruntime} reads "
+                        f"(v{', v'.join(map(str, formats['reads']))}): re-export with `onnxpack export-mobile`")
 
 
 def require(package: Package, target: Target, variant: str = FP32) -> None:
