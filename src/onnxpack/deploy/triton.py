@@ -78,6 +78,7 @@ def write_repository(package_dir: str | Path, out: str | Path, config: ServingCo
     if target.kind != "triton":
         raise OnnxpackError(f"--target {config.target} is not a Triton release", hint="pass --target triton==YY.MM")
     package = Package.open(package_dir)
+    package.require_onnx("export-serving")
     names = model_names(triton_name(package.name))
     out = Path(out)
     _check_folder(out, set(names.values()))

@@ -103,7 +103,7 @@ def parse_side(spec: str | Path, provider: str | None = None) -> Source:
         raise OnnxpackError(f"{text} names no variant after @", hint="pass PACKAGE@VARIANT, e.g. pkg@int8-static")
     if path.is_dir() and variant is None:
         variant = Package.open(path, check_files=False).default_variant(resolve_providers(provider))
-    return resolve(path, variant)
+    return resolve(path, variant, "diff")
 
 
 def _describe(source: Source) -> dict[str, Any]:

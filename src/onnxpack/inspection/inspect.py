@@ -32,7 +32,8 @@ from onnxpack.core.onnxfile import (
     tensor_bytes,
     value_spec,
 )
-from onnxpack.core.package import FP32, Package, sha256_file
+from onnxpack.core.ortformat import is_ort_file
+from onnxpack.core.package import FP32, Package, not_onnx, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +58,13 @@ class Source:
         return f"{self.package.name} · {self.variant} ({self.path.name})" if self.package else self.path.name
 
 
-def resolve(path: str | Path, variant: str | None = None) -> Source:
-    """A package directory (one of its variants; default fp32, the exported graph) or an .onnx file."""
+def resolve(path: str | Path, variant: str | None = None, command: str = "inspect") -> Source:
+    """A package directory (one of its variants; default fp32, the exported graph) or an .onnx file;
+    an ORT-format package or file is refused in one line naming `command`."""
     path = Path(path)
     if path.is_dir():
         package = Package.open(path)
+        package.require_onnx(command)
         variant = variant or FP32
         untrusted.trust(package.variant_path(variant), package)
         return Source(package.variant_path(variant), package, variant)
@@ -69,6 +72,8 @@ def resolve(path: str | Path, variant: str | None = None) -> Source:
         raise OnnxpackError(f"{path} does not exist", hint="pass a package folder or an .onnx file")
     if variant:
         raise OnnxpackError(f"--variant needs a package folder; {path} is a single file")
+    if is_ort_file(path):
+        raise not_onnx(path, command, package=False)
     untrusted.trust(path)
     return Source(path)
 

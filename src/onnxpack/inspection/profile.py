@@ -80,6 +80,7 @@ def profile(package_dir: str | Path, config: ProfileConfig | None = None) -> Pro
     config = config or ProfileConfig()
     config.validate()
     package = Package.open(package_dir)
+    package.require_onnx("profile")
     variant = config.variant or FP32
     path = package.variant_path(variant)
     max_length = package.manifest.max_length

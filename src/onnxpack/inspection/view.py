@@ -15,7 +15,7 @@ LOOPBACK = "127.0.0.1"  # never reachable from other machines
 def view(path: str | Path, variant: str | None = None, port: int | None = None, browse: bool = True) -> str:
     """Start serving the model to Netron's web client on 127.0.0.1 (in a background thread);
     returns the URL. `wait()` then blocks until Ctrl-C."""
-    source = resolve(path, variant)
+    source = resolve(path, variant, "view")
     load_model(source.path, load_weights=False)  # the same one-line error as `inspect` for a file that is not ONNX
     try:
         import netron

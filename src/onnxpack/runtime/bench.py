@@ -138,6 +138,7 @@ def bench(package_dir: str | Path, config: BenchConfig | None = None,
     config.validate()
     step = progress or (lambda message: None)
     package = Package.open(package_dir)
+    package.require_onnx("bench")
     variants = list(config.variants or package.variant_names())
     for name in variants:
         package.variant_path(name)  # an unknown variant fails here, before any timing

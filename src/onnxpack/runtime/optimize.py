@@ -689,6 +689,7 @@ def optimize(package_dir: str | Path, config: OptimizeConfig | None = None,
     for name in config.variants:
         VARIANTS.get(name)  # an unknown name fails here, naming the known ones, before any work
     package = Package.open(package_dir)
+    package.require_onnx("optimize")
     validation, training, source = _gate_rows(package, config)
     with tempfile.TemporaryDirectory(prefix=".optimize-", dir=package.root) as scratch:
         ladder = Ladder(package, config, validation, training, Path(scratch), progress or (lambda message: None))
