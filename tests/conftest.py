@@ -225,19 +225,12 @@ class Browser:
 
     def open(self, path: Path) -> str:
         """Serve `path`'s folder from a loopback port, load the page, and return its URL."""
-        import functools
-        import http.server
-        import threading
-
-        class Quiet(http.server.SimpleHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
+        from onnxpack.deploy.web import static_server
 
         self.close_server()
-        self._server = http.server.ThreadingHTTPServer(
-            ("127.0.0.1", 0), functools.partial(Quiet, directory=str(path.parent)))
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        url = f"http://127.0.0.1:{self._server.server_port}/{path.name}"
+        self._server = contextlib.ExitStack()
+        base = self._server.enter_context(static_server(path.parent))
+        url = f"{base}{path.name}"
         self.driver.get_log("performance")  # forget the previous page's events
         self.driver.get_log("browser")
         self.driver.get(url)
@@ -256,8 +249,7 @@ class Browser:
 
     def close_server(self) -> None:
         if self._server:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.close()
             self._server = None
 
 

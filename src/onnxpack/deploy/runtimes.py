@@ -64,7 +64,7 @@ def missing(runtime: str) -> str | None:
 def chromium() -> str | None:
     """The Chromium (or Chrome) binary here: $ONNXPACK_CHROMIUM, else the first on PATH."""
     if os.environ.get("ONNXPACK_CHROMIUM"):
-        return os.environ["ONNXPACK_CHROMIUM"]
+        return shutil.which(os.environ["ONNXPACK_CHROMIUM"])
     return next((path for name in ("chromium", "chromium-browser", "google-chrome") if (path := shutil.which(name))),
                 None)
 
@@ -76,6 +76,7 @@ def parse(value: str | None) -> list[str]:
     names = [n.strip() for n in (value or ",".join(RUNTIMES)).split(",") if n.strip()]
     unknown = [n for n in names if n not in RUNTIMES]
     if unknown or not names:
-        raise OnnxpackError(f"unknown runtime {', '.join(unknown) or value!r}; --runtime takes {', '.join(RUNTIMES)}",
+        named = ", ".join(unknown) or repr(value)
+        raise OnnxpackError(f"unknown runtime {named}; --runtime takes {', '.join(RUNTIMES)}",
                             hint="e.g. --runtime node,web")
     return list(dict.fromkeys(names))
