@@ -18,6 +18,7 @@ from onnxpack.core import cpu
 from onnxpack.core.config import (
     BenchConfig,
     CheckConfig,
+    ExportMobileConfig,
     ExportWebConfig,
     OptimizeConfig,
     ServingConfig,
@@ -321,6 +322,34 @@ def export_web(
                  f"{(result.bytes - model - runtime) / 1e6:.1f} MB")
     stdout.print(f"try it: python -m http.server --directory {out} --bind 127.0.0.1 8080, then open "
                  "http://127.0.0.1:8080/")
+
+
+@app.command("export-mobile", rich_help_panel=SHIP)
+def export_mobile(
+    package: Path = typer.Argument(..., help="Package folder."),
+    out: Path = typer.Option(..., "--out", help="The ORT-format package to write (new)."),
+    variant: Optional[str] = option(ExportMobileConfig, "variant"),
+    force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
+) -> None:
+    """A package in ONNX Runtime's mobile format: model.ort and the required-operators config a reduced
+    ONNX Runtime build is made from. `onnxpack predict OUT` runs it."""
+    from onnxpack.core.package import Package
+    from onnxpack.deploy import mobile
+
+    config = config_from(ExportMobileConfig, locals())
+    opened = Package.open(package)
+    with console.status("converting to the ORT format"):
+        written = mobile.export_mobile(opened, out, variant=config.variant, force=force)
+    graph = written.manifest.graph_format
+    model = written.variant_path()
+    lines = (written.root / graph["operators_config"]).read_text(encoding="utf-8").splitlines()
+    operators = [op for line in lines if line.count(";") == 2 for op in line.split(";")[2].split(",")]  # domain;opset;ops
+    stdout.print(f"wrote {out}: {model.name} ({model.stat().st_size / 1e6:.1f} MB, ORT format "
+                 f"v{graph['ort_format_version']}) from {graph['source_variant']}, converted by {graph['converted_by']}")
+    stdout.print(f"{graph['operators_config']}: the {len(operators)} operators a reduced ONNX Runtime build needs "
+                 f"for it; self-check on {graph['parity']['rows']} texts: max |diff| "
+                 f"{graph['parity']['max_abs_diff']:.1e} from the .onnx")
+    stdout.print(f"predict with: onnxpack predict {out} \"the text\"")
 
 
 @app.command("export-serving", rich_help_panel=SHIP)
