@@ -195,22 +195,35 @@ def test_the_page_classifies_what_is_typed_and_refuses_what_the_server_refuses(b
     assert not [e for e in browser.console() if e["level"] == "SEVERE"], browser.console()
 
 
-def test_a_pair_model_gets_two_boxes_and_pair_answers(browser, web_runtime, tiny_model_dir, tmp_path, runner):
+@pytest.mark.parametrize("kind", ["pairs", "multi_label"])
+def test_every_kind_of_model_gets_its_page_and_its_answers(kind, browser, web_runtime, tiny_model_dir, tmp_path,
+                                                            runner):
+    """A pair model: two boxes, pairs in, pair answers out. A multi-label model: a sigmoid per label and
+    every label at or over its threshold, as predict gives them."""
     from onnxpack.pytorch.export import export
     from selenium.webdriver.common.by import By
 
-    hf = tiny_family_folder("bert", tiny_model_dir, tmp_path / "hf", ["no", "yes"], initializer_range=0.5)
-    package = export(hf, tmp_path / "pkg", ExportConfig(pairs=True)).root
+    labels = ["no", "yes"] if kind == "pairs" else ["a", "b", "c"]
+    extra = {} if kind == "pairs" else {"problem_type": "multi_label_classification"}
+    hf = tiny_family_folder("bert", tiny_model_dir, tmp_path / "hf", labels, initializer_range=0.5, **extra)
+    package = export(hf, tmp_path / "pkg", ExportConfig(pairs=kind == "pairs")).root
     result = runner.invoke(app, ["export-web", str(package), "--out", str(tmp_path / "site"), "--rows", "8"])
     assert result.exit_code == 0, result.output
     browser.open(tmp_path / "site" / "index.html")
-    assert browser.driver.find_element(By.ID, "first").is_displayed()
-    assert not browser.driver.find_element(By.ID, "texts").is_displayed()
-    pairs = [["A man plays a guitar.", "Someone makes music."], ["The cat sleeps.", " ".join(["long"] * 80)]]
-    answer = browser.driver.execute_async_script(web._PREDICT, pairs)
+    assert browser.driver.find_element(By.ID, "first").is_displayed() == (kind == "pairs")
+    assert browser.driver.find_element(By.ID, "texts").is_displayed() == (kind != "pairs")
+    texts = ([["A man plays a guitar.", "Someone makes music."], ["The cat sleeps.", " ".join(["long"] * 80)]]
+             if kind == "pairs" else TRICKY)
+    answer = browser.driver.execute_async_script(web._PREDICT, texts)
     with Predictor(package) as predictor:
-        want = predictor.predict_logits([tuple(p) for p in pairs])
-    assert np.abs(np.array([r["logits"] for r in answer["results"]]) - want).max() <= 1e-4
+        items = [tuple(t) for t in texts] if kind == "pairs" else texts
+        want, logits = predictor.predict(items), predictor.predict_logits(items)
+    got = answer["results"]
+    assert np.abs(np.array([r["logits"] for r in got]) - logits).max() <= 1e-4
+    assert [r["label"] for r in got] == [w["label"] for w in want]
+    if kind == "multi_label":
+        assert [r["labels"] for r in got] == [w["labels"] for w in want]
+        assert all(abs(r["scores"][k] - w["scores"][k]) <= 1e-4 for r, w in zip(got, want) for k in labels)
 
 
 def test_export_web_into_a_folder_that_holds_something_else_is_refused(runner, package_dir, tmp_path):
