@@ -20,8 +20,9 @@ CONFIGS = {"train": options.TrainConfig, "export": options.ExportConfig, "verify
            "batch": options.BatchConfig, "serve": options.ServeConfig, "export-serving": options.ServingConfig,
            "monitor": options.MonitorConfig, "check": options.CheckConfig, "inspect": options.InspectConfig,
            "graph": options.GraphConfig, "profile": options.ProfileConfig, "explain": options.ExplainConfig,
-           "diff": options.DiffConfig}
-PIPELINE = ["train", "export", "verify", "demo", "optimize", "bench", "check", "export-serving", "thresholds",
+           "diff": options.DiffConfig, "export-web": options.ExportWebConfig}
+PIPELINE = ["train", "export", "verify", "demo", "optimize", "bench", "check", "export-web", "export-mobile",
+            "export-serving", "thresholds",
             "predict", "batch", "serve", "monitor", "providers", "inspect", "explain", "graph", "profile", "view",
             "diff", "mlflow"]  # Typer lists command groups (mlflow: ship's) after the commands
 

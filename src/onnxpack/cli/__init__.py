@@ -2,7 +2,7 @@
 
     app.py    the app, the one-line error edge, the consoles, options read from core.config
     build.py  build: train, export, verify, demo (the torch side, onnxpack[train])
-    ship.py   ship: optimize, bench, check, export-serving, thresholds
+    ship.py   ship: optimize, bench, check, export-web, export-mobile, export-serving, thresholds
     run.py    run: predict, batch, serve, providers
     look.py   look: inspect, graph, profile, view
 

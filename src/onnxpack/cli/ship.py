@@ -1,5 +1,6 @@
-"""The ship panel: optimize, bench, check, export-serving and thresholds: make a package faster,
-measure it, and check where it loads. The runtime side only, but for bench's PyTorch rows."""
+"""The ship panel: optimize, bench, check, export-web, export-mobile, export-serving and thresholds: make
+a package faster, measure it, check where it loads, and write it for browsers, phones and servers. The
+runtime side only, but for bench's PyTorch rows."""
 
 from __future__ import annotations
 
