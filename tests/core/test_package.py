@@ -188,3 +188,25 @@ def test_hash_files_skips_manifest(tmp_path):
     (tmp_path / "sub").mkdir()
     assert hash_files(tmp_path) == {"a": sha256_file(tmp_path / "a")}
     assert sha256_file(tmp_path / "a") == "ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb"
+
+
+def test_an_ort_format_package_has_one_variant_and_refuses_onnx_commands(tmp_path):
+    """export-mobile's package (tests/deploy/test_mobile.py makes real ones): its one graph is model.ort, the
+    variant it was converted from, whatever a caller asks for; protobuf commands get one line."""
+    manifest = _sample_manifest()
+    manifest.files = {"model.ort": "cd" * 32}
+    manifest.variants = {"fp32": {"file": "model.ort", "items_per_s": 10, "provider": "CPUExecutionProvider"}}
+    manifest.graph_format = {"format": "ort", "ort_format_version": 6, "source_variant": "fp32",
+                             "source_package": {"name": "m", "path": "/pkgs/m"}}
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest.to_dict()))
+    package = Package.open(tmp_path, check_files=False)
+    assert package.is_ort_format and package.variant_names() == ["fp32"]
+    assert package.default_variant(["CUDAExecutionProvider"], batch_invariant=True) == "fp32"
+    assert package.variant_path() == package.variant_path("fp32") == tmp_path / "model.ort"
+    with pytest.raises(PackageError, match=f"^{tmp_path} is an ORT-format package \\(model.ort\\): bench reads ONNX "
+                       r"graphs \(hint: bench its source package \(/pkgs/m\)"):
+        package.require_onnx("bench")
+    assert Manifest.from_dict(json.loads((tmp_path / MANIFEST).read_text())).graph_format["ort_format_version"] == 6
+    plain = _sample_manifest()
+    assert plain.graph_format is None and not Package(tmp_path, plain).is_ort_format
+    Package(tmp_path, plain).require_onnx("bench")  # an ONNX package passes

@@ -236,3 +236,35 @@ def test_the_probe_limit_grows_with_the_graph(tmp_path, monkeypatch):
     monkeypatch.setattr(untrusted.subprocess, "run", timed_out)
     with pytest.raises(OnnxpackError, match="within 35 s"):
         untrusted.probe(path, 2_000_000_000)
+
+
+def test_an_ort_file_is_probed_not_parsed_as_a_protobuf(package_dir, tmp_path, monkeypatch):
+    """An .ort (ONNX Runtime's FlatBuffers format, export-mobile's) skips the protobuf checks; what is not a
+    sound one (garbage, cut short, an ONNX protobuf under the name) costs one line, from its header or the probe."""
+    import onnxruntime as ort
+
+    from onnxpack.core import ortformat
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # nothing remembered from other runs
+    good = tmp_path / "good.ort"
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(good)
+    options.add_session_config_entry("session.save_model_format", "ORT")
+    ort.InferenceSession(str(package_dir / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    untrusted.trust(good)
+    assert ortformat.graph_inputs(good) == [("input_ids", "int64"), ("attention_mask", "int64")]
+    data = good.read_bytes()
+    middle = bytearray(data)
+    middle[len(data) // 3:len(data) // 3 + 4096] = os.urandom(4096)
+    cases = {"empty.ort": b"", "garbage.ort": b"\x10\x00\x00\x00ORTM" + os.urandom(2000),
+             "not-ort.ort": os.urandom(3000), "half.ort": data[:len(data) // 2], "onnx.ort": (package_dir / "model.onnx").read_bytes(),
+             "scrambled.ort": bytes(middle)}
+    for name, content in cases.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        try:
+            untrusted.trust(path)
+        except OnnxpackError as e:
+            assert "\n" not in e.message and str(path) in e.message, (name, e.message)
+        else:
+            assert name == "scrambled.ort", name  # random weights may still load; never a crash of this process
