@@ -130,7 +130,10 @@ def _read(path: Path, what):  # noqa: ANN001,ANN202 -- a reader over the file's 
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         try:
             return what(_session(buf, path))
-        except (struct.error, UnicodeDecodeError, ValueError, TypeError) as e:
+        except struct.error:
+            raise OnnxpackError(f"{path} is not a readable ORT-format model (an offset in it points past its end)",
+                                hint="a truncated copy fails this way too; copy or convert it again") from None
+        except (UnicodeDecodeError, ValueError, TypeError) as e:
             raise OnnxpackError(f"{path} is not a readable ORT-format model ({e})",
                                 hint="a truncated copy fails this way too; copy or convert it again") from None
 

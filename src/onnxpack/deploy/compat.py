@@ -175,8 +175,10 @@ def require(package: Package, target: Target, variant: str = FP32) -> None:
     """Refuse, before anything is written, a variant the target cannot load, naming the opset to export with."""
     for finding in check(package, target):
         if finding.variant == variant and not finding.ok:
+            hint = ("re-export it with `onnxpack export-mobile` under an onnxruntime the target reads, or pick a newer "
+                    "target") if ortformat.is_ort_file(finding.file) else export_hint(target)
             raise OnnxpackError(f"{target} cannot load {finding.variant} ({finding.file}): "
-                                f"{'; '.join(finding.problems)}", hint=export_hint(target))
+                                f"{'; '.join(finding.problems)}", hint=hint)
 
 
 def export_hint(target: Target) -> str:
