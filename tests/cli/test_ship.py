@@ -22,7 +22,7 @@ def _other_path() -> str:
 
 def test_check_warns_once_on_another_int8_path(runner, package_copy):
     _record_cpu(package_copy, {FP32: _other_path(), "int8": _other_path()})  # measured on one machine: one line
-    result = runner.invoke(app, ["check", str(package_copy), "--rows", "8"])
+    result = runner.invoke(app, ["check", str(package_copy), "--rows", "8", "--runtime", "ort-format"])
     assert result.exit_code == 0, result.output  # a warning, not a failure
     lines = [line for line in result.stderr.splitlines() if "int8 path" in line]
     assert len(lines) == 1, result.stderr
@@ -32,6 +32,6 @@ def test_check_warns_once_on_another_int8_path(runner, package_copy):
 
 def test_check_is_quiet_on_the_same_int8_path(runner, package_copy):
     _record_cpu(package_copy, {FP32: cpu.int8_path()})
-    result = runner.invoke(app, ["check", str(package_copy), "--rows", "8"])
+    result = runner.invoke(app, ["check", str(package_copy), "--rows", "8", "--runtime", "ort-format"])
     assert result.exit_code == 0, result.output
     assert "int8 path" not in result.output

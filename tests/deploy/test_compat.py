@@ -87,9 +87,11 @@ def test_export_refuses_an_opset_the_target_cannot_load_before_exporting(trained
 
 def test_cli_check(package_dir):
     runner = CliRunner()
-    result = runner.invoke(app, ["check", str(package_dir), "--target", "triton==22.03", "--rows", "8"])
+    result = runner.invoke(app, ["check", str(package_dir), "--target", "triton==22.03", "--rows", "8",
+                                 "--runtime", "ort-format"])
     assert result.exit_code == 1 and "ai.onnx opset 18 > 15" in result.output
-    result = runner.invoke(app, ["check", str(package_dir), "--target", "onnxruntime==1.14", "--rows", "8"])
+    result = runner.invoke(app, ["check", str(package_dir), "--target", "onnxruntime==1.14", "--rows", "8",
+                                 "--runtime", "ort-format"])
     assert result.exit_code == 0 and "yes" in result.output
 
 
@@ -117,5 +119,7 @@ def test_onnxruntime_node_gives_pythons_logits(node, package_dir):
         result = node_runtime.compare(predictor, texts)
     assert result.runtime.startswith("onnxruntime-node 1.") and result.rows == 4
     assert result.max_abs_diff < 1e-5 and result.agreement == 1.0
-    out = CliRunner().invoke(app, ["check", str(package_dir), "--rows", "8"])
-    assert out.exit_code == 0 and "fp32: onnxruntime-node" in out.output and "on 8 rows" in out.output
+    out = CliRunner().invoke(app, ["check", str(package_dir), "--rows", "8", "--runtime", "node"])
+    assert out.exit_code == 0 and "on 8 validation rows" in " ".join(out.stdout.split()), out.output
+    row = next(line for line in out.stdout.splitlines() if line.startswith("│ node"))
+    assert "fp32" in row and "yes" in row and "100.0%" in row

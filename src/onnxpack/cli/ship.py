@@ -206,7 +206,8 @@ def check(
     for name, reason in missing.items():
         console.print(f"[yellow]runtime {name} not run[/]: {escape(reason)}", soft_wrap=True)
     ran = [name for name in names if name not in missing]
-    problems = _other_runtimes(opened, [f.variant for f in findings if f.ok], ran, config) if ran else []
+    loadable = [f.variant for f in findings if f.ok]
+    problems = _other_runtimes(opened, loadable, ran, config) if ran and loadable else []
     if missing and os.environ.get("CI", "").lower() == "true":
         console.print(f"[red]error[/]: CI=true and {', '.join(missing)} could not run here")
         raise typer.Exit(1)
