@@ -28,6 +28,7 @@ from onnxpack.core.errors import OnnxpackError, ParityError
 from onnxpack.core.families import family
 from onnxpack.core.package import (
     DEFAULT_THRESHOLD,
+    FP32,
     MODEL,
     MULTI_LABEL,
     SINGLE_LABEL,
@@ -35,6 +36,7 @@ from onnxpack.core.package import (
     Manifest,
     Package,
     TensorSpec,
+    graph_files,
     hash_files,
     now,
     sha256_file,
@@ -182,6 +184,8 @@ def export(checkpoint: str | Path, out: str | Path, config: ExportConfig | None 
             problem_type=problem_type, thresholds=[DEFAULT_THRESHOLD] * len(labels) if problem_type == MULTI_LABEL else None,
             source={"path": source["path"], "kind": source["kind"], "sha256": _source_sha256(Path(source["path"]))},
             libraries=_library_versions(), files=hash_files(tmp), architecture=_architecture(model.config),
+            # The exported graph is the package's first variant; optimize adds its figures and the others.
+            variants={FP32: {"file": MODEL, "bytes": sum(f.stat().st_size for f in graph_files(tmp / MODEL))}},
             history=[{"step": "export", "exporter": config.exporter, "opset": config.opset, "at": now()}],
             parity={"check": "export self-check", "batch_sizes": list(CHECK_BATCH_SIZES),
                     "max_abs_diff": self_check_diff, "atol": config.atol, "at": now()},
