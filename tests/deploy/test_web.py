@@ -307,3 +307,14 @@ def test_the_pages_policy_lets_scripts_and_webassembly_come_from_its_own_folder_
     assert policy["default-src"] == "'none'" and policy["connect-src"] == "'self'"
     assert policy["script-src"].split()[-2:] == ["'self'", "'wasm-unsafe-eval'"]
     assert "http" not in policy["script-src"] and '<script type="module" src="app.js"></script>' in head
+
+
+def test_an_ort_format_package_is_for_phones_not_the_browser(runner, package_dir, tmp_path):
+    mobile = tmp_path / "mobile"
+    assert runner.invoke(app, ["export-mobile", str(package_dir), "--out", str(mobile)]).exit_code == 0
+    line = one_error_line(runner.invoke(app, ["export-web", str(mobile), "--out", str(tmp_path / "site")]))
+    assert "is an ORT-format package (model.ort): export-web reads ONNX graphs" in line
+    result = runner.invoke(app, ["check", str(mobile), "--runtime", "web,ort-format", "--rows", "4"],
+                           env={"CI": "true"})
+    assert result.exit_code == 0, result.output  # does not apply is not missing, even under CI
+    assert "runtime web does not apply" in result.output and "runtime ort-format does not apply" in result.output

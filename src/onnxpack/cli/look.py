@@ -156,7 +156,7 @@ def graph(
     from onnxpack.inspection.inspect import resolve
 
     config = config_from(GraphConfig, locals())
-    source = resolve(path, variant)
+    source = resolve(path, variant, "graph")
     with console.status("laying out the graph"):
         drawing = render(load_model(source.path), source.title, config)
         image = to_png(drawing, config.timeout_s) if png else None

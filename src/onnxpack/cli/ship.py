@@ -202,10 +202,13 @@ def check(
         console.print(f"[yellow]warning[/] {', '.join(variants)}: {escape(warning)}", soft_wrap=True)
     if install_node_runtime:
         console.print(f"installed {node_runtime.PACKAGE} into {node_runtime.install()}")
-    missing = {name: reason for name in names if (reason := runtimes.missing(name))}
+    skipped = {name: why for name in names if (why := runtimes.not_for(name, opened))}
+    for name, why in skipped.items():
+        console.print(f"runtime {name} does not apply: {escape(why)}", soft_wrap=True)
+    missing = {name: reason for name in names if name not in skipped and (reason := runtimes.missing(name))}
     for name, reason in missing.items():
         console.print(f"[yellow]runtime {name} not run[/]: {escape(reason)}", soft_wrap=True)
-    ran = [name for name in names if name not in missing]
+    ran = [name for name in names if name not in missing and name not in skipped]
     loadable = [f.variant for f in findings if f.ok]
     problems = _other_runtimes(opened, loadable, ran, config) if ran and loadable else []
     if missing and os.environ.get("CI", "").lower() == "true":
@@ -247,7 +250,7 @@ def _other_runtimes(package: Package, variants: list[str], names: list[str], con
     table = Table(title=f"{package.name} in other runtimes, against Python onnxruntime {onnxruntime.__version__} on "
                         f"{len(texts)} validation rows")
     for col in ("runtime", "variant", "loads", "max |Δlogit|", "same label", "ms/row", "Python ms/row"):
-        table.add_column(col, justify="right" if col[0] in "msP" else "left")
+        table.add_column(col, justify="right" if col[0] in "msP" else "left", overflow="fold")
     problems = []
     for name in names:
         if name == "web":
@@ -309,7 +312,7 @@ def export_web(
     table = Table(title=f"{opened.name} in onnxruntime-web {web.versions()[web.ORT_WEB]} (WebAssembly, 1 thread, "
                         f"in Node) on {len(texts)} validation rows")
     for col in ("variant", "loads", "ms/row", "max |Δlogit| vs Python", "same label", ""):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for t in result.trials:
         loads = "[green]yes[/]" if t.error is None else f"[red]no[/]: {escape(t.error[:160])}"
         table.add_row(t.variant, loads, "" if t.ms_per_row is None else f"{t.ms_per_row:.1f}",

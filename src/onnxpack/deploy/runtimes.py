@@ -42,6 +42,16 @@ def sample_texts(package: Package, data: str | None, rows: int) -> list[Text]:
     return list(texts[:rows])
 
 
+def not_for(runtime: str, package: Package) -> str | None:
+    """Why `runtime` does not apply to `package` (an ORT-format one is already what ort-format makes, and
+    export-web reads ONNX graphs), or None."""
+    if package.is_ort_format and runtime == "web":
+        return "export-web reads ONNX graphs: check the source package for the browser"
+    if package.is_ort_format and runtime == "ort-format":
+        return "the package is already in ORT format (node and Python load it as it is)"
+    return None
+
+
 def missing(runtime: str) -> str | None:
     """None when `runtime` can run here, else what to install (one line)."""
     from . import node_runtime, web

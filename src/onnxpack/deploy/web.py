@@ -243,6 +243,7 @@ def export_web(package: Package, out: Path, texts: Sequence[Text], variant: str 
                on_step: Callable[[str], None] | None = None) -> WebExport:
     """Write the static folder for `package` at `out` (see the module's docstring). `texts` are the real
     sentences each candidate variant is checked on; `variant` skips the choice (it must still pass)."""
+    package.require_onnx("export-web")
     with AtomicDir(out, force=force) as tmp:
         ensure_runtime(on_step)
         candidates = [variant] if variant else package.variant_names()
