@@ -318,3 +318,19 @@ def test_an_ort_format_package_is_for_phones_not_the_browser(runner, package_dir
                            env={"CI": "true"})
     assert result.exit_code == 0, result.output  # does not apply is not missing, even under CI
     assert "runtime web does not apply" in result.output and "runtime ort-format does not apply" in result.output
+
+
+def test_the_choice_is_the_fastest_variant_that_answers_as_python_does():
+    trials = [web.Trial("fp32", ms_per_row=13.0, max_abs_diff=1e-6, agreement=1.0),
+              web.Trial("optimized", ms_per_row=12.0, max_abs_diff=2e-6, agreement=1.0),
+              web.Trial("int8-cascade", ms_per_row=7.7, max_abs_diff=5e-2, agreement=1.0),
+              web.Trial("int8", error="Could not find an implementation for QOrdered(1) node")]
+    best, why = web.choose(trials)
+    assert best.variant == "optimized"
+    assert "int8-cascade is faster there (7.7 ms) but answers otherwise: max |Δlogit| 5.0e-02" in why
+    asked, why = web.choose(trials[2:3], asked=True)  # --variant carries it anyway, saying how far it is
+    assert asked.variant == "int8-cascade" and "max |Δlogit| 5.0e-02" in why
+    with pytest.raises(OnnxpackError, match=r"no variant runs in onnxruntime-web 1\.31 as in Python \(int8-cascade: max"):
+        web.choose(trials[2:3])
+    with pytest.raises(OnnxpackError, match="has no kernel for QOrdered, which every variant tried uses \\(int8\\)"):
+        web.choose(trials[3:])
