@@ -4,6 +4,7 @@ that reads a graph, with one line and exit status 1, no traceback, no hang, and 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -268,3 +269,14 @@ def test_an_ort_file_is_probed_not_parsed_as_a_protobuf(package_dir, tmp_path, m
             assert "\n" not in e.message and str(path) in e.message, (name, e.message)
         else:
             assert name == "scrambled.ort", name  # random weights may still load; never a crash of this process
+
+
+def test_a_verdict_holds_for_the_bytes_read_as_one_format(package_dir, tmp_path):
+    """ONNX Runtime reads a file by its name: the same bytes refused as an .ort are still trusted as an
+    .onnx, and trusted .onnx bytes renamed .ort are still refused."""
+    as_ort = tmp_path / "model.ort"
+    shutil.copyfile(package_dir / "model.onnx", as_ort)
+    for _ in range(2):  # the second time from the verdict kept for those bytes
+        with pytest.raises(OnnxpackError, match="not an ORT-format model"):
+            untrusted.trust(as_ort)
+    untrusted.trust(package_dir / "model.onnx")

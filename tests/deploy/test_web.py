@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import one_error_line, provision, tiny_family_folder
+from conftest import announce, one_error_line, provision, tiny_family_folder
 from onnx import helper
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
@@ -143,7 +143,7 @@ def _validation_rows(n: int) -> list[str]:
     return texts[::step][: n - 2] + [texts[-1], " ".join(texts[-10:])]
 
 
-def test_the_page_in_chromium_answers_as_predict(browser, folder, package_dir):
+def test_the_page_in_chromium_answers_as_predict(browser, folder, package_dir, pytestconfig):
     """Served from a plain static server on loopback, the page's window.onnxpack.predict gives predict's
     labels and logits for 66 real rows, fetching nothing from elsewhere."""
     out, _ = folder
@@ -167,8 +167,9 @@ def test_the_page_in_chromium_answers_as_predict(browser, folder, package_dir):
     origin = url.rsplit("/", 1)[0] + "/"
     assert answer["resources"] and all(u.startswith(origin) for u in answer["resources"]), answer["resources"]
     assert all(r.startswith(origin) for r in browser.requests()), browser.requests()
-    print(f"\nbrowser {len(texts) / answer['ms'] * 1000:.0f} texts/s vs Python {len(texts) / python_s:.0f} texts/s "
-          f"({variant}, {len(texts)} rows, same run)")
+    announce(pytestconfig, f"export-web's page in Chromium: {len(texts) / answer['ms'] * 1000:.0f} texts/s, Python "
+                           f"{len(texts) / python_s:.0f} texts/s ({variant} of the tiny test model, {len(texts)} rows, "
+                           "the same run)")
 
 
 def test_the_page_classifies_what_is_typed_and_refuses_what_the_server_refuses(browser, folder):

@@ -62,7 +62,7 @@ PROBE_MEMORY_BYTES = int(os.environ.get("ONNXPACK_PROBE_MEMORY", 8 << 30))
 PROBE_SEQ = 8  # tokens per row of the probe's feed
 HINT = "only load ONNX files you trust; re-export it with `onnxpack export` if it is yours"
 
-_refused: dict[str, tuple[str, str | None]] = {}  # sha256 -> why ("{path}" for its name) and hint: probed once
+_refused: dict[str, tuple[str, str | None]] = {}  # _key -> why ("{path}" for its name) and hint: probed once
 
 
 def _cache_dir() -> Path:
@@ -70,15 +70,21 @@ def _cache_dir() -> Path:
     return base / "onnxpack" / "trusted"
 
 
-def _marker(digest: str) -> Path:
+def _key(path: Path) -> str:
+    """What a verdict on a file is kept under: its bytes, and how ONNX Runtime will read them (by its
+    name: ORT format or ONNX), since the same bytes can pass as one and fail as the other."""
+    return sha256_file(path) + ("-ortformat" if ortformat.is_ort_file(path) else "")
+
+
+def _marker(key: str) -> Path:
     import onnxruntime
 
-    return _cache_dir() / f"{digest}-ort{onnxruntime.__version__}"
+    return _cache_dir() / f"{key}-ort{onnxruntime.__version__}"
 
 
 def remember(path: Path) -> None:
     """Mark a graph onnxpack wrote itself (export, optimize) as checked, so it is not probed again."""
-    marker = _marker(sha256_file(path))
+    marker = _marker(_key(path))
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.touch()
 
@@ -89,11 +95,11 @@ def trust(path: str | Path, package: Package | None = None) -> None:
     path = Path(path)
     if not path.is_file():
         raise OnnxpackError(f"{path} does not exist", hint="pass a package folder or an .onnx file")
-    digest = sha256_file(path)
-    if digest in _refused:  # the same bytes, perhaps under another name
-        why, hint = _refused[digest]
+    key = _key(path)
+    if key in _refused:  # the same bytes, perhaps under another name
+        why, hint = _refused[key]
         raise OnnxpackError(why.replace("{path}", str(path)), hint=hint)
-    if _marker(digest).is_file():
+    if _marker(key).is_file():
         if package is not None:
             check_inputs(path, [(t.name, t.dtype) for t in package.manifest.inputs])
         return
@@ -109,7 +115,7 @@ def trust(path: str | Path, package: Package | None = None) -> None:
                 check_inputs(path, [(t.name, t.dtype) for t in package.manifest.inputs])
             probe(path, graph_bytes(path, proto))
     except OnnxpackError as e:
-        _refused[digest] = (e.message.replace(str(path), "{path}"), e.hint)
+        _refused[key] = (e.message.replace(str(path), "{path}"), e.hint)
         raise
     remember(path)
 
