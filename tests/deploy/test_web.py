@@ -13,9 +13,23 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import announce, one_error_line, provision, tiny_family_folder
+from conftest import (
+    LARGE_WEIGHTS_ATOL,
+    announce,
+    one_error_line,
+    provision,
+    tiny_family_folder,
+)
 from onnx import helper
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import (
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 
 from onnxpack.cli import app
 from onnxpack.core.config import ExportConfig, ServeConfig
@@ -201,13 +215,14 @@ def test_every_kind_of_model_gets_its_page_and_its_answers(kind, browser, web_ru
                                                             runner):
     """A pair model: two boxes, pairs in, pair answers out. A multi-label model: a sigmoid per label and
     every label at or over its threshold, as predict gives them."""
-    from onnxpack.pytorch.export import export
     from selenium.webdriver.common.by import By
+
+    from onnxpack.pytorch.export import export
 
     labels = ["no", "yes"] if kind == "pairs" else ["a", "b", "c"]
     extra = {} if kind == "pairs" else {"problem_type": "multi_label_classification"}
     hf = tiny_family_folder("bert", tiny_model_dir, tmp_path / "hf", labels, initializer_range=0.5, **extra)
-    package = export(hf, tmp_path / "pkg", ExportConfig(pairs=kind == "pairs")).root
+    package = export(hf, tmp_path / "pkg", ExportConfig(pairs=kind == "pairs", atol=LARGE_WEIGHTS_ATOL)).root
     result = runner.invoke(app, ["export-web", str(package), "--out", str(tmp_path / "site"), "--rows", "8"])
     assert result.exit_code == 0, result.output
     browser.open(tmp_path / "site" / "index.html")

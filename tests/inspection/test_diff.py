@@ -21,7 +21,13 @@ from onnxpack.core.data import load_splits
 from onnxpack.core.errors import OnnxpackError
 from onnxpack.core.metrics import mcc
 from onnxpack.core.package import FP32, MANIFEST, Package, hash_files
-from onnxpack.inspection.diff import BehaviourRefused, align_labels, diff, html_page, mcnemar_exact
+from onnxpack.inspection.diff import (
+    BehaviourRefused,
+    align_labels,
+    diff,
+    html_page,
+    mcnemar_exact,
+)
 from onnxpack.runtime.optimize import optimize
 from onnxpack.runtime.predictor import Predictor
 
@@ -197,13 +203,14 @@ def test_two_bare_files_show_structure_only(package_dir, moved):
 
 def test_multi_label_sets_micro_f1_and_mcnemar_by_hand(tiny_model_dir, tmp_path):
     """Multi-label: a row agrees when its whole label set does; the metric is micro-F1, as optimize's."""
-    from conftest import tiny_family_folder
+    from conftest import LARGE_WEIGHTS_ATOL, tiny_family_folder
 
+    from onnxpack.core.config import ExportConfig
     from onnxpack.pytorch.export import export
 
     hf = tiny_family_folder("bert", tiny_model_dir, tmp_path / "hf", ["a", "b", "c"],
                             problem_type="multi_label_classification", initializer_range=0.5)
-    package = export(hf, tmp_path / "pkg").root
+    package = export(hf, tmp_path / "pkg", ExportConfig(atol=LARGE_WEIGHTS_ATOL)).root
     everything = with_manifest(package, tmp_path / "all", thresholds=[0.0, 0.0, 0.0])  # B gives every label
     data = tmp_path / "data"
     data.mkdir()

@@ -21,13 +21,14 @@ SENTENCE = "The boy, who was tired, sat on a bench."
 def predictor(tiny_model_dir, tmp_path_factory):
     """A tiny BERT with large random weights: its scores move with every word (the trained tiny
     package's barely do), so a wrong row or sign shows."""
-    from conftest import tiny_family_folder
+    from conftest import LARGE_WEIGHTS_ATOL, tiny_family_folder
 
+    from onnxpack.core.config import ExportConfig
     from onnxpack.pytorch.export import export
 
     folder = tmp_path_factory.mktemp("explain")
     hf = tiny_family_folder("bert", tiny_model_dir, folder / "hf", ["no", "yes"], initializer_range=0.5)
-    with Predictor(export(hf, folder / "pkg")) as p:
+    with Predictor(export(hf, folder / "pkg", ExportConfig(atol=LARGE_WEIGHTS_ATOL))) as p:
         yield p
 
 
@@ -115,14 +116,14 @@ def test_bad_input_is_one_line(predictor):
 
 
 def test_pairs_explain_both_texts_and_multi_label_uses_sigmoid(tiny_model_dir, tmp_path):
-    from conftest import tiny_family_folder
+    from conftest import LARGE_WEIGHTS_ATOL, tiny_family_folder
 
     from onnxpack.core.config import ExportConfig
     from onnxpack.pytorch.export import export
 
     folder = tiny_family_folder("bert", tiny_model_dir, tmp_path / "hf", ["a", "b", "c"],
                                 problem_type="multi_label_classification", initializer_range=0.5)
-    package = export(folder, tmp_path / "pkg", ExportConfig(pairs=True))
+    package = export(folder, tmp_path / "pkg", ExportConfig(pairs=True, atol=LARGE_WEIGHTS_ATOL))
     pair = ("the cat sat on the mat", "a dog barked at it")
     with Predictor(package.root) as predictor:
         (answer,) = predictor.explain([pair])

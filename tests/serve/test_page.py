@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import (
+    LARGE_WEIGHTS_ATOL,
     PAYLOAD_RAWTEXT,
     PAYLOAD_TEXT,
     assert_shown_as_text,
@@ -105,7 +106,7 @@ def pair_package(tiny_model_dir, tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("page-pair")
     hf = tiny_family_folder("bert", tiny_model_dir, folder / "hf", ["no", "yes"], initializer_range=0.5)
-    return export(hf, folder / "pkg", ExportConfig(pairs=True)).root
+    return export(hf, folder / "pkg", ExportConfig(pairs=True, atol=LARGE_WEIGHTS_ATOL)).root
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +116,7 @@ def multi_package(tiny_model_dir, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("page-multi")
     hf = tiny_family_folder("bert", tiny_model_dir, folder / "hf", ["a", "b", "c"],
                             problem_type="multi_label_classification", initializer_range=0.5)
-    root = export(hf, folder / "pkg").root
+    root = export(hf, folder / "pkg", ExportConfig(atol=LARGE_WEIGHTS_ATOL)).root
     # Not the export's 0.5 each, but one threshold per label between its two highest scores over TEXTS: the
     # texts then get different sets of labels whatever the random weights (the tiny tokenizer's vocabulary,
     # and so the scores, change from run to run), and the page must show the server's labels and marks.
