@@ -172,7 +172,8 @@ def check(
     rows: int = option(CheckConfig, "rows"),
     runtime: Optional[str] = option(CheckConfig, "runtime"),
     install_node_runtime: bool = typer.Option(False, "--install-node-runtime",
-                                              help="First npm-install onnxruntime-node into onnxpack's cache."),
+                                              help="First npm-install onnxruntime-node into onnxpack's cache again (the "
+                                                   "first check that needs it installs it)."),
 ) -> None:
     """Will the package load where it is shipped? Its IR version and opsets against the target's, per
     variant; then, per runtime (onnxruntime-node, onnxruntime-web in Chromium, the ORT format), whether each
@@ -257,6 +258,9 @@ def _other_runtimes(package: Package, variants: list[str], names: list[str], con
     for name in names:
         if name == "web":
             web.ensure_runtime(lambda message: console.print(message))
+        if name == "node" and node_runtime.available():
+            console.print(f"installing {node_runtime.PACKAGE} from npm into {node_runtime.home()} (first run only)")
+            node_runtime.install()
         release = {"node": node_runtime.version, "web": lambda: web.versions()[web.ORT_WEB],
                    "ort-format": lambda: onnxruntime.__version__}[name]()
         limits = {f.variant: f.problems for f in compat.check(package, compat.ort_target(release))}

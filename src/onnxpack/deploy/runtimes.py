@@ -56,8 +56,11 @@ def missing(runtime: str) -> str | None:
     """None when `runtime` can run here, else what to install (one line)."""
     from . import node_runtime, web
 
-    if runtime == "node":
-        return node_runtime.available()
+    if runtime == "node":  # onnxruntime-node itself is npm-installed by the first check that needs it
+        reason = node_runtime.available()
+        if shutil.which("node") is None or reason and shutil.which("npm") is None:
+            return f"node: {reason}; {NODE_HINT}"
+        return None
     if runtime == "web":
         if web.missing() and shutil.which("npm") is None:
             return f"web: needs npm once, to fetch onnxruntime-web and tokenizers.js ({NODE_HINT})"
