@@ -39,6 +39,7 @@ from onnxpack.core.atomic import AtomicDir, atomic_write_text
 from onnxpack.core.config import ServeConfig
 from onnxpack.core.errors import OnnxpackError
 from onnxpack.core.htmlsafe import content_security_policy
+from onnxpack.core.metrics import predictions
 from onnxpack.core.package import (
     MULTI_LABEL,
     TOKENIZER,
@@ -150,12 +151,13 @@ def run_probe(package: Package, graphs: dict[str, Path], texts: Sequence[Text]) 
         job_path = Path(tmp) / "job.json"
         job_path.write_text(json.dumps(job), encoding="utf-8")
         try:
-            result = subprocess.run(["node", str(HERE / "probe.mjs"), str(job_path)], check=False, capture_output=True, text=True,
-                                    timeout=PROBE_TIMEOUT_S)
+            result = subprocess.run(["node", str(HERE / "probe.mjs"), str(job_path)], check=False, capture_output=True,
+                                    text=True, timeout=PROBE_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             raise OnnxpackError(f"onnxruntime-web did not finish within {PROBE_TIMEOUT_S} s") from None
     if result.returncode != 0:
-        raise OnnxpackError(f"onnxruntime-web could not run: {(result.stderr.strip().splitlines() or ['no message'])[-1][:300]}")
+        last = (result.stderr.strip().splitlines() or ["no message"])[-1]
+        raise OnnxpackError(f"onnxruntime-web could not run: {last[:300]}")
     return json.loads(result.stdout)
 
 
@@ -189,12 +191,19 @@ def try_variants(package: Package, variants: Sequence[str], texts: Sequence[Text
         if "error" in answer:
             trials[v] = Trial(v, error=answer["error"])
             continue
-        with Predictor(package, variant=v, provider="cpu") as predictor:
-            want = predictor.predict_logits(texts)
-        got = np.asarray(answer["logits"], dtype=np.float32)
-        trials[v] = Trial(v, ms_per_row=answer["ms_per_row"], max_abs_diff=float(np.abs(got - want).max()),
-                          agreement=float((got.argmax(-1) == want.argmax(-1)).mean()))
+        diff, agreement = against_python(package, v, texts, np.asarray(answer["logits"], dtype=np.float32))
+        trials[v] = Trial(v, ms_per_row=answer["ms_per_row"], max_abs_diff=diff, agreement=agreement)
     return [trials[v] for v in variants]
+
+
+def against_python(package: Package, variant: str, texts: Sequence[Text], got: np.ndarray) -> tuple[float, float]:
+    """(max |Δlogit|, share of rows with the same labels) of `got` against Python's ONNX Runtime: the
+    same label, or for a multi-label model the same set over the thresholds."""
+    with Predictor(package, variant=variant, provider="cpu") as predictor:
+        want = predictor.predict_logits(texts)
+        thresholds = predictor.thresholds or None
+    same = (predictions(got, thresholds) == predictions(want, thresholds)).reshape(len(texts), -1).all(axis=1)
+    return float(np.abs(got - want).max()), float(same.mean())
 
 
 def choose(trials: Sequence[Trial], asked: bool = False) -> tuple[Trial, str]:
@@ -386,8 +395,6 @@ def in_browser(package: Package, variant: str, texts: Sequence[Text], binary: st
     foreign = [u for u in answer["resources"] if not u.startswith(url)]
     if foreign:
         return Comparison(runtime, len(texts), float("nan"), 0.0, error=f"the page fetched from elsewhere: {foreign[0]}")
-    with Predictor(package, variant=variant, provider="cpu") as predictor:
-        want = predictor.predict_logits(texts)
-    got = np.asarray([r["logits"] for r in answer["results"]], dtype=np.float32)
-    return Comparison(runtime, len(texts), float(np.abs(got - want).max()),
-                      float((got.argmax(-1) == want.argmax(-1)).mean()), ms_per_row=answer["ms"] / len(texts))
+    diff, agreement = against_python(package, variant, texts,
+                                     np.asarray([r["logits"] for r in answer["results"]], dtype=np.float32))
+    return Comparison(runtime, len(texts), diff, agreement, ms_per_row=answer["ms"] / len(texts))

@@ -30,6 +30,7 @@ for (const [name, path] of Object.entries(job.variants)) {
       best = Math.min(best, performance.now() - started);
     }
     report[name] = {load_ms: loadMs, ms_per_row: best / timed.length, logits};
+    await classifier.session.release();  // its WebAssembly memory, before the next variant's
   } catch (e) {
     report[name] = {error: String(e && e.message ? e.message : e).replace(/\s+/g, " ").trim()};
   }
