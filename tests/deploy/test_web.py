@@ -350,3 +350,13 @@ def test_the_choice_is_the_fastest_variant_that_answers_as_python_does():
         web.choose(trials[2:3])
     with pytest.raises(OnnxpackError, match="has no kernel for QOrdered, which every variant tried uses \\(int8\\)"):
         web.choose(trials[3:])
+
+
+def test_opened_as_a_file_the_page_says_to_serve_it(browser, folder):
+    """Browsers run no module script from file://: the page says what to do instead of failing silently."""
+    from selenium.webdriver.common.by import By
+
+    out, _ = folder
+    browser.driver.get((out / "index.html").as_uri())
+    status = browser.driver.find_element(By.ID, "status")
+    assert "through a web server" in status.text and status.get_attribute("class") == "error"
