@@ -235,42 +235,26 @@ def _other_runtimes(package: Package, variants: list[str], names: list[str], con
     problems (a variant a runtime does not load, or labels it gives otherwise). Logits further apart than
     1e-4 with the same labels are a warning: int8 kernels for another instruction set (WebAssembly's)
     round some activations to the neighbouring step."""
-    import time
-
     import onnxruntime
 
-    from onnxpack.deploy import compat, node_runtime, runtimes, web
-    from onnxpack.runtime.predictor import Predictor
+    from onnxpack.deploy import runtimes, web
 
     texts = runtimes.sample_texts(package, config.data, config.rows)
-    python_ms = {}
-    for variant in variants:
-        with Predictor(package, variant=variant, provider="cpu") as predictor:
-            predictor.predict_logits(texts[:2])  # warm-up
-            started = time.perf_counter()
-            predictor.predict_logits(texts)
-            python_ms[variant] = (time.perf_counter() - started) * 1000 / len(texts)
+    python_ms = {variant: runtimes.python_ms_per_row(package, variant, texts) for variant in variants}
     table = Table(title=f"{package.name} in other runtimes, against Python onnxruntime {onnxruntime.__version__} on "
                         f"{len(texts)} validation rows")
     for col in ("runtime", "variant", "loads", "max |Δlogit|", "same label", "ms/row", "Python ms/row"):
         table.add_column(col, justify="right" if col[0] in "msP" else "left", overflow="fold")
     problems = []
     for name in names:
-        if name == "web":
-            web.ensure_runtime(lambda message: console.print(message))
-        if name == "node" and node_runtime.available():
-            console.print(f"installing {node_runtime.PACKAGE} from npm into {node_runtime.home()} (first run only)")
-            node_runtime.install()
-        release = {"node": node_runtime.version, "web": lambda: web.versions()[web.ORT_WEB],
-                   "ort-format": lambda: onnxruntime.__version__}[name]()
-        limits = {f.variant: f.problems for f in compat.check(package, compat.ort_target(release))}
+        runtimes.prepare(name, lambda message: console.print(message))
         for variant in variants:
             with console.status(f"{variant} in {name}"):
-                result = None if limits.get(variant) else _compare(name, package, variant, texts)
-            error = "; ".join(limits[variant]) if limits.get(variant) else result.error
-            if error:
-                problems.append(f"{name} {variant}: {error}")
-                table.add_row(name, variant, f"[red]no[/]: {escape(error[:200])}", "", "", "", f"{python_ms[variant]:.2f}")
+                result = runtimes.compare(name, package, variant, texts)
+            if result.error:
+                problems.append(f"{name} {variant}: {result.error}")
+                table.add_row(name, variant, f"[red]no[/]: {escape(result.error[:200])}", "", "", "",
+                              f"{python_ms[variant]:.2f}")
                 continue
             if result.agreement < 1:
                 problems.append(f"{name} {variant}: {result.agreement:.1%} the same labels (max |diff| "
@@ -284,18 +268,6 @@ def _other_runtimes(package: Package, variants: list[str], names: list[str], con
     for problem in problems:
         console.print(f"[red]problem[/] {escape(problem)}", soft_wrap=True)
     return problems
-
-
-def _compare(name: str, package: Package, variant: str, texts: list) -> Any:
-    from onnxpack.deploy import mobile, node_runtime, runtimes, web
-    from onnxpack.runtime.predictor import Predictor
-
-    if name == "node":
-        with Predictor(package, variant=variant, provider="cpu") as predictor:
-            return node_runtime.compare(predictor, texts)
-    if name == "web":
-        return web.in_browser(package, variant, texts, runtimes.chromium())
-    return mobile.compare(package, variant, texts)
 
 
 @app.command("export-web", rich_help_panel=SHIP)

@@ -60,7 +60,7 @@ from onnxpack.core.package import (
 from onnxpack.runtime.feed import Text
 from onnxpack.runtime.predictor import Predictor
 
-from .runtimes import Comparison
+from .comparison import Comparison
 
 OPERATORS_CONFIG = "required_operators.config"  # the name the tool gives it for a folder of models
 OPTIMIZATION = {"style": "Fixed", "level": "all", "target_platform": "arm"}

@@ -23,7 +23,7 @@ from onnxpack.runtime.feed import Text, encode
 from onnxpack.runtime.predictor import Predictor
 
 from . import npm
-from .runtimes import Comparison
+from .comparison import Comparison
 
 SCRIPT = Path(__file__).parent / "node" / "run.js"
 PACKAGE = "onnxruntime-node@1.30"  # the npm release `check` installs and was measured with

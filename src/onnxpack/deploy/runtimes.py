@@ -10,27 +10,25 @@ with it on the same real sentences:
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
+import time
+from collections.abc import Callable, Sequence
+
+import onnxruntime
 
 from onnxpack.core.data import load_splits
+from onnxpack.core.errors import OnnxpackError
 from onnxpack.core.package import Package
 from onnxpack.runtime.feed import Text
+from onnxpack.runtime.predictor import Predictor
+
+from . import compat, mobile, node_runtime, web
+from .comparison import Comparison
 
 RUNTIMES = ("node", "web", "ort-format")
 NODE_HINT = "install Node.js and npm (e.g. apt-get install nodejs npm)"
 CHROMIUM_HINT = "apt-get install chromium chromium-driver"
-
-
-@dataclasses.dataclass
-class Comparison:
-    runtime: str  # "onnxruntime-node 1.30.0"
-    rows: int
-    max_abs_diff: float
-    agreement: float  # share of rows whose best class is the same
-    ms_per_row: float | None = None  # the runtime's own time for the rows, divided by them
-    error: str | None = None  # why the runtime did not load or run the graph (then the figures mean nothing)
 
 
 def sample_texts(package: Package, data: str | None, rows: int) -> list[Text]:
@@ -54,8 +52,6 @@ def not_for(runtime: str, package: Package) -> str | None:
 
 def missing(runtime: str) -> str | None:
     """None when `runtime` can run here, else what to install (one line)."""
-    from . import node_runtime, web
-
     if runtime == "node":  # onnxruntime-node itself is npm-installed by the first check that needs it
         reason = node_runtime.available()
         if shutil.which("node") is None or reason and shutil.which("npm") is None:
@@ -84,8 +80,6 @@ def chromium() -> str | None:
 
 def parse(value: str | None) -> list[str]:
     """--runtime: a comma-separated subset of RUNTIMES (None: all of them)."""
-    from onnxpack.core.errors import OnnxpackError
-
     names = [n.strip() for n in (value or ",".join(RUNTIMES)).split(",") if n.strip()]
     unknown = [n for n in names if n not in RUNTIMES]
     if unknown or not names:
@@ -93,3 +87,45 @@ def parse(value: str | None) -> list[str]:
         raise OnnxpackError(f"unknown runtime {named}; --runtime takes {', '.join(RUNTIMES)}",
                             hint="e.g. --runtime node,web")
     return list(dict.fromkeys(names))
+
+
+def prepare(runtime: str, say: Callable[[str], None]) -> None:
+    """Install what `runtime` runs on, the first time (npm, into the user's cache)."""
+    if runtime == "web":
+        web.ensure_runtime(say)
+    elif runtime == "node" and node_runtime.available():
+        say(f"installing {node_runtime.PACKAGE} from npm into {node_runtime.home()} (first run only)")
+        node_runtime.install()
+
+
+def release(runtime: str) -> str:
+    """The ONNX Runtime release `runtime` runs: what compat holds a graph against."""
+    if runtime == "node":
+        return node_runtime.version()
+    if runtime == "web":
+        return web.versions()[web.ORT_WEB]
+    return onnxruntime.__version__
+
+
+def compare(runtime: str, package: Package, variant: str, texts: Sequence[Text]) -> Comparison:
+    """`variant` in `runtime` against Python's ONNX Runtime on `texts`. A graph newer than the runtime's
+    release loads (compat.json) is not run: its Comparison says why, as one that fails to load does."""
+    problems = next((f.problems for f in compat.check(package, compat.ort_target(release(runtime)))
+                     if f.variant == variant), [])
+    if problems:
+        return Comparison(runtime, len(texts), float("nan"), 0.0, error="; ".join(problems))
+    if runtime == "node":
+        with Predictor(package, variant=variant, provider="cpu") as predictor:
+            return node_runtime.compare(predictor, texts)
+    if runtime == "web":
+        return web.in_browser(package, variant, texts, chromium())
+    return mobile.compare(package, variant, texts)
+
+
+def python_ms_per_row(package: Package, variant: str, texts: Sequence[Text]) -> float:
+    """Python's ONNX Runtime on `texts` (the predictor's batches, every core), after a warm-up."""
+    with Predictor(package, variant=variant, provider="cpu") as predictor:
+        predictor.predict_logits(texts[:2])
+        started = time.perf_counter()
+        predictor.predict_logits(texts)
+        return (time.perf_counter() - started) * 1000 / len(texts)

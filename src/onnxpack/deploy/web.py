@@ -52,7 +52,7 @@ from onnxpack.runtime.feed import Text
 from onnxpack.runtime.predictor import Predictor
 
 from . import compat, npm
-from .runtimes import Comparison
+from .comparison import Comparison
 
 HERE = Path(__file__).parent / "web"
 ORT_WEB, TOKENIZERS = "onnxruntime-web", "@huggingface/tokenizers"
