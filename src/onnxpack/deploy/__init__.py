@@ -4,6 +4,7 @@
     kserve.py        a KServe InferenceService for that repository
     compat.py        which ONNX Runtime and Triton releases load a graph (compat.json)
     runtimes.py      the runtimes `check --runtime` compares with Python's: node, web, ort-format
+    comparison.py    what each of them reports of a variant against Python's ONNX Runtime
     node_runtime.py  running a package in onnxruntime-node (node/run.js)
     web.py           export-web: a static folder that classifies in the browser (web/*.mjs), and its page
                      in headless Chromium for check
