@@ -273,18 +273,11 @@ def browser():
     binary, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
     if not binary or not chromedriver:
         pytest.skip("needs Chromium and chromedriver: apt-get install chromium chromium-driver (.ci/run does)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+    from onnxpack.deploy.web import headless_chromium
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                "--window-size=1400,900", "--disable-background-networking", "--disable-component-update",
-                # No host name resolves except loopback, so a page that tried to reach out could not.
-                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(chromedriver))
+    # No host name resolves except loopback, so a page that tried to reach out could not.
+    driver = headless_chromium(binary, "--window-size=1400,900",
+                               capabilities={"goog:loggingPrefs": {"browser": "ALL", "performance": "ALL"}})
     session = Browser(driver)
     yield session
     session.close_server()

@@ -165,7 +165,7 @@ def test_the_page_in_chromium_answers_as_predict(browser, folder, package_dir, p
     texts = _validation_rows(66)
     url = browser.open(out / "index.html")
     browser.driver.set_script_timeout(120)
-    answer = browser.driver.execute_async_script(web._PREDICT, texts)
+    answer = browser.driver.execute_async_script(web.PREDICT_IN_PAGE, texts)
     assert "error" not in answer, answer
     with Predictor(package_dir, variant=variant) as predictor:
         want, logits = predictor.predict(texts), predictor.predict_logits(texts)
@@ -230,7 +230,7 @@ def test_every_kind_of_model_gets_its_page_and_its_answers(kind, browser, web_ru
     assert browser.driver.find_element(By.ID, "texts").is_displayed() == (kind != "pairs")
     texts = ([["A man plays a guitar.", "Someone makes music."], ["The cat sleeps.", " ".join(["long"] * 80)]]
              if kind == "pairs" else TRICKY)
-    answer = browser.driver.execute_async_script(web._PREDICT, texts)
+    answer = browser.driver.execute_async_script(web.PREDICT_IN_PAGE, texts)
     with Predictor(package) as predictor:
         items = [tuple(t) for t in texts] if kind == "pairs" else texts
         want, logits = predictor.predict(items), predictor.predict_logits(items)

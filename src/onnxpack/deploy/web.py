@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import gzip
 import http.server
 import json
 import re
@@ -27,6 +26,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -139,6 +139,11 @@ def web_config(package: Package) -> dict[str, Any]:
             "limits": {"max_texts": limits.max_texts, "max_chars": limits.max_chars}}
 
 
+def as_json(texts: Sequence[Text]) -> list[str | list[str]]:
+    """Texts as classifier.mjs takes them: a pair is ["first", "second"]."""
+    return [list(t) if isinstance(t, tuple) else t for t in texts]
+
+
 def run_probe(package: Package, graphs: dict[str, Path], texts: Sequence[Text]) -> dict[str, dict[str, Any]]:
     """web/probe.mjs on these graphs: per name, {load_ms, ms_per_row, logits} or {error}."""
     root = home() / "node_modules"
@@ -146,7 +151,7 @@ def run_probe(package: Package, graphs: dict[str, Path], texts: Sequence[Text]) 
            "tokenizer": str(package.tokenizer_path),
            "tokenizer_config": str(package.root / TOKENIZER_CONFIG) if (package.root / TOKENIZER_CONFIG).is_file() else None,
            "manifest": web_config(package), "variants": {k: str(v) for k, v in graphs.items()},
-           "texts": [list(t) if isinstance(t, tuple) else t for t in texts]}
+           "texts": as_json(texts)}
     with tempfile.TemporaryDirectory(prefix="onnxpack-web-") as tmp:
         job_path = Path(tmp) / "job.json"
         job_path.write_text(json.dumps(job), encoding="utf-8")
@@ -306,19 +311,12 @@ def write_folder(folder: Path, package: Package, variant: str, why: str, trials:
 
 def gzipped_size(path: Path) -> int:
     """Bytes of `path` gzipped at level 6, what a static host's compression sends."""
+    stream = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # wbits 16+: the gzip container
     size = 0
-
-    class Count:
-        def write(self, data: bytes) -> None:
-            nonlocal size
-            size += len(data)
-
-        def flush(self) -> None:
-            pass
-
-    with open(path, "rb") as f, gzip.GzipFile(fileobj=Count(), mode="wb", compresslevel=6) as z:  # type: ignore[arg-type]
-        shutil.copyfileobj(f, z, 1 << 20)
-    return size
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            size += len(stream.compress(chunk))
+    return size + len(stream.flush())
 
 
 def licenses() -> str:
@@ -348,8 +346,9 @@ def static_server(folder: Path) -> Iterator[str]:
         server.server_close()
 
 
-def headless_chromium(binary: str) -> Any:
-    """A selenium driver for headless Chromium that can reach loopback only."""
+def headless_chromium(binary: str, *args: str, capabilities: dict[str, Any] | None = None) -> Any:
+    """A selenium driver for headless Chromium that can reach loopback only (no other host name
+    resolves), with more command-line `args` and `capabilities` if given."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -357,14 +356,16 @@ def headless_chromium(binary: str) -> Any:
     options.binary_location = binary
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update",
-                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"):
+                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", *args):
         options.add_argument(arg)
+    for name, value in (capabilities or {}).items():
+        options.set_capability(name, value)
     return webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
 
 
 # Runs in the page: window.onnxpack.predict on the texts, timed by the page's own clock after a warm-up
 # call (the first run of a session sets up its kernels).
-_PREDICT = """const done = arguments[arguments.length - 1];
+PREDICT_IN_PAGE = """const done = arguments[arguments.length - 1];
 window.onnxpack.ready.then(async () => {
   await window.onnxpack.predict(arguments[0].slice(0, 2));
   const started = performance.now();
@@ -386,7 +387,7 @@ def in_browser(package: Package, variant: str, texts: Sequence[Text], binary: st
             try:
                 driver.set_script_timeout(PAGE_TIMEOUT_S)
                 driver.get(url + "index.html")
-                answer = driver.execute_async_script(_PREDICT, [list(t) if isinstance(t, tuple) else t for t in texts])
+                answer = driver.execute_async_script(PREDICT_IN_PAGE, as_json(texts))
             finally:
                 driver.quit()
     runtime = f"onnxruntime-web {versions()[ORT_WEB]} in Chromium"
