@@ -58,6 +58,8 @@ def missing(runtime: str) -> str | None:
             return f"node: {reason}; {NODE_HINT}"
         return None
     if runtime == "web":
+        if shutil.which("node") is None:  # export-web's runtime is installed and checked with node's npm
+            return f"web: needs node ({NODE_HINT})"
         if web.missing() and shutil.which("npm") is None:
             return f"web: needs npm once, to fetch onnxruntime-web and tokenizers.js ({NODE_HINT})"
         try:
